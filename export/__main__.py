@@ -1,0 +1,76 @@
+"""Command line of the build-time toolkit.
+
+  python -m export --checkpoint CKPT_DIR --spm SPM_MODEL --out SAVEDMODEL_DIR   (export one model)
+  python -m export convert --checkpoint CKPT_DIR --out DIR                      (paxml -> orbax)
+  python -m export all [--vila-dir DIR] --out exported                          (what `make export` runs)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from export.config import ConfigError
+
+SUBCOMMANDS = ("convert", "all", "export")
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("config overrides (default: read from the checkpoint's shapes)")
+    g.add_argument("--model-type", choices=["vila_r", "vila_p"])
+    g.add_argument("--decoding-max-len", type=int, help="caption length incl. BOS (release: 64)")
+    g.add_argument("--atten-logit-cap", type=float, help="release: 50.0")
+    g.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+
+
+def _overrides(args) -> dict:
+    return {k: getattr(args, k) for k in ("model_type", "decoding_max_len", "atten_logit_cap")
+            if getattr(args, k, None) is not None}
+
+
+def _progress(label: str):
+    def report(done: int, total: int) -> None:
+        if sys.stderr.isatty() or done == total:
+            sys.stderr.write(f"\r{label}: {done}/{total}")
+            if done == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+    return report
+
+
+def cmd_convert(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m export convert",
+                                description="Convert a paxml VILA checkpoint to orbax params + config JSON.")
+    p.add_argument("--checkpoint", required=True, help="paxml checkpoint folder (or checkpoint_<N>)")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    _add_overrides(p)
+    args = p.parse_args(argv)
+    from export import checkpoint
+    loaded = checkpoint.read_paxml(args.checkpoint, args.step, _progress("reading arrays"), **_overrides(args))
+    loaded.sha256 = checkpoint.file_sha256(loaded.source)
+    out = checkpoint.save_converted(loaded, args.out)
+    print(f"{loaded.config.model_type} checkpoint {loaded.source} (step {loaded.step}) -> {out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from export.checkpoint import CheckpointError
+    command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "export"
+    try:
+        if command == "convert":
+            return cmd_convert(argv)
+        from export import cli_export
+        if command == "all":
+            return cli_export.cmd_all(argv)
+        return cli_export.cmd_export(argv, _add_overrides, _overrides)
+    except (CheckpointError, ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Pure inference functions, one per head, so the export can lower each on its own.
+
+Every function takes the parameter tree (the `params` collection) first; images are float32
+[B, H, W, 3] in [0, 1]; text is lingvo-style ids/paddings [B, T].
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from export import decode
+from export.config import QUALITY_PROMPT_IDS, VilaConfig
+from export.model import VilaModel, l2_normalize
+
+# The release's zero-shot quality prompts (run_vila_predict._ZSL_QUALITY_PROMPTS): good/bad pairs.
+ZERO_SHOT_PROMPT_PAIRS = (
+    ("good image", "bad image"),
+    ("good lighting", "bad lighting"),
+    ("good content", "bad content"),
+    ("good background", "bad background"),
+    ("good foreground", "bad foreground"),
+    ("good composition", "bad composition"),
+)
+ZERO_SHOT_PROMPTS = tuple(p for pair in ZERO_SHOT_PROMPT_PAIRS for p in pair)
+# The release tokenizes the zero-shot prompts with max_length=4.
+ZERO_SHOT_PROMPT_LEN = 4
+
+
+def _apply(params, cfg: VilaConfig, method, *args):
+    return VilaModel(cfg).apply({"params": params}, *args, method=method)
+
+
+def encode_image(params, cfg: VilaConfig, images):
+    return _apply(params, cfg, VilaModel.encode_image, images)
+
+
+def image_embedding(params, cfg: VilaConfig, images):
+    """l2-normalized contrastive image embedding [B, D]."""
+    return encode_image(params, cfg, images)["contrastive_img_embed_norm"]
+
+
+def text_embedding(params, cfg: VilaConfig, ids, paddings):
+    """l2-normalized contrastive (CLS) text embedding [B, D], text tower only."""
+    return _apply(params, cfg, VilaModel.encode_text, ids, paddings)["contrastive_txt_embed_norm"]
+
+
+def quality_prompt_embedding(params, cfg: VilaConfig):
+    """Text side of the VILA-R score: embedding of ids [1, 391, 11] with no padding, [1, D]."""
+    ids = jnp.asarray([QUALITY_PROMPT_IDS], jnp.int32)
+    return text_embedding(params, cfg, ids, jnp.zeros(ids.shape, jnp.float32))
+
+
+def score_from_prompt(params, cfg: VilaConfig, images, prompt_embedding):
+    """VILA-R quality score [B, 1] given the precomputed prompt embedding [1, D]."""
+    if not cfg.has_quality_head:
+        raise ValueError("the VILA-R quality score needs a checkpoint with `residual_ffn` (a VILA-R model)")
+    img = encode_image(params, cfg, images)["contrastive_img_embed"]
+    img = _apply(params, cfg, VilaModel.quality_image_embedding, img)
+    return img @ prompt_embedding.T
+
+
+def score(params, cfg: VilaConfig, images):
+    """VILA-R quality score [B, 1] (praxis compute_predictions' `quality_scores`)."""
+    return score_from_prompt(params, cfg, images, quality_prompt_embedding(params, cfg))
+
+
+def zero_shot_from_embeddings(image_embedding_norm, prompt_embeddings):
+    """[B, D] x [2K, D] (good, bad alternating) -> [B]: mean over pairs of softmax(good vs bad)."""
+    sims = image_embedding_norm @ prompt_embeddings.T
+    sims = sims.reshape(sims.shape[0], -1, 2)
+    return jax.nn.softmax(sims, axis=-1).mean(axis=1)[:, 0]
+
+
+def zero_shot(params, cfg: VilaConfig, images, prompt_ids, prompt_paddings):
+    """Zero-shot quality score [B] from the 12 tokenized prompts (run_vila_predict's ZSL score)."""
+    prompts = text_embedding(params, cfg, prompt_ids, prompt_paddings)
+    return zero_shot_from_embeddings(image_embedding(params, cfg, images), prompts)
+
+
+def caption(params, cfg: VilaConfig, images, max_len: int | None = None):
+    """Greedy caption ids [B, L], lengths [B], log-probs [B, L] (spec §8)."""
+    gen = encode_image(params, cfg, images)["generative_img_embed"]
+    return decode.greedy_decode(params, cfg, gen, max_len)
+
+
+def teacher_forced_logits(params, cfg: VilaConfig, images, ids, paddings):
+    gen = encode_image(params, cfg, images)["generative_img_embed"]
+    return _apply(params, cfg, VilaModel.text_logits, ids, paddings, gen)
+
+
+def abstract_params(cfg: VilaConfig):
+    """The parameter tree as ShapeDtypeStructs, allocating nothing."""
+    model = VilaModel(cfg)
+    img = jax.ShapeDtypeStruct((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
+    ids = jax.ShapeDtypeStruct((1, 4), jnp.int32)
+    pad = jax.ShapeDtypeStruct((1, 4), jnp.float32)
+    return jax.eval_shape(model.init, jax.random.PRNGKey(0), img, ids, pad)["params"]
+
+
+def init_params(cfg: VilaConfig, seed: int = 0):
+    """Seeded random parameters (demo weights: the architecture is real, the numbers are not)."""
+    model = VilaModel(cfg)
+    img = jnp.zeros((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
+    ids = jnp.zeros((1, 4), jnp.int32)
+    init = jax.jit(functools.partial(model.init, method=VilaModel.__call__))
+    return init(jax.random.PRNGKey(seed), img, ids, jnp.zeros((1, 4), jnp.float32))["params"]
