@@ -1,0 +1,259 @@
+"""SavedModel assembly: jax2tf-lowered heads, in-graph pre/post-processing, signatures, atomic write.
+
+Each head of `export.heads` is lowered on its own with jax2tf native serialization (StableHLO in an
+`XlaCallModule` op) for cpu, cuda and tpu at once, with a polymorphic batch dimension. Parameters
+are `tf.Variable`s owned by the module and shared by every signature. The VILA-R prompt embedding
+and the twelve zero-shot prompt embeddings are computed once here and stored as variables, so
+scoring never runs the text tower.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+from jax.experimental import jax2tf
+
+from export import heads, preprocess
+from export.checkpoint import flatten, unflatten
+from export.config import VilaConfig
+from export.tokenizer import LingvoTokenizer
+
+PLATFORMS = ("cpu", "cuda", "tpu")
+METADATA_FILE = "vila_tf.json"
+SPM_ASSET_NAME = "spm.model"
+TEXT_LENGTH = 64  # tokens per text for the text_embedding signature (the release's max text length)
+
+IMAGE_SIGNATURES = ("serving_default", "image_embedding", "zero_shot", "caption", "preprocess")
+PIXEL_SIGNATURES = ("score_pixels", "image_embedding_pixels", "zero_shot_pixels", "caption_pixels")
+TEXT_SIGNATURES = ("text_embedding",)
+ALL_SIGNATURES = IMAGE_SIGNATURES + PIXEL_SIGNATURES + TEXT_SIGNATURES
+
+
+@dataclasses.dataclass
+class ExportOptions:
+    dtype: str = "float32"  # or "bfloat16": weights stored in bfloat16, computed in float32
+    platforms: tuple = PLATFORMS
+    max_pixels: int = preprocess.DEFAULT_MAX_PIXELS
+    demo: bool = False
+    source: Optional[str] = None
+    source_sha256: Optional[str] = None
+    source_step: Optional[int] = None
+
+
+@functools.lru_cache(maxsize=None)
+def tf_calling_convention_version() -> int:
+    """The newest jax.export calling convention that this TensorFlow's XlaCallModule runs.
+
+    Probed by running a trivial lowered function under each version jax can write, newest first.
+    """
+    from jax import export as jax_export
+    newest = jax_export.maximum_supported_calling_convention_version
+    oldest = jax_export.minimum_supported_calling_convention_version
+    for version in range(newest, oldest - 1, -1):
+        try:
+            with jax.config.update_context("jax_export_calling_convention_version", version) \
+                    if hasattr(jax.config, "update_context") else _calling_convention(version):
+                f = jax2tf.convert(lambda x: x + 1, with_gradient=False, native_serialization_platforms=("cpu",))
+                tf.function(f, autograph=False)(tf.constant(1.0)).numpy()
+            return version
+        except Exception:  # noqa: BLE001 - an unsupported version fails in the TF kernel
+            continue
+    raise RuntimeError("TensorFlow's XlaCallModule accepts none of the calling conventions jax can write")
+
+
+class _calling_convention:
+    """Context manager setting jax_export_calling_convention_version."""
+
+    def __init__(self, version: int):
+        self.version = version
+
+    def __enter__(self):
+        self.saved = jax.config.jax_export_calling_convention_version
+        jax.config.update("jax_export_calling_convention_version", self.version)
+
+    def __exit__(self, *exc):
+        jax.config.update("jax_export_calling_convention_version", self.saved)
+
+
+def _to_float32(params):
+    return jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), params)
+
+
+class VilaModule(tf.Module):
+    """The exported object: variables, tokenizer, and one tf.function per signature."""
+
+    def __init__(self, params, cfg: VilaConfig, spm_model_path: str, options: ExportOptions):
+        super().__init__(name="vila")
+        self.cfg, self.options = cfg, options
+        var_dtype = tf.bfloat16 if options.dtype == "bfloat16" else tf.float32
+        flat = flatten(params)
+        # One variable per checkpoint array, named by its praxis path; shared by all signatures.
+        self._variables_flat = {
+            path: tf.Variable(np.asarray(v, np.float32), dtype=tf.float32, trainable=False,
+                              name=path.replace("/", ".")) if var_dtype == tf.float32 else
+            tf.Variable(tf.cast(np.asarray(v, np.float32), var_dtype), trainable=False, name=path.replace("/", "."))
+            for path, v in flat.items()}
+        self.params = unflatten(self._variables_flat)
+        self.tokenizer = LingvoTokenizer(spm_model_path)
+
+        f32 = _to_float32(jax.tree_util.tree_map(jnp.asarray, params))
+        zsl_ids, _, zsl_pad = self.tokenizer.strings_to_ids(tf.constant(heads.ZERO_SHOT_PROMPTS),
+                                                           heads.ZERO_SHOT_PROMPT_LEN)
+        self.zero_shot_prompt_ids = tf.Variable(zsl_ids, trainable=False, name="zero_shot_prompt_ids")
+        zsl = jax.jit(functools.partial(heads.text_embedding, cfg=cfg))(f32, ids=zsl_ids.numpy(),
+                                                                         paddings=zsl_pad.numpy())
+        self.zero_shot_prompt_embeddings = tf.Variable(np.asarray(zsl), trainable=False,
+                                                       name="zero_shot_prompt_embeddings")
+        if cfg.has_quality_head:
+            q = jax.jit(functools.partial(heads.quality_prompt_embedding, cfg=cfg))(f32)
+            self.quality_prompt_embedding = tf.Variable(np.asarray(q), trainable=False,
+                                                        name="quality_prompt_embedding")
+        self._lower()
+        self._make_signatures()
+
+    # -- lowering ----------------------------------------------------------------------------
+    def _convert(self, fn: Callable, poly: tuple) -> Callable:
+        cfg = self.cfg
+
+        def with_f32_params(params, *args):
+            return fn(_to_float32(params), cfg, *args)
+
+        return jax2tf.convert(with_f32_params, polymorphic_shapes=(None,) + poly, with_gradient=False,
+                              native_serialization_platforms=tuple(self.options.platforms))
+
+    def _lower(self):
+        s = self.cfg.image_size
+        img = f"(b, {s}, {s}, 3)"
+        if self.cfg.has_quality_head:
+            self._score_jax = self._convert(
+                lambda p, cfg, prompt, x: heads.score_from_prompt(p, cfg, x, prompt), (None, img))
+        self._embed_jax = self._convert(heads.image_embedding, (img,))
+        self._zero_shot_jax = self._convert(
+            lambda p, cfg, prompts, x: heads.zero_shot_from_embeddings(heads.image_embedding(p, cfg, x), prompts),
+            (None, img))
+        self._caption_jax = self._convert(lambda p, cfg, x: heads.caption(p, cfg, x)[:2], (img,))
+        self._text_jax = self._convert(heads.text_embedding, ("(b, t)", "(b, t)"))
+
+    # -- pixel-level functions -------------------------------------------------------------------
+    def score_pixels(self, image):
+        if self.cfg.has_quality_head:
+            return {"predictions": self._score_jax(self.params, self.quality_prompt_embedding, image)}
+        # A pretrain model has no quality head: its score is the zero-shot score (design contract).
+        return {"predictions": self._zero_shot_jax(self.params, self.zero_shot_prompt_embeddings, image)[:, None]}
+
+    def image_embedding_pixels(self, image):
+        return {"image_embedding": self._embed_jax(self.params, image)}
+
+    def zero_shot_pixels(self, image):
+        return {"zero_shot_score": self._zero_shot_jax(self.params, self.zero_shot_prompt_embeddings, image)}
+
+    def caption_pixels(self, image):
+        ids, lengths = self._caption_jax(self.params, image)
+        return {"caption": self.tokenizer.ids_to_strings(ids, lengths), "caption_ids": ids,
+                "caption_length": lengths}
+
+    def text_embedding(self, text):
+        ids, _, paddings = self.tokenizer.strings_to_ids(text, TEXT_LENGTH)
+        return {"text_embedding": self._text_jax(self.params, ids, paddings)}
+
+    def preprocess(self, image_bytes):
+        return {"image": preprocess.preprocess_batch(image_bytes, self.options.max_pixels)}
+
+    # -- signatures ------------------------------------------------------------------------------
+    def _make_signatures(self):
+        s = self.cfg.image_size
+        pixels = tf.TensorSpec([None, s, s, 3], tf.float32, name="image")
+        bytes_batch = tf.TensorSpec([None], tf.string, name="image_bytes")
+        tf_fn = lambda f, spec: tf.function(f, input_signature=[spec], autograph=False)
+        pp = lambda f: (lambda image_bytes: f(self.preprocess(image_bytes)["image"]))
+        self.score_pixels_fn = tf_fn(self.score_pixels, pixels)
+        self.image_embedding_pixels_fn = tf_fn(self.image_embedding_pixels, pixels)
+        self.zero_shot_pixels_fn = tf_fn(self.zero_shot_pixels, pixels)
+        self.caption_pixels_fn = tf_fn(self.caption_pixels, pixels)
+        # serving_default takes a scalar (the TF Hub VILA call) or a batch: unknown rank.
+        self.serving_default_fn = tf_fn(pp(self.score_pixels), tf.TensorSpec(None, tf.string, name="image_bytes"))
+        self.image_embedding_fn = tf_fn(pp(self.image_embedding_pixels), bytes_batch)
+        self.zero_shot_fn = tf_fn(pp(self.zero_shot_pixels), bytes_batch)
+        self.caption_fn = tf_fn(pp(self.caption_pixels), bytes_batch)
+        self.preprocess_fn = tf_fn(self.preprocess, bytes_batch)
+        self.text_embedding_fn = tf_fn(self.text_embedding, tf.TensorSpec([None], tf.string, name="text"))
+
+    def signatures(self) -> dict:
+        return {name: getattr(self, f"{name}_fn") for name in ALL_SIGNATURES}
+
+
+def metadata(module: VilaModule, extra: dict) -> dict:
+    opts = module.options
+    import flax
+    return {
+        "format": "vila-tf/1",
+        "model_type": module.cfg.model_type,
+        "model_kind": "VILA-R (CoCaVilaRankBasedFinetune)" if module.cfg.has_quality_head
+        else "VILA-P / CoCa pretrain (CoCaVilaPretrain)",
+        "demo_weights": opts.demo,
+        "config": module.cfg.to_dict(),
+        "source_checkpoint": opts.source,
+        "source_sha256": opts.source_sha256,
+        "source_step": opts.source_step,
+        "dtype": opts.dtype,
+        "platforms": list(opts.platforms),
+        "calling_convention_version": tf_calling_convention_version(),
+        "max_pixels": opts.max_pixels,
+        "text_length": TEXT_LENGTH,
+        "zero_shot_prompts": [list(p) for p in heads.ZERO_SHOT_PROMPT_PAIRS],
+        "signatures": list(ALL_SIGNATURES),
+        "versions": {"jax": jax.__version__, "flax": flax.__version__, "tensorflow": tf.__version__,
+                     "numpy": np.__version__},
+        **extra,
+    }
+
+
+def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
+                     options: Optional[ExportOptions] = None, log: Callable[[str], None] = print) -> str:
+    """Builds and saves the SavedModel at exactly `out_dir`, atomically.
+
+    Everything is written to a temporary sibling folder and renamed into place at the end, so a
+    crash or Ctrl-C never leaves a partial model where TF Serving would load it.
+    """
+    options = options or ExportOptions()
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        t0 = time.time()
+        with _calling_convention(tf_calling_convention_version()):
+            log(f"building the TF module ({cfg.model_type}, {options.dtype}, platforms {','.join(options.platforms)})")
+            module = VilaModule(params, cfg, spm_model_path, options)
+            log("lowering the heads and writing the SavedModel")
+            tf.saved_model.save(module, tmp, signatures=module.signatures(),
+                                options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+        extra_dir = os.path.join(tmp, "assets.extra")
+        os.makedirs(extra_dir, exist_ok=True)
+        with open(os.path.join(extra_dir, METADATA_FILE), "w") as f:
+            json.dump(metadata(module, {"export_seconds": round(time.time() - t0, 1)}), f, indent=1)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _replace_dir(src: str, dst: str) -> None:
+    if not os.path.exists(dst):
+        os.replace(src, dst)
+        return
+    old = dst + f".old-{os.getpid()}"
+    os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
