@@ -105,6 +105,10 @@ class VilaModule(tf.Module):
             for path, v in flat.items()}
         self.params = unflatten(self._variables_flat)
         self.tokenizer = LingvoTokenizer(spm_model_path)
+        spm_vocab = int(self.tokenizer.vocab_size())
+        if spm_vocab > cfg.vocab_size:
+            raise ValueError(f"{spm_model_path}: the SentencePiece model has {spm_vocab} pieces but the "
+                             f"checkpoint's token embedding has only {cfg.vocab_size} rows")
 
         f32 = _to_float32(jax.tree_util.tree_map(jnp.asarray, params))
         zsl_ids, _, zsl_pad = self.tokenizer.strings_to_ids(tf.constant(heads.ZERO_SHOT_PROMPTS),

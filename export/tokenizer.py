@@ -45,7 +45,9 @@ class LingvoTokenizer(tf.Module):
     def ids_to_strings(self, ids: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
         """lingvo IdsToStrings(ids, lengths): detokenize the first `lengths` ids of each row.
 
-        SentencePiece drops the control pieces (BOS/EOS) itself.
+        SentencePiece drops the control pieces (BOS/EOS) itself. Ids the tokenizer does not know
+        (a model whose vocabulary is larger than its tokenizer's, e.g. the demo) become <unk>.
         """
+        ids = tf.where((ids >= 0) & (ids < self._sp.vocab_size()), ids, tf.zeros_like(ids))
         ragged = tf.RaggedTensor.from_tensor(ids, lengths=lengths)
         return self._sp.detokenize(ragged)

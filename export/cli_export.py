@@ -1,0 +1,113 @@
+"""`python -m export` (one model) and `python -m export all` (what `make export` runs)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from export import checkpoint
+from export.config import VilaConfig
+
+# Released checkpoint folders under VILA_DIR (gs://gresearch/vila) and their export names.
+RELEASED = (("vila_rank_tuned", "vila_r"), ("vila_pretrain", "vila_p"), ("laion_pretrain", "laion_coca"))
+SPM_RELATIVE = os.path.join("spm_model", "spm.model")
+DEMO_NAME = "vila_demo"
+DEMO_SEED = 20230618
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _progress(label: str):
+    state = {"last": -1}
+
+    def report(done: int, total: int) -> None:
+        pct = done * 100 // max(total, 1)
+        if pct != state["last"] and (pct % 10 == 0 or done == total):
+            state["last"] = pct
+            _log(f"{label}: {done}/{total} arrays ({pct}%)")
+    return report
+
+
+def export_checkpoint(ckpt: str, spm_path: str, out: str, dtype: str = "float32", step=None,
+                      overrides: dict | None = None) -> str:
+    from export import savedmodel
+    if not os.path.isfile(spm_path):
+        raise FileNotFoundError(f"{spm_path}: SentencePiece model not found (--spm)")
+    _log(f"reading {ckpt}")
+    loaded = checkpoint.load(ckpt, step, _progress("reading"), **(overrides or {}))
+    sha = loaded.sha256 or (checkpoint.file_sha256(loaded.source) if os.path.isfile(loaded.source) else None)
+    _log(f"{loaded.config.model_type}: {loaded.config.num_encoder_layers} encoder layers, "
+         f"{loaded.config.num_unimodal_layers}+{loaded.config.num_crossmodal_layers} decoder layers, "
+         f"dims {loaded.config.model_dims}, vocab {loaded.config.vocab_size}")
+    opts = savedmodel.ExportOptions(dtype=dtype, source=os.path.abspath(loaded.source), source_sha256=sha,
+                                    source_step=loaded.step)
+    return savedmodel.write_savedmodel(loaded.params, loaded.config, spm_path, out, opts, log=_log)
+
+
+def export_demo(out: str, dtype: str = "float32", cfg: VilaConfig | None = None) -> str:
+    """The full released architecture with seeded random weights and a tokenizer trained on the
+    project's own text: the whole pipeline at real size, with scores that mean nothing."""
+    from export import heads, savedmodel, spm
+    cfg = cfg or VilaConfig()
+    _log("DEMO export: random weights of the released architecture; its scores mean nothing")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spm_dir = os.path.join(os.path.dirname(os.path.abspath(out)), ".demo_spm")
+    spm_path = spm.train(spm.repo_sentences(root), os.path.join(spm_dir, "spm.model"), cfg.vocab_size)
+    _log(f"trained a demo SentencePiece model on the project's text: {spm_path}")
+    _log(f"initialising {cfg.model_type} parameters (seed {DEMO_SEED})")
+    params = heads.init_params(cfg, DEMO_SEED)
+    opts = savedmodel.ExportOptions(dtype=dtype, demo=True, source=f"demo: random weights, seed {DEMO_SEED}")
+    return savedmodel.write_savedmodel(params, cfg, spm_path, out, opts, log=_log)
+
+
+def cmd_export(argv, add_overrides, get_overrides) -> int:
+    p = argparse.ArgumentParser(prog="python -m export",
+                                description="Export a VILA checkpoint as a TensorFlow SavedModel.")
+    p.add_argument("--checkpoint", required=True,
+                   help="paxml checkpoint folder (e.g. vila_rank_tuned) or a converted folder")
+    p.add_argument("--spm", required=True, help="SentencePiece model (spm_model/spm.model)")
+    p.add_argument("--out", required=True, help="SavedModel folder to write (atomically)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="weight storage type; bfloat16 halves the size (compute stays float32)")
+    add_overrides(p)
+    args = p.parse_args(argv)
+    out = export_checkpoint(args.checkpoint, args.spm, args.out, args.dtype, args.step, get_overrides(args))
+    _log(f"wrote {out}")
+    return 0
+
+
+def cmd_all(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m export all",
+                                description="Export every released checkpoint under --vila-dir "
+                                            "(or the full-size demo model) to OUT/<name>/<version>/.")
+    p.add_argument("--vila-dir", default="", help="folder holding vila_rank_tuned/, vila_pretrain/, "
+                                                  "laion_pretrain/, spm_model/spm.model")
+    p.add_argument("--out", default="exported")
+    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    written = []
+    if args.vila_dir:
+        spm_path = os.path.join(args.vila_dir, SPM_RELATIVE)
+        found = [(d, n) for d, n in RELEASED if os.path.isdir(os.path.join(args.vila_dir, d))]
+        if not found:
+            raise FileNotFoundError(f"{args.vila_dir}: none of {[d for d, _ in RELEASED]} found")
+        for folder, name in found:
+            out = os.path.join(args.out, name, str(args.version))
+            written.append(export_checkpoint(os.path.join(args.vila_dir, folder), spm_path, out, args.dtype))
+            _log(f"wrote {out}")
+    else:
+        out = os.path.join(args.out, DEMO_NAME, str(args.version))
+        written.append(export_demo(out, args.dtype))
+        _log(f"wrote {out} (DEMO weights: set VILA_DIR=... to export the released checkpoints)")
+    from export import serving_layout
+    serving_layout.write_models_config(args.out)
+    for w in written:
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(w) for f in fs)
+        print(f"{w}\t{size / 1e9:.2f} GB")
+    print(f"done in {time.time() - t0:.0f} s")
+    return 0

@@ -1,0 +1,169 @@
+"""SavedModel export of the genuine fixtures, checked against praxis goldens in a jax-free process."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import DATA, golden, run_without_jax
+
+HERE = os.path.dirname(__file__)
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def jaxless(exported, tmp_path_factory):
+    out = {}
+    for name, path in exported.items():
+        npz = tmp_path_factory.mktemp("jaxless") / f"{name}.npz"
+        r = run_without_jax(os.path.join(HERE, "jaxless_outputs.py"), path,
+                            os.path.join(DATA, name, "golden.npz"), npz)
+        assert r.returncode == 0, r.stderr[-4000:]
+        out[name] = np.load(npz, allow_pickle=False)
+    return out
+
+
+def _tile(x, b):
+    return np.concatenate([x] * 4)[:b]
+
+
+@pytest.mark.parametrize("name", ["vila_r_tiny", "vila_p_tiny"])
+@pytest.mark.parametrize("b", [1, 3, 8])
+def test_goldens_from_savedmodel_without_jax(jaxless, name, b):
+    g, o = golden(name), jaxless[name]
+    np.testing.assert_allclose(o[f"{b}/image_embedding"], _tile(g["pred/contrastive_img_embed_norm"], b), atol=TOL)
+    np.testing.assert_array_equal(o[f"{b}/caption_ids"], _tile(g["decode/hyp"][:, 0], b))
+    np.testing.assert_array_equal(o[f"{b}/caption_length"], _tile(g["decode/hyplen"][:, 0], b))
+    if name == "vila_r_tiny":
+        np.testing.assert_allclose(o[f"{b}/predictions"], _tile(g["pred/quality_scores"], b), atol=TOL)
+    else:  # a pretrain model's score is its zero-shot score
+        np.testing.assert_allclose(o[f"{b}/predictions"][:, 0], o[f"{b}/zero_shot_score"], atol=1e-6)
+    assert o[f"{b}/caption"].shape == (b,)
+
+
+def test_captions_are_detokenized_ids(jaxless, spm_model):
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=spm_model)
+    o = jaxless["vila_r_tiny"]
+    for ids, n, text in zip(o["8/caption_ids"], o["8/caption_length"], o["8/caption"]):
+        assert text == sp.decode([int(i) for i in ids[:n]])
+
+
+def test_text_embedding_matches_golden_prompt_and_python_tokenizer(jaxless, spm_model, loaded_fixtures):
+    """text_embedding(text) == the Flax text tower on ids from the Python SentencePiece library."""
+    import sentencepiece as spm
+    from export import heads
+    from test_tokenizer import lingvo_strings_to_ids
+    sp = spm.SentencePieceProcessor(model_file=spm_model)
+    texts = ["good image", "a photo of a dog", "", "lovely bokeh in the background " * 10]
+    ck = loaded_fixtures["vila_r_tiny"]
+    ids, paddings = lingvo_strings_to_ids(sp, texts, 64)
+    want = np.asarray(heads.text_embedding(ck.params, ck.config, ids, paddings))
+    for b in (1, 3, 4):
+        np.testing.assert_allclose(jaxless["vila_r_tiny"][f"{b}/text_embedding"], want[:b], atol=TOL)
+
+
+def test_zero_shot_matches_release_formula(jaxless, spm_model, loaded_fixtures):
+    import sentencepiece as spm
+    from export import heads
+    from test_tokenizer import lingvo_strings_to_ids
+    sp = spm.SentencePieceProcessor(model_file=spm_model)
+    for name in ("vila_r_tiny", "vila_p_tiny"):
+        ck, g = loaded_fixtures[name], golden(name)
+        ids, pad = lingvo_strings_to_ids(sp, list(heads.ZERO_SHOT_PROMPTS), 4)
+        txt = np.asarray(heads.text_embedding(ck.params, ck.config, ids, pad))
+        sims = (g["pred/contrastive_img_embed_norm"] @ txt.T).reshape(-1, 6, 2)
+        e = np.exp(sims - sims.max(-1, keepdims=True))
+        want = (e / e.sum(-1, keepdims=True)).mean(1)[:, 0]
+        np.testing.assert_allclose(jaxless[name]["3/zero_shot_score"], _tile(want, 3), atol=TOL)
+
+
+def test_bytes_signatures(jaxless):
+    o = jaxless["vila_r_tiny"]
+    assert o["scalar_predictions"].shape == (1, 1)  # TF Hub's predict_fn(tf.constant(image_bytes))
+    assert o["batch_predictions"].shape == (2, 1)
+    np.testing.assert_allclose(o["batch_predictions"], np.repeat(o["scalar_predictions"], 2, 0), atol=1e-6)
+    assert o["preprocessed"].shape == (1, 224, 224, 3)
+    msg = str(o["bad_image_error"])
+    assert "image 0 of the batch" in msg and "not a JPEG, PNG, GIF or BMP" in msg, msg
+
+
+def test_variables_shared_and_not_constants(exported, jaxless):
+    from export import checkpoint
+    path = exported["vila_r_tiny"]
+    ck = checkpoint.load(os.path.join(DATA, "vila_r_tiny", "ckpt"), decoding_max_len=16)
+    n_params = len(checkpoint.flatten(ck.params))
+    # every parameter once, plus the stored quality and zero-shot prompt embeddings
+    assert int(jaxless["vila_r_tiny"]["n_vars"]) == n_params + 2
+    param_bytes = sum(v.nbytes for v in checkpoint.flatten(ck.params).values())
+    var_bytes = sum(os.path.getsize(os.path.join(path, "variables", f)) for f in os.listdir(os.path.join(path, "variables")))
+    assert var_bytes >= param_bytes
+    # The graph holds StableHLO and the tokenizer, not the weights (which would then be duplicated
+    # per signature): the bytes of the largest arrays appear nowhere in saved_model.pb.
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        graph = f.read()
+    flat = checkpoint.flatten(ck.params)
+    for name in ("decoder/token_emb/emb_var", "decoder/softmax/logits_ffn/linear/w",
+                 "encoder/entry_stack/patch_projection/linear/w"):
+        assert flat[name][:4].tobytes() not in graph, name
+
+
+def test_platforms_and_calling_convention(exported):
+    from tensorflow.core.protobuf import saved_model_pb2
+    sm = saved_model_pb2.SavedModel()
+    with open(os.path.join(exported["vila_r_tiny"], "saved_model.pb"), "rb") as f:
+        sm.ParseFromString(f.read())
+    nodes = [n for fn in sm.meta_graphs[0].graph_def.library.function for n in fn.node_def if n.op == "XlaCallModule"]
+    assert nodes
+    meta = json.load(open(os.path.join(exported["vila_r_tiny"], "assets.extra", "vila_tf.json")))
+    for n in nodes:
+        assert [p.decode() for p in n.attr["platforms"].list.s] == ["CPU", "CUDA", "TPU"]
+        assert n.attr["version"].i == meta["calling_convention_version"]
+    assert meta["platforms"] == ["cpu", "cuda", "tpu"]
+
+
+def test_metadata(exported):
+    meta = json.load(open(os.path.join(exported["vila_p_tiny"], "assets.extra", "vila_tf.json")))
+    assert meta["model_type"] == "vila_p" and meta["demo_weights"] is False
+    assert meta["config"]["model_dims"] == 64 and meta["dtype"] == "float32"
+    assert len(meta["source_sha256"]) == 64 and meta["source_checkpoint"].endswith("state/checkpoint")
+    assert set(meta["versions"]) >= {"jax", "flax", "tensorflow"}
+    assert os.path.isfile(os.path.join(exported["vila_p_tiny"], "assets", "spm.model"))
+
+
+def test_bfloat16_export(tmp_path, spm_model):
+    """Weights stored in bfloat16: half the variable bytes, scores within bfloat16 precision."""
+    from export import checkpoint, heads, savedmodel
+    ck = checkpoint.load(os.path.join(DATA, "vila_r_tiny", "ckpt"), decoding_max_len=16)
+    out = savedmodel.write_savedmodel(ck.params, ck.config, spm_model, str(tmp_path / "bf16"),
+                                      savedmodel.ExportOptions(dtype="bfloat16"), log=lambda m: None)
+    m = tf.saved_model.load(out)
+    g = golden("vila_r_tiny")
+    got = m.signatures["score_pixels"](image=tf.constant(g["input/image"]))["predictions"].numpy()
+    assert np.abs(got - g["pred/quality_scores"]).max() < 0.02
+    assert all(v.dtype == tf.bfloat16 for v in m.variables if "prompt" not in v.name)
+
+
+def test_export_is_atomic(tmp_path, spm_model, monkeypatch):
+    """A failure mid-export leaves neither the output folder nor a temporary sibling."""
+    from export import checkpoint, savedmodel
+    ck = checkpoint.load(os.path.join(DATA, "vila_r_tiny", "ckpt"), decoding_max_len=16)
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tf.saved_model, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        savedmodel.write_savedmodel(ck.params, ck.config, spm_model, str(tmp_path / "out" / "1"), log=lambda m: None)
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_cli_export_and_errors(tmp_path, spm_model):
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
+    r = subprocess.run([sys.executable, "-m", "export", "--checkpoint", str(tmp_path / "missing"), "--spm", spm_model,
+                        "--out", str(tmp_path / "sm")], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "missing: no such file or directory" in r.stderr
+    assert not (tmp_path / "sm").exists()
