@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 VILA_DIR ?=
 OUT ?= exported
 VERSION ?= 1
+DTYPE ?= float32
 
 .PHONY: venv test test-slow export bench clean
 
@@ -27,7 +28,7 @@ test-slow: $(STAMP)
 
 # Exports every released checkpoint under VILA_DIR, or the full-size demo model without it.
 export: $(STAMP)
-	$(PY) -m export all --vila-dir '$(VILA_DIR)' --out '$(OUT)' --version $(VERSION)
+	$(PY) -m export all --vila-dir '$(VILA_DIR)' --out '$(OUT)' --version $(VERSION) --dtype $(DTYPE)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -90,7 +90,14 @@ def _to_float32(params):
 
 
 class VilaModule(tf.Module):
-    """The exported object: variables, tokenizer, and one tf.function per signature."""
+    """The exported object: variables, tokenizer, and one tf.function per signature.
+
+    `variables`, `trainable_variables` (none: inference only) and `regularization_losses` are saved
+    as plain attributes, the reusable-SavedModel convention that `hub.KerasLayer` reads.
+    """
+    # Plain attributes instead of tf.Module's computed properties, so they are saved.
+    variables = None
+    trainable_variables = None
 
     def __init__(self, params, cfg: VilaConfig, spm_model_path: str, options: ExportOptions):
         super().__init__(name="vila")
@@ -122,6 +129,10 @@ class VilaModule(tf.Module):
             q = jax.jit(functools.partial(heads.quality_prompt_embedding, cfg=cfg))(f32)
             self.quality_prompt_embedding = tf.Variable(np.asarray(q), trainable=False,
                                                         name="quality_prompt_embedding")
+        self.variables = list(self._variables_flat.values()) + [
+            v for v in (self.zero_shot_prompt_embeddings, getattr(self, "quality_prompt_embedding", None)) if v is not None]
+        self.trainable_variables = []
+        self.regularization_losses = []
         self._lower()
         self._make_signatures()
 
