@@ -30,5 +30,20 @@ test-slow: $(STAMP)
 export: $(STAMP)
 	$(PY) -m export all --vila-dir '$(VILA_DIR)' --out '$(OUT)' --version $(VERSION) --dtype $(DTYPE)
 
+# Exports the full-size demo model (float32 and bfloat16, in a temporary folder) and times it
+# against native JAX; prints the table and writes benchmarks/results.json (~20 min on 2 cores).
+# BENCH_ARGS=--quick for a shorter run.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py --out benchmarks/results.json $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
+
+# TF Hub compressed packages of every $(OUT)/<name>/<version>/: $(DIST)/<name>_<version>.tar.gz,
+# its .sha256 and the model card $(DIST)/<name>.md. BASE_URL: where $(DIST) will be served from.
+DIST ?= dist
+BASE_URL ?=
+.PHONY: package
+package: $(STAMP)
+	$(PY) -m export package '$(OUT)' --out '$(DIST)' $(if $(BASE_URL),--base-url '$(BASE_URL)')

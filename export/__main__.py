@@ -3,6 +3,7 @@
   python -m export --checkpoint CKPT_DIR --spm SPM_MODEL --out SAVEDMODEL_DIR   (export one model)
   python -m export convert --checkpoint CKPT_DIR --out DIR                      (paxml -> orbax)
   python -m export all [--vila-dir DIR] --out exported                          (what `make export` runs)
+  python -m export package SAVEDMODEL_DIR --out DIST_DIR [--name N --version V] (TF Hub tar.gz + model card)
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 
 from export.config import ConfigError
 
-SUBCOMMANDS = ("convert", "all", "export")
+SUBCOMMANDS = ("convert", "all", "export", "package")
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -60,6 +61,9 @@ def main(argv=None) -> int:
     try:
         if command == "convert":
             return cmd_convert(argv)
+        if command == "package":  # needs no jax: imported before cli_export
+            from export import package
+            return package.cmd_package(argv)
         from export import cli_export
         if command == "all":
             return cli_export.cmd_all(argv)

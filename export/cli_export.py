@@ -106,6 +106,7 @@ def cmd_all(argv) -> int:
         _log(f"wrote {out} (DEMO weights: set VILA_DIR=... to export the released checkpoints)")
     from export import serving_layout
     serving_layout.write_models_config(args.out)
+    serving_layout.write_batching_parameters(args.out)
     for w in written:
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(w) for f in fs)
         print(f"{w}\t{size / 1e9:.2f} GB")

@@ -50,3 +50,50 @@ def greedy_decode(params, cfg: VilaConfig, generative_img_embed: jax.Array, max_
     state = (jnp.asarray(0, jnp.int32), ids, logprobs, lengths, done, cache)
     _, ids, logprobs, lengths, _, _ = jax.lax.while_loop(cond, body, state)
     return ids, lengths, logprobs
+
+
+def greedy_decode_uncached(params, cfg: VilaConfig, generative_img_embed: jax.Array, max_len: int | None = None):
+    """greedy_decode without a KV cache: the benchmarks' baseline for what the cache saves.
+
+    Every step reruns the whole text decoder (and the image cross-attention projections) over the
+    full max_len window, with zero paddings: the causal mask hides the slots not written yet, so
+    position `step` sees exactly the prefix. Only that position goes through the vocabulary
+    projection, so the baseline pays for recomputing the prefix, not for 63 unused softmaxes.
+    Same outputs and conventions as greedy_decode, and the same stopping rule, so both run the same
+    number of steps.
+    """
+    model = VilaModel(cfg)
+    max_len = max_len or cfg.decoding_max_len
+    variables = {"params": params}
+    b = generative_img_embed.shape[0]
+    no_padding = jnp.zeros((b, max_len), jnp.float32)
+
+    def next_token_logits(ids, step):
+        hidden = model.apply(variables, ids, no_padding, generative_img_embed,
+                             method=VilaModel.encode_text)["multimodal_txt_embed"]
+        at_step = jax.lax.dynamic_index_in_dim(hidden, step, axis=1, keepdims=False)
+        return model.apply(variables, at_step, method=lambda m, x: m.decoder.logits(x))
+
+    def cond(state):
+        step, _, _, _, done = state
+        return (step < max_len - 1) & ~jnp.all(done)
+
+    def body(state):
+        step, ids, logprobs, lengths, done = state
+        logits = next_token_logits(ids, step).astype(jnp.float32)
+        next_ids = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        next_lp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), next_ids[:, None], axis=-1)[:, 0]
+        ids = jax.lax.dynamic_update_index_in_dim(ids, jnp.where(done, 0, next_ids), step + 1, axis=1)
+        logprobs = jax.lax.dynamic_update_index_in_dim(
+            logprobs, jnp.where(done, 1.0, next_lp), step + 1, axis=1)
+        finished_now = ~done & (next_ids == EOS_ID)
+        lengths = jnp.where(finished_now, step + 2, lengths)
+        return step + 1, ids, logprobs, lengths, done | finished_now
+
+    state = (jnp.asarray(0, jnp.int32),
+             jnp.zeros((b, max_len), jnp.int32).at[:, 0].set(BOS_ID),
+             jnp.ones((b, max_len), jnp.float32),
+             jnp.full((b,), max_len, jnp.int32),
+             jnp.zeros((b,), bool))
+    _, ids, logprobs, lengths, _ = jax.lax.while_loop(cond, body, state)
+    return ids, lengths, logprobs

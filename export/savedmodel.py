@@ -27,16 +27,14 @@ from export import heads, preprocess
 from export.checkpoint import flatten, unflatten
 from export.config import VilaConfig
 from export.tokenizer import LingvoTokenizer
+from export.warmup import write_warmup
+from vila_tf.signatures import ALL_SIGNATURES
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 METADATA_FILE = "vila_tf.json"
 SPM_ASSET_NAME = "spm.model"
 TEXT_LENGTH = 64  # tokens per text for the text_embedding signature (the release's max text length)
 
-IMAGE_SIGNATURES = ("serving_default", "image_embedding", "zero_shot", "caption", "preprocess")
-PIXEL_SIGNATURES = ("score_pixels", "image_embedding_pixels", "zero_shot_pixels", "caption_pixels")
-TEXT_SIGNATURES = ("text_embedding",)
-ALL_SIGNATURES = IMAGE_SIGNATURES + PIXEL_SIGNATURES + TEXT_SIGNATURES
 
 
 @dataclasses.dataclass
@@ -253,8 +251,9 @@ def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
             log("lowering the heads and writing the SavedModel")
             tf.saved_model.save(module, tmp, signatures=module.signatures(),
                                 options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+        log("writing TF Serving warmup requests")
+        write_warmup(tmp, ALL_SIGNATURES, cfg.image_size)
         extra_dir = os.path.join(tmp, "assets.extra")
-        os.makedirs(extra_dir, exist_ok=True)
         with open(os.path.join(extra_dir, METADATA_FILE), "w") as f:
             json.dump(metadata(module, {"export_seconds": round(time.time() - t0, 1)}), f, indent=1)
         _replace_dir(tmp, out_dir)

@@ -1,7 +1,10 @@
-"""TF Serving base layout: OUT/<name>/<version>/ SavedModels and OUT/models.config."""
+"""TF Serving base layout: OUT/<name>/<version>/ SavedModels, OUT/models.config and
+OUT/batching_parameters.txt (server-side batching in the same buckets as the warmup requests)."""
 from __future__ import annotations
 
 import os
+
+from vila_tf.buckets import BUCKETS
 
 
 def model_versions(root: str) -> dict:
@@ -34,4 +37,19 @@ def write_models_config(root: str) -> str:
     with open(tmp, "w") as f:
         f.write("model_config_list {\n" + "".join(entries) + "}\n")
     os.replace(tmp, path)
+    return path
+
+
+def write_batching_parameters(root: str, batch_timeout_micros: int = 5000, num_batch_threads: int = 2) -> str:
+    """`--batching_parameters_file` whose allowed sizes are the warmup buckets, so server-side
+    batching never produces a batch size that was not compiled at load."""
+    path = os.path.join(root, "batching_parameters.txt")
+    os.makedirs(root, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(f"max_batch_size {{ value: {BUCKETS[-1]} }}\n"
+                f"batch_timeout_micros {{ value: {batch_timeout_micros} }}\n"
+                f"num_batch_threads {{ value: {num_batch_threads} }}\n"
+                f"max_enqueued_batches {{ value: 100 }}\n"
+                + "".join(f"allowed_batch_sizes: {b}\n" for b in BUCKETS)
+                + "pad_variable_length_inputs: false\n")
     return path

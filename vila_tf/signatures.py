@@ -1,0 +1,36 @@
+"""The signature contract of a vila-tf SavedModel: names, inputs and outputs.
+
+Shared by the exporter (which builds them), the runtime, the TF Serving clients and the warmup
+writer, so the three can never disagree.
+"""
+BYTES, TEXT, PIXELS = "bytes", "text", "pixels"
+
+# signature name -> (input key, input kind)
+SIGNATURE_INPUTS = {
+    "serving_default": ("image_bytes", BYTES),
+    "image_embedding": ("image_bytes", BYTES),
+    "zero_shot": ("image_bytes", BYTES),
+    "caption": ("image_bytes", BYTES),
+    "preprocess": ("image_bytes", BYTES),
+    "score_pixels": ("image", PIXELS),
+    "image_embedding_pixels": ("image", PIXELS),
+    "zero_shot_pixels": ("image", PIXELS),
+    "caption_pixels": ("image", PIXELS),
+    "text_embedding": ("text", TEXT),
+}
+
+# signature name -> output keys
+SIGNATURE_OUTPUTS = {
+    "serving_default": ("predictions",),
+    "score_pixels": ("predictions",),
+    "image_embedding": ("image_embedding",),
+    "image_embedding_pixels": ("image_embedding",),
+    "zero_shot": ("zero_shot_score",),
+    "zero_shot_pixels": ("zero_shot_score",),
+    "caption": ("caption", "caption_ids", "caption_length"),
+    "caption_pixels": ("caption", "caption_ids", "caption_length"),
+    "preprocess": ("image",),
+    "text_embedding": ("text_embedding",),
+}
+
+ALL_SIGNATURES = tuple(SIGNATURE_INPUTS)
