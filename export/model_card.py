@@ -233,7 +233,7 @@ def _details(facts: ModelFacts, pkg: PackageInfo) -> str:
 
 
 def _preprocessing(facts: ModelFacts) -> str:
-    from export.preprocess import PRE_CROP_SIZE
+    from vila_tf.preprocessing import PRE_CROP_SIZE
     m = facts.metadata
     size = m["config"].get("image_size", 224)
     lines = [

@@ -23,7 +23,8 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from export import heads, preprocess
+from export import heads
+from vila_tf import preprocessing as preprocess
 from export.checkpoint import flatten, unflatten
 from export.config import VilaConfig
 from export.tokenizer import LingvoTokenizer

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from export import preprocess
+from vila_tf import preprocessing as preprocess
 
 
 def release_pipeline(image_bytes):

@@ -1,0 +1,15 @@
+"""vila-tf runtime: exported VILA models with TensorFlow only (never imports jax or flax).
+
+    import vila_tf
+    model = vila_tf.load("exported/vila_r")
+    model.score(["photo.jpg"])
+"""
+__all__ = ["load", "VilaModel", "ImageError", "DemoModelWarning"]
+
+
+def __getattr__(name):
+    # Lazy: `vila_tf.signatures` / `vila_tf.buckets` stay importable without loading TensorFlow.
+    if name in __all__:
+        from vila_tf import model
+        return getattr(model, name)
+    raise AttributeError(f"module 'vila_tf' has no attribute {name!r}")

@@ -73,15 +73,17 @@ def decode(image_bytes: tf.Tensor, index: tf.Tensor | None = None, max_pixels: i
     where = tf.constant("image") if index is None else tf.strings.format("image {} of the batch", index)
     fmt = image_format(image_bytes)
     n = tf.strings.length(image_bytes)
+    # Messages are joined, not tf.strings.format-ted, which would quote every string argument.
     checks = [tf.debugging.Assert(n > 0, [tf.strings.join([where, ": image_bytes is empty"])])]
-    checks.append(tf.debugging.Assert(tf.not_equal(fmt, ""), [tf.strings.format(
-        "{}: not a JPEG, PNG, GIF or BMP image (first bytes {})", (where, tf.strings.substr(image_bytes, 0, 8)))]))
+    checks.append(tf.debugging.Assert(tf.not_equal(fmt, ""), [tf.strings.join([
+        where, ": not a JPEG, PNG, GIF or BMP image (first bytes ",
+        tf.strings.substr(image_bytes, 0, 8), ")"])]))
     with tf.control_dependencies(checks):
         hw = declared_size(image_bytes, fmt)
     pixels = hw[0] * hw[1]
-    bomb = tf.debugging.Assert(pixels <= max_pixels, [tf.strings.format(
-        "{}: header declares {} x {} = {} pixels, more than the allowed {} (max_pixels)",
-        (where, hw[0], hw[1], pixels, tf.constant(max_pixels, tf.int64)))])
+    bomb = tf.debugging.Assert(pixels <= max_pixels, [tf.strings.join([
+        where, ": header declares ", tf.strings.as_string(hw[0]), " x ", tf.strings.as_string(hw[1]), " = ",
+        tf.strings.as_string(pixels), " pixels, more than the allowed ", str(max_pixels), " (max_pixels)"])])
     with tf.control_dependencies([bomb]):
         return tf.io.decode_image(image_bytes, channels=3, expand_animations=False, dtype=tf.uint8)
 
