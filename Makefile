@@ -15,7 +15,7 @@ DTYPE ?= float32
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[export,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[export,dev,beam]'
 	touch $(STAMP)
 
 venv: $(STAMP)

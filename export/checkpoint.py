@@ -19,8 +19,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 import numpy as np
@@ -369,22 +367,14 @@ def write_paxml(params: Mapping, out_dir: str, step: int = 0, layout: str = "pax
 def save_converted(loaded: LoadedCheckpoint, out_dir: str) -> str:
     """Writes the params as an orbax checkpoint plus `vila_config.json`, atomically."""
     import orbax.checkpoint as ocp
+    from vila_tf.atomic import atomic_dir
     out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    try:
+    with atomic_dir(out_dir) as tmp:
         with ocp.PyTreeCheckpointer() as ckptr:
             ckptr.save(os.path.join(tmp, ORBAX_SUBDIR), loaded.params)
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump({"config": loaded.config.to_dict(), "source": loaded.source, "step": loaded.step,
                        "sha256": loaded.sha256}, f, indent=1)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

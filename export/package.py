@@ -23,9 +23,10 @@ import os
 import re
 import sys
 import tarfile
-import tempfile
 import time
 from typing import Callable, Optional
+
+from vila_tf.atomic import atomic_file
 
 ARCHIVE_MTIME = 0          # every entry's mtime, and the gzip header's
 FILE_MODE = 0o644
@@ -105,39 +106,29 @@ def write_archive(savedmodel_dir: str, archive_path: str) -> str:
     """Writes the SavedModel folder as a deterministic tar.gz at `archive_path` (atomically);
     returns its sha256."""
     entries = archive_entries(savedmodel_dir)
-    out_dir = os.path.dirname(os.path.abspath(archive_path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(archive_path)}.tmp-", dir=out_dir)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            hashing = _HashingWriter(raw)
-            # filename="" keeps the temporary file's name out of the gzip header.
-            with gzip.GzipFile(filename="", mode="wb", fileobj=hashing, compresslevel=GZIP_LEVEL,
-                               mtime=ARCHIVE_MTIME) as gz:
-                # GNU format: no pax headers (which may carry times) and no 8 GB size limit.
-                with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
-                    for name in entries:
-                        path = os.path.join(savedmodel_dir, *name.split("/"))
-                        info = _tarinfo(name, path)
-                        if info.isdir():
-                            tar.addfile(info)
-                        else:
-                            with open(path, "rb") as f:
-                                tar.addfile(info, f)
-        os.chmod(tmp, FILE_MODE)  # mkstemp makes it 0600; a web server or bucket sync must read it
-        os.replace(tmp, archive_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(archive_path, "wb") as raw:
+        hashing = _HashingWriter(raw)
+        # filename="" keeps the temporary file's name out of the gzip header.
+        with gzip.GzipFile(filename="", mode="wb", fileobj=hashing, compresslevel=GZIP_LEVEL,
+                           mtime=ARCHIVE_MTIME) as gz:
+            # GNU format: no pax headers (which may carry times) and no 8 GB size limit.
+            with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                for name in entries:
+                    path = os.path.join(savedmodel_dir, *name.split("/"))
+                    info = _tarinfo(name, path)
+                    if info.isdir():
+                        tar.addfile(info)
+                    else:
+                        with open(path, "rb") as f:
+                            tar.addfile(info, f)
+        os.fchmod(raw.fileno(), FILE_MODE)  # mkstemp makes it 0600; a web server must read it
     return hashing.digest.hexdigest()
 
 
 def write_text(path: str, text: str) -> None:
     """Writes a small text file atomically (a web server never serves half a checksum)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+    with atomic_file(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 def default_name_version(savedmodel_dir: str) -> tuple[str, int]:

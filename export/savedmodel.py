@@ -12,8 +12,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
-import tempfile
 import time
 from typing import Callable, Optional
 
@@ -29,6 +27,7 @@ from export.checkpoint import flatten, unflatten
 from export.config import VilaConfig
 from export.tokenizer import LingvoTokenizer
 from export.warmup import write_warmup
+from vila_tf.atomic import atomic_dir
 from vila_tf.signatures import ALL_SIGNATURES
 
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -234,17 +233,12 @@ def metadata(module: VilaModule, extra: dict) -> dict:
 
 def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
                      options: Optional[ExportOptions] = None, log: Callable[[str], None] = print) -> str:
-    """Builds and saves the SavedModel at exactly `out_dir`, atomically.
-
-    Everything is written to a temporary sibling folder and renamed into place at the end, so a
-    crash or Ctrl-C never leaves a partial model where TF Serving would load it.
+    """Builds and saves the SavedModel at exactly `out_dir`, atomically (`vila_tf.atomic`): a crash,
+    Ctrl-C or SIGKILL leaves either the previous complete model or the new one, never a partial one.
     """
     options = options or ExportOptions()
     out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    try:
+    with atomic_dir(out_dir) as tmp:
         t0 = time.time()
         with _calling_convention(tf_calling_convention_version()):
             log(f"building the TF module ({cfg.model_type}, {options.dtype}, platforms {','.join(options.platforms)})")
@@ -254,21 +248,6 @@ def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
                                 options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
         log("writing TF Serving warmup requests")
         write_warmup(tmp, ALL_SIGNATURES, cfg.image_size)
-        extra_dir = os.path.join(tmp, "assets.extra")
-        with open(os.path.join(extra_dir, METADATA_FILE), "w") as f:
+        with open(os.path.join(tmp, "assets.extra", METADATA_FILE), "w") as f:
             json.dump(metadata(module, {"export_seconds": round(time.time() - t0, 1)}), f, indent=1)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
-
-
-def _replace_dir(src: str, dst: str) -> None:
-    if not os.path.exists(dst):
-        os.replace(src, dst)
-        return
-    old = dst + f".old-{os.getpid()}"
-    os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)

@@ -130,6 +130,7 @@ def _info(model) -> int:
 
 def _run(args) -> int:
     import vila_tf
+    from vila_tf.atomic import atomic_file
     from vila_tf import inputs as inputs_lib
     try:
         model = vila_tf.load(args.model, device=getattr(args, "device", None))
@@ -160,7 +161,8 @@ def _run(args) -> int:
                                                                    else "csv"))
     rows = _rows(args.command, [it.source for it in items], values, captions, errors)
     if args.output:
-        with open(args.output, "w", encoding="utf-8", newline="") as f:
+        # Atomic: an interrupted run leaves the previous file (or none), never a truncated one.
+        with atomic_file(args.output, "w", encoding="utf-8", newline="") as f:
             _write(rows, fmt, f)
     else:
         _write(rows, fmt, sys.stdout)
@@ -172,7 +174,8 @@ def _run(args) -> int:
         sheet = contact_sheet.render([items[i].data for i in ok], [values[i] for i in ok],
                                      [captions[i] for i in ok] if captions is not None else None,
                                      [os.path.basename(items[i].source) for i in ok])
-        sheet.save(args.contact_sheet)
+        with atomic_file(args.contact_sheet, "wb") as f:
+            sheet.save(f, format="PNG")
         print(f"vila-tf: contact sheet of {len(ok)} images -> {args.contact_sheet}", file=sys.stderr)
     if errors:
         print(f"vila-tf: {len(errors)} of {len(items)} inputs failed", file=sys.stderr)

@@ -1,0 +1,398 @@
+"""Batch scoring on Apache Beam: millions of photos on Dataflow, Flink, Spark or the DirectRunner.
+
+    vila-tf beam score exported/vila_r --input 'gs://bucket/photos/**' --output gs://bucket/vila/run1 \\
+        --runner=DataflowRunner --project=... --region=...
+
+The pipeline:
+
+    patterns -> MatchAll -> paths, deduplicated  (the shuffle also spreads them over the workers)
+             -> ReadMatches -> (path, bytes)                       an unreadable file -> an error record
+             -> RunInference(KeyedModelHandler(VilaModelHandler))  a bad image -> an error record
+             -> PREFIX-results-*.jsonl   {"input": path, "score": 0.63}
+                PREFIX-errors-*.jsonl    {"input": path, "error": "not a JPEG, PNG, GIF or BMP image ..."}
+
+Decoding, batching (padded to the export's buckets) and per-image failures are `vila_tf.VilaModel`'s;
+this module only moves bytes and records. Each worker process loads one copy of the model (Beam's
+per-process `Shared` cache). A model under gs:// or s3:// is copied to local disk once per machine.
+
+Needs Apache Beam (`pip install 'vila-tf[beam]'`); `import vila_tf` never imports this module.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
+
+try:
+    import apache_beam as beam
+except ImportError as e:  # the runtime works without Beam; only this module needs it
+    raise ImportError("vila_tf.beam needs Apache Beam: pip install 'vila-tf[beam]' (or apache-beam)") from e
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from vila_tf import buckets
+
+log = logging.getLogger("vila_tf.beam")
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+METRICS_NAMESPACE = "vila_tf"
+RESULTS, ERRORS = "results", "errors"
+
+
+class Task(NamedTuple):
+    method: str  # the VilaModel method that runs it
+    field: str  # the key of its value in a result record (as the `vila-tf` command's jsonl output)
+    help: str
+
+
+TASKS = {
+    "score": Task("score", "score", "aesthetic score per image (VILA-R; zero-shot score for a pretrain model)"),
+    "zero-shot": Task("zero_shot", "score", "zero-shot quality score from the release's good/bad prompt pairs"),
+    "caption": Task("caption", "caption", "an aesthetic comment per image (greedy decoding)"),
+    "embed": Task("image_embedding", "embedding", "l2-normalized image embeddings"),
+}
+
+
+def _json_value(field: str, value) -> Any:
+    # Same rounding as `vila-tf ... --format jsonl`, so both commands write the same records.
+    if field == "embedding":
+        return [round(float(x), 7) for x in value]
+    if field == "caption":
+        return value
+    return round(float(value), 6)
+
+
+# -- the model on a worker ---------------------------------------------------------------------------
+
+def _is_remote(path: str) -> bool:
+    return FileSystems.get_scheme(path) not in (None, "file")
+
+
+def _remote_savedmodel(path: str) -> str:
+    """The SavedModel folder at a remote `path`, or the newest numbered version under it (TF Serving layout)."""
+    path = path.rstrip("/")
+    if FileSystems.exists(FileSystems.join(path, "saved_model.pb")):
+        return path
+    found = FileSystems.match([FileSystems.join(path, "*", "saved_model.pb")])[0].metadata_list
+    versions = {}
+    for m in found:
+        folder = m.path[: -len("/saved_model.pb")]
+        name = folder.rsplit("/", 1)[-1]
+        if name.isdigit():
+            versions[int(name)] = folder
+    if not versions:
+        raise FileNotFoundError(f"{path}: not a SavedModel folder (no saved_model.pb) nor a TF Serving base "
+                                "folder with numbered versions")
+    return versions[max(versions)]
+
+
+def fetch_savedmodel(path: str, cache_dir: Optional[str] = None) -> str:
+    """Copies a SavedModel from any Beam filesystem (gs://, s3://, ...) to local disk and returns the copy.
+
+    TensorFlow reads SavedModels from local disk on every platform, and each of a machine's worker
+    processes would otherwise download its own copy (1.2 GB at full size): the copy is shared by
+    the machine's processes, named after the source, and renamed into place only when complete.
+    """
+    source = _remote_savedmodel(path)
+    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "vila_tf-models")
+    dest = os.path.join(cache_dir, hashlib.sha256(source.encode()).hexdigest()[:16])
+    if os.path.isfile(os.path.join(dest, "saved_model.pb")):
+        return dest
+    os.makedirs(cache_dir, exist_ok=True)
+    partial = tempfile.mkdtemp(prefix=".partial-", dir=cache_dir)
+    try:
+        for m in FileSystems.match([source + "/**"])[0].metadata_list:
+            relative = m.path[len(source):].strip("/")
+            if not relative or m.path.endswith("/"):  # object stores list folder placeholders too
+                continue
+            local = os.path.join(partial, *relative.split("/"))
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            with FileSystems.open(m.path, compression_type=CompressionTypes.UNCOMPRESSED) as src, \
+                    open(local, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 22)
+        os.rename(partial, dest)
+        log.info("copied %s to %s", source, dest)
+    except OSError:
+        if not os.path.isfile(os.path.join(dest, "saved_model.pb")):
+            raise
+        # Another process on this machine finished the same copy first: use theirs.
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return dest
+
+
+class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
+    """RunInference handler for an exported VILA model: encoded image bytes in, one record body out.
+
+    Each inference is `{"score": 0.63}` (`{"caption": ...}`, `{"embedding": [...]}`), or
+    `{"error": reason}` for an image the model could not read. Wrap it in `KeyedModelHandler` to keep
+    file names with the results. Batches are exactly `batch_size` images (one of the export's
+    buckets, so no padding) except the last of each bundle, which VilaModel pads to the next bucket.
+    """
+
+    def __init__(self, model_path: str, task: str = "score", batch_size: int = buckets.MAX_BATCH,
+                 device: Optional[str] = None):
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        if batch_size not in buckets.BUCKETS:
+            raise ValueError(f"batch size {batch_size} is not one of the export's buckets {buckets.BUCKETS}")
+        # Leaving share_model_across_processes() False: Beam keeps one model per worker process,
+        # shared by that process's threads (VilaModel is thread-safe).
+        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
+        self.model_path, self.task, self.batch_size, self.device = model_path, task, batch_size, device
+
+    def load_model(self):
+        from vila_tf import model as model_lib  # TensorFlow is imported on the workers only
+        path = fetch_savedmodel(self.model_path) if _is_remote(self.model_path) else self.model_path
+        log.info("vila_tf.beam: process %d loaded %s", os.getpid(), path)
+        return model_lib.load(path, device=self.device)
+
+    def run_inference(self, batch: Sequence[bytes], model, inference_args: Optional[dict] = None
+                      ) -> Iterable[PredictionResult]:
+        task = TASKS[self.task]
+        values, errors = getattr(model, task.method)(list(batch), batch_size=self.batch_size, return_errors=True)
+        failed = {e.index: e.reason for e in errors}
+        return [PredictionResult(example, {"error": failed[i]} if i in failed
+                                 else {task.field: _json_value(task.field, values[i])}, self.model_path)
+                for i, example in enumerate(batch)]
+
+    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
+        return sum(len(b) for b in batch)  # the default pickles the whole batch to measure it
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
+
+
+# -- the pipeline ---------------------------------------------------------------------------------------
+
+class _ReadBytes(beam.DoFn):
+    """ReadableFile -> (path, bytes); a file that cannot be read -> an error record."""
+
+    def __init__(self):
+        self.unreadable = Metrics.counter(METRICS_NAMESPACE, "files_unreadable")
+
+    def process(self, readable: fileio.ReadableFile):
+        path = readable.metadata.path
+        try:
+            yield path, readable.read()
+        except (OSError, IOError) as e:  # BeamIOError is an IOError
+            self.unreadable.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, {"input": path, "error": f"cannot read: {e}"})
+
+
+class ReadImages(beam.PTransform):
+    """File patterns -> (path, image bytes), with unreadable files in the `errors` output."""
+
+    def expand(self, patterns):
+        return (patterns
+                | "Match" >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
+                | "Paths" >> beam.Map(lambda metadata: metadata.path)
+                # Overlapping patterns would score a file twice; the grouping also redistributes the
+                # files, which one pattern's match would otherwise leave on a single worker.
+                | "Distinct" >> beam.Distinct()
+                # Bytes as stored: AUTO would decompress a photo whose name ends in .gz or .bz2.
+                | "Open" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED)
+                | "Read" >> beam.ParDo(_ReadBytes()).with_outputs(ERRORS, main="images"))
+
+
+class _SplitRecords(beam.DoFn):
+    """(path, PredictionResult) -> a result record, or an error record in the `errors` output."""
+
+    def __init__(self):
+        self.done = Metrics.counter(METRICS_NAMESPACE, "images_done")
+        self.failed = Metrics.counter(METRICS_NAMESPACE, "images_failed")
+
+    def process(self, keyed):
+        path, prediction = keyed
+        record = {"input": path, **prediction.inference}
+        if "error" in record:
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, record)
+        else:
+            self.done.inc()
+            yield record
+
+
+class RunVila(beam.PTransform):
+    """(path, image bytes) -> result records, with the images the model could not read in `errors`."""
+
+    def __init__(self, model_path: str, task: str = "score", batch_size: int = buckets.MAX_BATCH,
+                 device: Optional[str] = None):
+        super().__init__()
+        self.handler = KeyedModelHandler(VilaModelHandler(model_path, task, batch_size, device))
+
+    def expand(self, images):
+        return (images
+                | "RunInference" >> RunInference(self.handler)
+                | "Records" >> beam.ParDo(_SplitRecords()).with_outputs(ERRORS, main=RESULTS))
+
+
+class WriteJsonLines(beam.PTransform):
+    """Records -> PREFIX-00000-of-0000N.jsonl (one JSON object a line; always at least one file)."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def expand(self, records):
+        return (records
+                | "Json" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=False))
+                | "Write" >> beam.io.WriteToText(self.prefix, file_name_suffix=".jsonl"))
+
+
+def build(pipeline: beam.Pipeline, model_path: str, task: str, patterns: Sequence[str], output: str,
+          batch_size: int = buckets.MAX_BATCH, device: Optional[str] = None) -> None:
+    """Adds the whole job to `pipeline`: PATTERNS -> OUTPUT-results-*.jsonl and OUTPUT-errors-*.jsonl."""
+    files = pipeline | "Patterns" >> beam.Create(list(patterns)) | "ReadImages" >> ReadImages()
+    scored = files.images | "RunVila" >> RunVila(model_path, task, batch_size, device)
+    _ = scored[RESULTS] | "WriteResults" >> WriteJsonLines(f"{output}-{RESULTS}")
+    _ = ((files[ERRORS], scored[ERRORS]) | "AllErrors" >> beam.Flatten()
+         | "WriteErrors" >> WriteJsonLines(f"{output}-{ERRORS}"))
+
+
+# -- the command ------------------------------------------------------------------------------------------
+
+class UsageError(Exception):
+    """A problem the user fixes in the command line (exit code 2)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vila-tf beam", allow_abbrev=False,  # no abbreviations: they would swallow Beam's flags
+        description="Run an exported VILA model over files matched by patterns, on Apache Beam.",
+        epilog="Every other --flag is a Beam pipeline option (--runner, --project, --region, "
+               "--direct_num_workers, ...). Writes PREFIX-results-*.jsonl and PREFIX-errors-*.jsonl. "
+               "Exit code 0: every input processed; 1: some failed (see the errors files); 2: usage error.")
+    p.add_argument("task", choices=list(TASKS), metavar="COMMAND",
+                   help="; ".join(f"{name}: {t.help}" for name, t in TASKS.items()))
+    p.add_argument("model", help="exported SavedModel folder, or a TF Serving base folder (newest version); "
+                                 "local, or on any Beam filesystem (gs://, s3://)")
+    p.add_argument("--input", action="append", required=True, metavar="PATTERN",
+                   help="files to process, e.g. 'photos/*.jpg', 'gs://bucket/photos/**' (** crosses folders); "
+                        "repeat for several patterns")
+    p.add_argument("--output", required=True, metavar="PREFIX", help="where the JSON Lines outputs go")
+    p.add_argument("--batch-size", type=int, default=buckets.MAX_BATCH, choices=buckets.BUCKETS,
+                   help=f"images per model call (default {buckets.MAX_BATCH})")
+    p.add_argument("--device", help="e.g. GPU:0 on GPU workers (default: TensorFlow's choice)")
+    p.add_argument("--detach", action="store_true",
+                   help="return once a remote runner has accepted the job instead of waiting for it")
+    return p
+
+
+def _runner_name(options: PipelineOptions) -> str:
+    runner = options.view_as(StandardOptions).runner or StandardOptions.DEFAULT_RUNNER
+    return runner if isinstance(runner, str) else type(runner).__name__
+
+
+def _pipeline_options(beam_args: list[str]) -> PipelineOptions:
+    options = PipelineOptions(beam_args)
+    logging.getLogger("apache_beam.options.pipeline_options").setLevel(logging.ERROR)  # we report them
+    unknown = set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options())
+    stray = [a for a in beam_args if not a.startswith("-")]
+    if unknown or (stray and not any(a.startswith("--") for a in beam_args)):
+        names = ", ".join(sorted(f"--{u}" for u in unknown) + stray)
+        raise UsageError(f"unrecognized arguments: {names} (neither a vila-tf beam option nor a Beam pipeline "
+                         "option; see vila-tf beam --help)")
+    direct = options.view_as(DirectOptions)
+    if _runner_name(options) == "DirectRunner" and direct.direct_running_mode != "in_memory":
+        # The DirectRunner hands a pipeline to Prism when it can download it, and Prism ignores the
+        # direct_* worker flags; the FnApiRunner is the local runner that implements them.
+        options.view_as(StandardOptions).runner = "FnApiRunner"
+    return options
+
+
+def _check_inputs(patterns: list[str]) -> None:
+    """Fails before the job starts when a pattern matches nothing (a typo would give empty outputs)."""
+    for pattern in patterns:
+        if not _is_remote(pattern) and os.path.isdir(pattern):
+            raise UsageError(f"--input {pattern} is a folder: give a pattern, e.g. '{pattern.rstrip('/')}/*' "
+                             f"or '{pattern.rstrip('/')}/**' (recursive)")
+        try:
+            found = FileSystems.match([pattern], limits=[1])[0].metadata_list
+        except Exception as e:  # noqa: BLE001  (Beam raises BeamIOError or ValueError, per filesystem)
+            raise UsageError(f"--input {pattern}: {e}") from e
+        if not found:
+            raise UsageError(f"--input {pattern}: matches no files")
+
+
+def _check_model(path: str, runner: str) -> None:
+    if _is_remote(path):
+        try:
+            _remote_savedmodel(path)
+        except Exception as e:  # noqa: BLE001
+            raise UsageError(f"cannot use model {path}: {e}") from e
+    elif os.path.exists(path) or runner in StandardOptions.LOCAL_RUNNERS:
+        from vila_tf.model import resolve_savedmodel
+        try:
+            resolve_savedmodel(path)
+        except FileNotFoundError as e:
+            raise UsageError(f"cannot use model: {e}") from e
+    else:
+        log.warning("model %s is not on this machine: the %s workers must have it at that path "
+                    "(in their container), or give a gs:// / s3:// path", path, runner)
+
+
+def _counter(result, name: str) -> Optional[int]:
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(name))
+        return sum(int(c.result or 0) for c in found["counters"])
+    except Exception:  # noqa: BLE001  (not every runner reports metrics)
+        return None
+
+
+def run(args: argparse.Namespace, options: PipelineOptions) -> int:
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, args.model, args.task, args.input, args.output, args.batch_size, args.device)
+    start = time.time()
+    result = pipeline.run()
+    if args.detach:
+        print(f"vila-tf beam: job submitted ({getattr(result, 'state', 'unknown state')})", file=sys.stderr)
+        return EXIT_OK
+    result.wait_until_finish()
+    seconds = time.time() - start
+    done, failed = _counter(result, "images_done"), _counter(result, "images_failed")
+    unreadable = _counter(result, "files_unreadable")
+    if done is None or failed is None:
+        print(f"vila-tf beam: finished in {seconds:.1f} s; results in {args.output}-{RESULTS}-*.jsonl, "
+              f"failures in {args.output}-{ERRORS}-*.jsonl", file=sys.stderr)
+        return EXIT_OK
+    failed += unreadable or 0
+    print(f"vila-tf beam: {done} images -> {args.output}-{RESULTS}-*.jsonl, {failed} failed -> "
+          f"{args.output}-{ERRORS}-*.jsonl ({seconds:.1f} s, {(done + failed) / max(seconds, 1e-9):.1f} images/s)",
+          file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def main(argv: Optional[list] = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args, beam_args = _parser().parse_known_args(argv)
+    try:
+        options = _pipeline_options(beam_args)
+        _check_inputs(args.input)
+        _check_model(args.model, _runner_name(options))
+    except UsageError as e:
+        print(f"vila-tf beam: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        return run(args, options)
+    except KeyboardInterrupt:
+        print("vila-tf beam: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    # Run the importable module, not this __main__ copy, so the classes pickled for the workers
+    # resolve there as vila_tf.beam.*.
+    from vila_tf import beam as _beam
+    sys.exit(_beam.main())
