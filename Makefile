@@ -47,3 +47,15 @@ BASE_URL ?=
 .PHONY: package
 package: $(STAMP)
 	$(PY) -m export package '$(OUT)' --out '$(DIST)' $(if $(BASE_URL),--base-url '$(BASE_URL)')
+
+# Long fault-suite runs (the bounded versions are in `make test`).
+FUZZ_RUNS ?= 5000
+SOAK_SECONDS ?= 120
+.PHONY: fuzz soak
+fuzz: $(STAMP)
+	cd tests && FUZZ_STATS=$(CURDIR)/fuzz_stats.json ../$(PY) fuzz_images.py -runs=$(FUZZ_RUNS) \
+	  -max_len=20000 -rss_limit_mb=4096 -timeout=60
+	@echo "fuzz figures: $$(cat fuzz_stats.json)"
+
+soak: $(STAMP)
+	$(PY) tests/soak.py --seconds $(SOAK_SECONDS)

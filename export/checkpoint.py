@@ -77,22 +77,37 @@ def unflatten(flat: Mapping[str, Any]) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _path_template(has_quality_head: bool) -> tuple:
-    """(fixed paths, {stack: per-layer suffixes}) of the parameter tree, from a 1-layer model."""
+def _template_tree(has_quality_head: bool):
+    """The abstract parameter tree of a 1-layer, tiny-width model: names and ranks, no sizes."""
     from export.heads import abstract_params  # deferred: pulls in jax
-    cfg = VilaConfig(model_type="vila_r" if has_quality_head else "vila_p", model_dims=8, num_heads=2,
-                     dim_per_head=4, encoder_ff_dims=8, decoder_ff_dims=8, pooler_num_heads=2,
-                     pooler_dim_per_head=4, num_encoder_layers=1, num_unimodal_layers=1,
-                     num_crossmodal_layers=1, vocab_size=8, image_size=4, patch_size=2,
-                     num_generative_queries=4)
+    return abstract_params(VilaConfig(
+        model_type="vila_r" if has_quality_head else "vila_p", model_dims=8, num_heads=2, dim_per_head=4,
+        encoder_ff_dims=8, decoder_ff_dims=8, pooler_num_heads=2, pooler_dim_per_head=4, num_encoder_layers=1,
+        num_unimodal_layers=1, num_crossmodal_layers=1, vocab_size=8, image_size=4, patch_size=2,
+        num_generative_queries=4))
+
+
+@functools.lru_cache(maxsize=None)
+def _path_template(has_quality_head: bool) -> tuple:
+    """(fixed paths, {stack: per-layer suffixes}) of the parameter tree."""
     fixed, stacks = [], {}
-    for path in flatten(abstract_params(cfg)):
+    for path in flatten(_template_tree(has_quality_head)):
         m = re.match(r"(.*)/x_layers_0/(.*)", path)
         if m:
             stacks.setdefault(m.group(1), []).append(m.group(2))
         else:
             fixed.append(path)
     return tuple(fixed), {k: tuple(v) for k, v in stacks.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _template_ranks(has_quality_head: bool) -> dict:
+    """Array rank of every template path (`stack/*/suffix` for layer parameters)."""
+    return {_template_key(p): len(s.shape) for p, s in flatten(_template_tree(has_quality_head)).items()}
+
+
+def _template_key(path: str) -> str:
+    return re.sub(r"/x_layers_\d+/", "/*/", path)
 
 
 ENCODER_STACK = "encoder/transformers_stack"
@@ -210,7 +225,8 @@ def _param_leaves_from_flattened(leaves: list, path: str, overrides: Mapping) ->
     temp_index = 1 + sort_paths(fixed_r).index("contrastive_loss/temperature")
     end = next((i for i in range(temp_index + 1, len(shapes)) if shapes[i] == ()), len(shapes))
     n_params = end - 1
-    candidates, errors = [], []
+    found = shapes[1:end]
+    candidates = []
     for has_head in (True, False):
         fixed, stacks = _path_template(has_head)
         per_layer = {s: len(v) for s, v in stacks.items()}
@@ -224,31 +240,39 @@ def _param_leaves_from_flattened(leaves: list, path: str, overrides: Mapping) ->
                 layers = {ENCODER_STACK: rest3 // per_layer[ENCODER_STACK], UNIMODAL_STACK: n_uni,
                           CROSSMODAL_STACK: n_cross}
                 names = param_paths(has_head, layers)
-                named = dict(zip(names, shapes[1:end]))
-                try:
-                    cfg = config_from_shapes(named, **overrides)
-                except (ConfigError, ValueError, TypeError, IndexError) as e:
-                    errors.append(str(e))
-                    continue
-                candidates.append((names, cfg))
-    # Cheap checks leave few candidates; the full shape comparison decides.
+                ranks = _template_ranks(has_head)
+                wrong_rank = [i for i, n in enumerate(names) if len(found[i]) != ranks[_template_key(n)]]
+                candidates.append((len(wrong_rank), names, wrong_rank))
+    if not candidates:
+        raise CheckpointError(f"{path}: the {len(leaves)} leaves ({n_params} before the optimizer state) do not "
+                              "form a VILA parameter tree: no layer counts give that many parameters (a missing "
+                              "or extra array?)")
+    # The layout whose array ranks fit best is the checkpoint's; its mismatches are the errors.
+    candidates.sort(key=lambda c: c[0])
+    best = [c for c in candidates if c[0] == candidates[0][0]]
     matching = []
-    for names, cfg in candidates:
-        expected = expected_shapes(cfg)
-        if all(expected.get(n) == shapes[1 + i] for i, n in enumerate(names)):
-            matching.append((names, cfg))
-    if len(matching) != 1:
-        if not matching and candidates:
-            names, cfg = candidates[0]
+    for n_wrong, names, wrong_rank in best:
+        named = {n: found[i] for i, n in enumerate(names) if i not in wrong_rank}
+        try:
+            cfg = config_from_shapes(named, **overrides)
             expected = expected_shapes(cfg)
-            bad = next((i, n) for i, n in enumerate(names) if expected.get(n) != shapes[1 + i])
+        except (ConfigError, ValueError, TypeError, IndexError):
+            continue
+        bad = [i for i, n in enumerate(names) if expected[n] != found[i]]
+        if not bad:
+            matching.append((names, cfg))
+        elif len(best) == 1:
+            i = bad[0]
             raise CheckpointError(
-                f"{path}: leaf {bad[0] + 1} ({bad[1]}): expected shape {list(expected[bad[1]])}, "
-                f"found {list(shapes[1 + bad[0]])}; the {len(leaves)} leaves do not form a VILA model")
+                f"{path}: leaf {i + 1} (params/{names[i]}): expected shape {list(expected[names[i]])}, "
+                f"found {list(found[i])}" + (f" ({len(bad)} leaves differ)" if len(bad) > 1 else ""))
+    if len(matching) != 1:
+        n_wrong, names, wrong_rank = best[0]
+        detail = (f"; e.g. leaf {wrong_rank[0] + 1} (params/{names[wrong_rank[0]]}) has shape "
+                  f"{list(found[wrong_rank[0]])}" if wrong_rank else "")
         raise CheckpointError(
             f"{path}: the {len(leaves)} leaves ({n_params} before the optimizer state) do not form a "
-            f"VILA parameter tree" + (f" (ambiguous: {len(matching)} layouts fit)" if matching else "")
-            + (f"; e.g. {errors[0]}" if errors and not matching else ""))
+            f"VILA parameter tree" + (f" (ambiguous: {len(matching)} layouts fit)" if matching else detail))
     names, cfg = matching[0]
     return {n: leaves[1 + i] for i, n in enumerate(names)}, cfg
 

@@ -139,7 +139,8 @@ def config_from_shapes(shapes: Mapping[str, tuple], **overrides) -> VilaConfig:
         patch_size=patch,
         num_generative_queries=shape("generative_img_pooler/pooling_attn_query")[0],
         num_contrastive_queries=shape("contrastive_img_pooler/pooling_attn_query")[0],
-        num_cls_tokens=shape("decoder/cls_emb")[1],
+        # Optional for inference: a reader reporting a mis-shaped cls_emb still gets a config.
+        num_cls_tokens=tuple(shapes.get("decoder/cls_emb", (1, 1, dims)))[1],
     )
     if patch_out != dims:
         raise ConfigError(f"patch projection output {patch_out} != model dims {dims}")

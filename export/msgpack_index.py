@@ -35,11 +35,13 @@ class ArrayRef:
 
     def read(self, f: BinaryIO, path: str) -> np.ndarray:
         dtype = np_dtype(self.dtype, path)
-        arr = np.empty(self.shape, dtype)
-        if arr.nbytes != self.nbytes:
+        # Check the size before allocating: a corrupt shape must not allocate terabytes.
+        declared = int(np.prod([int(d) for d in self.shape], dtype=object)) * dtype.itemsize
+        if any(int(d) < 0 for d in self.shape) or declared != self.nbytes:
             raise MsgpackFormatError(
                 f"{path}: array at byte {self.offset} declares shape {list(self.shape)} {self.dtype} "
-                f"({arr.nbytes} bytes) but holds {self.nbytes} bytes")
+                f"({declared} bytes) but holds {self.nbytes} bytes")
+        arr = np.empty(self.shape, dtype)
         f.seek(self.offset)
         got = f.readinto(memoryview(arr.reshape(-1)).cast("B")) if arr.nbytes else 0
         if got != arr.nbytes:
@@ -66,15 +68,17 @@ class ChunkedArrayRef:
 
 
 def np_dtype(name: str, path: str = "") -> np.dtype:
+    """Plain numeric dtypes only: bytes read into an object array would be taken as pointers."""
     try:
-        return np.dtype(name)
+        dtype = np.dtype(name)
+        if dtype.kind in "biufc" and dtype.name == name:
+            return dtype
     except TypeError:
         pass
-    try:  # bfloat16 and friends are registered by ml_dtypes
+    if name == "bfloat16":  # registered by ml_dtypes
         import ml_dtypes
-        return np.dtype(getattr(ml_dtypes, name))
-    except (ImportError, AttributeError, TypeError):
-        raise MsgpackFormatError(f"{path}: unsupported array dtype {name!r}") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    raise MsgpackFormatError(f"{path}: unsupported array dtype {name!r}")
 
 
 class _Parser:
@@ -151,15 +155,19 @@ class _Parser:
         d = {}
         for _ in range(n):
             k = self.value()
-            if isinstance(k, _Bin):
-                raise MsgpackFormatError(f"{self._where()}: binary map keys are not supported")
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                raise MsgpackFormatError(f"{self._where()}: map key of type {type(k).__name__}; expected a string")
             d[k] = self.value()
         if d.get(CHUNKED_KEY):
             chunks = d.get("chunks", {})
-            chunks = [chunks[k] for k in sorted(chunks, key=int)] if isinstance(chunks, dict) else chunks
+            chunks = ([chunks[k] for k in sorted(chunks, key=lambda k: int(k) if str(k).isdigit() else -1)]
+                      if isinstance(chunks, dict) else chunks)
+            if not isinstance(chunks, list):
+                raise MsgpackFormatError(f"{self._where()}: malformed chunked array")
             shape = d.get("shape", {})
-            shape = [shape[k] for k in sorted(shape, key=int)] if isinstance(shape, dict) else shape
-            if not all(isinstance(c, ArrayRef) for c in chunks):
+            shape = [shape[k] for k in sorted(shape, key=str)] if isinstance(shape, dict) else shape
+            if (not all(isinstance(c, ArrayRef) for c in chunks) or not isinstance(shape, list)
+                    or not all(isinstance(d, int) and d >= 0 for d in shape)):
                 raise MsgpackFormatError(f"{self._where()}: malformed chunked array")
             return ChunkedArrayRef(tuple(shape), tuple(chunks))
         return d
@@ -173,6 +181,7 @@ class _Parser:
             raise MsgpackFormatError(f"{self._where()}: unsupported msgpack extension type {code}")
         inner = self.value()
         if (not isinstance(inner, list) or len(inner) != 3 or not isinstance(inner[0], list)
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in inner[0])
                 or not isinstance(inner[1], str) or not isinstance(inner[2], _Bin)):
             raise MsgpackFormatError(f"{self._where()}: array payload is not [shape, dtype, bytes]")
         if self.f.tell() != end:
@@ -193,7 +202,10 @@ def index_file(f: BinaryIO, path: str) -> Any:
         raise MsgpackFormatError(f"{path}: file is empty")
     f.seek(0)
     parser = _Parser(f, path, size)
-    doc = parser.value()
+    try:
+        doc = parser.value()
+    except RecursionError:
+        raise MsgpackFormatError(f"{path}: nesting too deep for a checkpoint (corrupt structure)") from None
     if f.tell() != size:
         raise MsgpackFormatError(f"{path}: {size - f.tell()} unexpected bytes after the msgpack document")
     return doc

@@ -28,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 try:
@@ -48,6 +49,7 @@ log = logging.getLogger("vila_tf.beam")
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
 METRICS_NAMESPACE = "vila_tf"
 RESULTS, ERRORS = "results", "errors"
+FAILED_ON_IMAGE = "the model failed on this image"
 
 
 class Task(NamedTuple):
@@ -154,18 +156,45 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
 
     def load_model(self):
         from vila_tf import model as model_lib  # TensorFlow is imported on the workers only
+        # Failed images go to the errors output; VilaModel's per-image warnings would only flood the logs.
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"vila_tf\.")
         path = fetch_savedmodel(self.model_path) if _is_remote(self.model_path) else self.model_path
-        log.info("vila_tf.beam: process %d loaded %s", os.getpid(), path)
+        log.info("vila_tf.beam: process %d loads %s", os.getpid(), path)
         return model_lib.load(path, device=self.device)
 
     def run_inference(self, batch: Sequence[bytes], model, inference_args: Optional[dict] = None
                       ) -> Iterable[PredictionResult]:
-        task = TASKS[self.task]
-        values, errors = getattr(model, task.method)(list(batch), batch_size=self.batch_size, return_errors=True)
-        failed = {e.index: e.reason for e in errors}
+        field = TASKS[self.task].field
+        batch = list(batch)
+        try:
+            values, failed = self._run(model, batch)
+        except Exception as batch_error:  # noqa: BLE001
+            values, failed = self._run_one_by_one(model, batch, batch_error)
         return [PredictionResult(example, {"error": failed[i]} if i in failed
-                                 else {task.field: _json_value(task.field, values[i])}, self.model_path)
+                                 else {field: _json_value(field, values[i])}, self.model_path)
                 for i, example in enumerate(batch)]
+
+    def _run(self, model, images: list) -> tuple[list, dict]:
+        """VilaModel reports the images it cannot read (NaN rows) instead of raising."""
+        values, errors = getattr(model, TASKS[self.task].method)(images, batch_size=self.batch_size,
+                                                                  return_errors=True)
+        return list(values), {e.index: e.reason for e in errors}
+
+    def _run_one_by_one(self, model, batch: list, batch_error: Exception) -> tuple[list, dict]:
+        """After a batch raised: each image alone, so one image the model chokes on fails alone."""
+        values, failed, raised = [None] * len(batch), {}, 0
+        for i, image in enumerate(batch):
+            try:
+                value, errors = self._run(model, [image])
+                values[i] = value[0]
+                if errors:
+                    failed[i] = errors[0]
+            except Exception as e:  # noqa: BLE001
+                raised += 1
+                failed[i] = f"{FAILED_ON_IMAGE}: {type(e).__name__}: {str(e).strip()[:300]}"
+        if raised == len(batch) > 1:
+            raise batch_error  # every image fails alone too: the model or the worker is broken, not the images
+        return values, failed
 
     def get_num_bytes(self, batch: Sequence[bytes]) -> int:
         return sum(len(b) for b in batch)  # the default pickles the whole batch to measure it
@@ -299,8 +328,10 @@ def _pipeline_options(beam_args: list[str]) -> PipelineOptions:
     options = PipelineOptions(beam_args)
     logging.getLogger("apache_beam.options.pipeline_options").setLevel(logging.ERROR)  # we report them
     unknown = set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options())
-    stray = [a for a in beam_args if not a.startswith("-")]
-    if unknown or (stray and not any(a.startswith("--") for a in beam_args)):
+    # Beam drops words that follow no --flag (e.g. a second model or an image given without --input).
+    stray = [a for i, a in enumerate(beam_args)
+             if not a.startswith("-") and not (i and beam_args[i - 1].startswith("--") and "=" not in beam_args[i - 1])]
+    if unknown or stray:
         names = ", ".join(sorted(f"--{u}" for u in unknown) + stray)
         raise UsageError(f"unrecognized arguments: {names} (neither a vila-tf beam option nor a Beam pipeline "
                          "option; see vila-tf beam --help)")
@@ -369,8 +400,7 @@ def run(args: argparse.Namespace, options: PipelineOptions) -> int:
         return EXIT_OK
     failed += unreadable or 0
     print(f"vila-tf beam: {done} images -> {args.output}-{RESULTS}-*.jsonl, {failed} failed -> "
-          f"{args.output}-{ERRORS}-*.jsonl ({seconds:.1f} s, {(done + failed) / max(seconds, 1e-9):.1f} images/s)",
-          file=sys.stderr)
+          f"{args.output}-{ERRORS}-*.jsonl ({seconds:.1f} s with start-up)", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 

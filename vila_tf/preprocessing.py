@@ -68,6 +68,13 @@ def declared_size(image_bytes: tf.Tensor, fmt: tf.Tensor) -> tf.Tensor:
                     (tf.equal(fmt, "jpeg"), jpeg)], default=lambda: tf.zeros([2], tf.int64), exclusive=True)
 
 
+def _hex(data: tf.Tensor) -> tf.Tensor:
+    """'ff d8 ff': raw bytes in an error message would not be valid UTF-8 and break the error."""
+    table = tf.constant([f"{i:02x}" for i in range(256)])
+    codes = tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int32)
+    return tf.strings.reduce_join(tf.gather(table, codes), separator=" ")
+
+
 def decode(image_bytes: tf.Tensor, index: tf.Tensor | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
     """One encoded image -> uint8 [H, W, 3], after checking format, emptiness and declared size."""
     where = tf.constant("image") if index is None else tf.strings.format("image {} of the batch", index)
@@ -76,8 +83,7 @@ def decode(image_bytes: tf.Tensor, index: tf.Tensor | None = None, max_pixels: i
     # Messages are joined, not tf.strings.format-ted, which would quote every string argument.
     checks = [tf.debugging.Assert(n > 0, [tf.strings.join([where, ": image_bytes is empty"])])]
     checks.append(tf.debugging.Assert(tf.not_equal(fmt, ""), [tf.strings.join([
-        where, ": not a JPEG, PNG, GIF or BMP image (first bytes ",
-        tf.strings.substr(image_bytes, 0, 8), ")"])]))
+        where, ": not a JPEG, PNG, GIF or BMP image (first bytes ", _hex(tf.strings.substr(image_bytes, 0, 8)), ")"])]))
     with tf.control_dependencies(checks):
         hw = declared_size(image_bytes, fmt)
     pixels = hw[0] * hw[1]
