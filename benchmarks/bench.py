@@ -52,6 +52,11 @@ def timed(fn, repeats: int) -> dict:
     return timed_interleaved({"fn": fn}, repeats)["fn"]
 
 
+# Every rate is summarized twice: from the median call (what a user sees on this machine as it is)
+# and from the best call (the least disturbed by other processes on a shared CPU).
+STATS = {"median": "median_s", "best": "best_s"}
+
+
 def timed_interleaved(fns: dict, rounds: int, max_repeats: dict | None = None) -> dict:
     """Times several paths in turn: warm-up calls first, then `rounds` rounds of one call each.
 
@@ -73,6 +78,7 @@ def timed_interleaved(fns: dict, rounds: int, max_repeats: dict | None = None) -
             results[name]["times_s"].append(time.perf_counter() - t0)
     for r in results.values():
         r["median_s"] = statistics.median(r["times_s"])
+        r["best_s"] = min(r["times_s"])
     return results
 
 
@@ -101,7 +107,7 @@ def matmul_gflops(n: int, tries: int) -> dict:
     return {"n": n, "tries": tries, "gflops_by_library": by_library, "gflops": max(by_library.values())}
 
 
-def matmul_probe(n: int = 4096):
+def matmul_probe(n: int = 4096):  # the size probe_gflops assumes
     """A numpy matmul to time in the same rounds as the model: the machine's rate under the same
     load from other processes. Returns (call, FLOPs per call)."""
     rng = np.random.default_rng(1)
@@ -116,8 +122,15 @@ def memory_read_gbps(tries: int) -> float:
     return a.nbytes / min(timed(a.sum, tries)["times_s"]) / GB
 
 
+def probe_gflops(scoring_rows: dict) -> dict:
+    """The best of the numpy matmuls timed between the scoring calls, as a matmul_gflops result."""
+    n = 4096
+    best_s = min(row["timings"]["matmul"]["best_s"] for row in scoring_rows.values())
+    return {"n": n, "gflops_by_library": {"numpy": 2 * n ** 3 / best_s / GB}}
+
+
 def best_matmul(*runs: dict) -> dict:
-    by_library = {lib: max(r["gflops_by_library"][lib] for r in runs) for lib in runs[0]["gflops_by_library"]}
+    by_library = {lib: max(r["gflops_by_library"].get(lib, 0) for r in runs) for lib in runs[0]["gflops_by_library"]}
     return {"n": runs[0]["n"], "runs": len(runs), "gflops_by_library": by_library, "gflops": max(by_library.values())}
 
 
@@ -288,14 +301,9 @@ def scoring(model, cfg, params, jpegs, pixels, batches, repeats_for) -> dict:
             "matmul": probe,
         }
         runs = timed_interleaved(paths, repeats_for(b))
-        ips = {name: b / r["median_s"] for name, r in runs.items() if name != "matmul"}
         rows[b] = {
-            "images_per_s": ips,
             "timings": {name: _drop_output(r) for name, r in runs.items()},
-            "ratio_pixels_to_native": ips["pixels"] / ips["native"],
-            "preprocess_share": runs["preprocess"]["median_s"] / runs["jpeg"]["median_s"],
-            "gflops": {name: ips[name] * flops / GB for name in ("native", "pixels")},
-            "matmul_gflops_same_rounds": probe_flops / runs["matmul"]["median_s"] / GB,
+            **{stat: scoring_summary(runs, b, flops, probe_flops, key) for stat, key in STATS.items()},
             "max_abs_diff": {
                 "pixels_vs_native": float(np.abs(runs["pixels"]["output"] - runs["native"]["output"]).max()),
                 "jpeg_vs_pixels": float(np.abs(runs["jpeg"]["output"] - runs["pixels"]["output"]).max()),
@@ -303,6 +311,18 @@ def scoring(model, cfg, params, jpegs, pixels, batches, repeats_for) -> dict:
             "scores": runs["pixels"]["output"][:, 0].tolist(),
         }
     return rows
+
+
+def scoring_summary(runs: dict, b: int, flops_per_image: int, probe_flops: int, key: str) -> dict:
+    """Rates of one batch size from the `key` ("median_s" or "best_s") time of each path."""
+    ips = {name: b / r[key] for name, r in runs.items() if name != "matmul"}
+    return {
+        "images_per_s": ips,
+        "ratio_pixels_to_native": ips["pixels"] / ips["native"],
+        "preprocess_share": runs["preprocess"][key] / runs["jpeg"][key],
+        "gflops": {name: ips[name] * flops_per_image / GB for name in ("native", "pixels")},
+        "matmul_gflops_same_rounds": probe_flops / runs["matmul"][key] / GB,
+    }
 
 
 # -- 3. captioning -------------------------------------------------------------------------------
@@ -348,21 +368,27 @@ def captioning(model, cfg, params, tf_params, pixels, batches, repeats, uncached
              "caption_pixels": lambda: (lambda o: (o["caption_ids"].numpy(), o["caption_length"].numpy()))(caption_pixels())},
             repeats, max_repeats={"uncached": uncached_repeats})
         steps = {name: decode_steps(r["output"][1], cfg.decoding_max_len) for name, r in runs.items()}
-        tokens_per_s = {name: b * steps[name] / r["median_s"] for name, r in runs.items()}
         ids = {name: r["output"][0] for name, r in runs.items()}
         rows[b] = {
             "steps": steps,
-            "tokens_per_s": tokens_per_s,
-            "cached_over_uncached": tokens_per_s["cached"] / tokens_per_s["uncached"],
-            "cached_seconds_per_step": runs["cached"]["median_s"] / steps["cached"],
-            # A cached step at small batch reads every decoder weight once: how close to the
-            # memory bandwidth it runs says whether it is bound by memory or by something else.
-            "cached_weight_gb_per_s": decode_step_weight_bytes(cfg) * steps["cached"] / runs["cached"]["median_s"] / GB,
             "timings": {name: _drop_output(r) for name, r in runs.items()},
+            **{stat: captioning_summary(runs, b, steps, decode_step_weight_bytes(cfg), key) for stat, key in STATS.items()},
             "ids_equal": {"uncached_vs_cached": bool(np.array_equal(ids["uncached"], ids["cached"])),
                           "caption_pixels_vs_cached": bool(np.array_equal(ids["caption_pixels"], ids["cached"]))},
         }
     return rows
+
+
+def captioning_summary(runs: dict, b: int, steps: dict, step_weight_bytes: int, key: str) -> dict:
+    tokens_per_s = {name: b * steps[name] / r[key] for name, r in runs.items()}
+    return {
+        "tokens_per_s": tokens_per_s,
+        "cached_over_uncached": tokens_per_s["cached"] / tokens_per_s["uncached"],
+        "cached_seconds_per_step": runs["cached"][key] / steps["cached"],
+        # A cached step at small batch reads every decoder weight once: how close to the memory
+        # bandwidth it runs says whether it is bound by memory or by something else.
+        "cached_weight_gb_per_s": step_weight_bytes * steps["cached"] / runs["cached"][key] / GB,
+    }
 
 
 # -- 4. compilation ------------------------------------------------------------------------------
@@ -395,44 +421,48 @@ def bfloat16_scores(path: str, f32_model, pixels, rounds: int) -> dict:
     score = lambda m: (lambda: m.signatures["score_pixels"](image=x)["predictions"].numpy()[:, 0])
     runs = timed_interleaved({"float32": score(f32_model), "bfloat16": score(bf16_model)}, rounds)
     f32, bf16 = runs["float32"]["output"], runs["bfloat16"]["output"]
-    return {"batch": len(pixels), "images_per_s": {k: len(pixels) / r["median_s"] for k, r in runs.items()},
+    return {"batch": len(pixels),
+            **{stat: {"images_per_s": {k: len(pixels) / r[key] for k, r in runs.items()}} for stat, key in STATS.items()},
             "max_abs_diff_vs_float32": float(np.abs(bf16 - f32).max()), "score_spread_float32": float(np.ptp(f32))}
 
 
 # -- targets and report --------------------------------------------------------------------------
 
 def targets(res: dict) -> list[dict]:
-    """The issue's targets, each with the measured value and whether it is met."""
+    """The issue's targets: each measured from the median calls ("met" decides on it) and from the
+    best calls (what the code does when other processes leave the CPU alone)."""
     sc, cap, ex = res["scoring"], res["captioning"], res["export"]
     params_f32 = res["parameter_bytes"]["float32"]
     out = []
 
-    def add(name, value, threshold, met, unit=""):
-        out.append({"target": name, "measured": value, "threshold": threshold, "met": bool(met), "unit": unit})
+    def add(name, unit, passes, threshold, value, best=None):
+        out.append({"target": name, "unit": unit, "threshold": threshold, "measured": value, "met": bool(passes(value)),
+                    "best": best, "met_best": None if best is None else bool(passes(best))})
 
+    at_least = lambda t: (lambda v: v >= t)
     for b in (8, 32):
         if b in sc:
-            r = sc[b]["ratio_pixels_to_native"]
-            add(f"SavedModel pixels >= 0.95 x native JAX, batch {b}", r, 0.95, r >= 0.95, "x")
+            add(f"SavedModel pixels >= 0.95 x native JAX, batch {b}", "x", at_least(0.95), 0.95,
+                *(sc[b][stat]["ratio_pixels_to_native"] for stat in STATS))
     if 8 in sc:
-        ips = sc[8]["images_per_s"]["jpeg"]
-        add("serving_default on JPEGs, batch 8 >= praxis compute_predictions (7.6 img/s)", ips,
-            PRAXIS_COMPUTE_PREDICTIONS_IMAGES_PER_S, ips >= PRAXIS_COMPUTE_PREDICTIONS_IMAGES_PER_S, "img/s")
-        share = sc[8]["preprocess_share"]
-        add("preprocessing <= 10% of end-to-end, batch 8", share, 0.10, share <= 0.10, "share")
+        praxis = PRAXIS_COMPUTE_PREDICTIONS_IMAGES_PER_S
+        add("serving_default on JPEGs, batch 8 >= praxis compute_predictions (7.6 img/s)", "img/s",
+            at_least(praxis), praxis, *(sc[8][stat]["images_per_s"]["jpeg"] for stat in STATS))
+        add("preprocessing <= 10% of end-to-end, batch 8", "share", lambda v: v <= 0.10, 0.10,
+            *(sc[8][stat]["preprocess_share"] for stat in STATS))
     for b in (8, 32):
         if b in sc:
-            f = sc[b]["fraction_of_machine"]["pixels"]
-            add(f"SavedModel >= 75% of machine matmul GFLOP/s, batch {b}", f, 0.75, f >= 0.75, "share")
+            add(f"SavedModel >= 75% of machine matmul GFLOP/s, batch {b}", "share", at_least(0.75), 0.75,
+                *(sc[b][stat]["fraction_of_machine"]["pixels"] for stat in STATS))
     for b, row in cap.items():
-        s = row["cached_over_uncached"]
-        add(f"cached decode >= 4 x uncached tokens/s, batch {b}", s, 4.0, s >= 4.0, "x")
+        add(f"cached decode >= 4 x uncached tokens/s, batch {b}", "x", at_least(4.0), 4.0,
+            *(row[stat]["cached_over_uncached"] for stat in STATS))
     for dtype, e in ex.items():
         if e.get("peak_rss_bytes"):
-            r = e["peak_rss_bytes"] / params_f32
-            add(f"export peak RSS <= 3 x parameter bytes (float32 params), {dtype}", r, 3.0, r <= 3.0, "x")
-        r = e["size_bytes"] / res["parameter_bytes"][dtype]
-        add(f"SavedModel size within 5% of parameter bytes, {dtype}", r, 1.05, abs(r - 1) <= 0.05, "x")
+            add(f"export peak RSS <= 3 x parameter bytes (float32 params), {dtype}", "x", lambda v: v <= 3.0, 3.0,
+                e["peak_rss_bytes"] / params_f32)
+        add(f"SavedModel size within 5% of parameter bytes, {dtype}", "x", lambda v: abs(v - 1) <= 0.05, 1.05,
+            e["size_bytes"] / res["parameter_bytes"][dtype])
     return out
 
 
@@ -450,8 +480,9 @@ def correctness(res: dict) -> list[str]:
     return bad
 
 
-def _fmt_ratio(x):
-    return f"{x:.2f}"
+def _median_best(fmt: str, get, row: dict) -> str:
+    """A table cell "median (best)" of one quantity."""
+    return f"{get(row['median']):{fmt}} ({get(row['best']):{fmt}})"
 
 
 def report(res: dict) -> str:
@@ -463,23 +494,32 @@ def report(res: dict) -> str:
              f"{res['machine']['load_average_start'][0]:.1f} at the start, {res['machine']['load_average_end'][0]:.1f} "
              f"at the end. VILA-R: "
              f"{res['flops_per_image']['total'] / GB:.1f} GFLOP/image (encoder "
-             f"{res['flops_per_image']['encoder'] / GB:.1f}, poolers {res['flops_per_image']['poolers'] / GB:.1f}).", "",
+             f"{res['flops_per_image']['encoder'] / GB:.1f}, poolers {res['flops_per_image']['poolers'] / GB:.1f}). "
+             "Cells: median call (best call).", "",
              "| batch | native JAX img/s | SavedModel pixels img/s | pixels / native | serving_default JPEG img/s "
              "| preprocessing share | GFLOP/s (pixels) | of matmul limit | of matmul in the same rounds |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for b, r in res["scoring"].items():
-        ips = r["images_per_s"]
-        lines.append(f"| {b} | {ips['native']:.2f} | {ips['pixels']:.2f} | {_fmt_ratio(r['ratio_pixels_to_native'])} "
-                     f"| {ips['jpeg']:.2f} | {r['preprocess_share']:.1%} | {r['gflops']['pixels']:.0f} "
-                     f"| {r['fraction_of_machine']['pixels']:.0%} | {r['fraction_of_matmul_same_rounds']['pixels']:.0%} |")
+    for b, row in res["scoring"].items():
+        both = lambda fmt, get: _median_best(fmt, get, row)
+        lines.append(f"| {b} | {both('.2f', lambda r: r['images_per_s']['native'])} "
+                     f"| {both('.2f', lambda r: r['images_per_s']['pixels'])} "
+                     f"| {both('.2f', lambda r: r['ratio_pixels_to_native'])} "
+                     f"| {both('.2f', lambda r: r['images_per_s']['jpeg'])} "
+                     f"| {both('.1%', lambda r: r['preprocess_share'])} "
+                     f"| {both('.0f', lambda r: r['gflops']['pixels'])} "
+                     f"| {both('.0%', lambda r: r['fraction_of_machine']['pixels'])} "
+                     f"| {both('.0%', lambda r: r['fraction_of_matmul_same_rounds']['pixels'])} |")
     lines += ["", "| captioning batch | new tokens | cached tokens/s | uncached tokens/s | cached / uncached "
-              "| caption_pixels tokens/s (incl. encoder) | cached ms/step | cached step weight reads |",
+              "| caption_pixels tokens/s (incl. encoder) | cached ms/step | cached step weight reads GB/s |",
               "|---|---|---|---|---|---|---|---|"]
-    for b, r in res["captioning"].items():
-        t = r["tokens_per_s"]
-        lines.append(f"| {b} | {r['steps']['cached']} | {t['cached']:.1f} | {t['uncached']:.1f} "
-                     f"| {_fmt_ratio(r['cached_over_uncached'])} | {t['caption_pixels']:.1f} "
-                     f"| {r['cached_seconds_per_step'] * 1e3:.0f} | {r['cached_weight_gb_per_s']:.1f} GB/s |")
+    for b, row in res["captioning"].items():
+        both = lambda fmt, get: _median_best(fmt, get, row)
+        lines.append(f"| {b} | {row['steps']['cached']} | {both('.1f', lambda r: r['tokens_per_s']['cached'])} "
+                     f"| {both('.1f', lambda r: r['tokens_per_s']['uncached'])} "
+                     f"| {both('.2f', lambda r: r['cached_over_uncached'])} "
+                     f"| {both('.1f', lambda r: r['tokens_per_s']['caption_pixels'])} "
+                     f"| {both('.0f', lambda r: r['cached_seconds_per_step'] * 1e3)} "
+                     f"| {both('.1f', lambda r: r['cached_weight_gb_per_s'])} |")
     c = res["compilation"]
     lines += ["", f"Compilation: a new batch size ({c['new_batch_size']}) on score_pixels: first call "
               f"{c['first_call_s']:.2f} s vs {c['steady_s']:.2f} s steady; batch sizes 1..64 cost "
@@ -495,14 +535,17 @@ def report(res: dict) -> str:
                      f"| {(e['size_bytes'] - e.get('assets_extra_bytes', 0)) / pb:.3f} |")
     if res.get("bfloat16"):
         bf = res["bfloat16"]
-        lines += ["", f"bfloat16 weights, batch {bf['batch']}: {bf['images_per_s']['bfloat16']:.2f} img/s on "
-                  f"score_pixels (float32 weights, same rounds: {bf['images_per_s']['float32']:.2f}); "
+        both = lambda fmt, get: _median_best(fmt, get, bf)
+        lines += ["", f"bfloat16 weights, batch {bf['batch']}: {both('.2f', lambda r: r['images_per_s']['bfloat16'])} "
+                  f"img/s on score_pixels (float32 weights, same rounds: {both('.2f', lambda r: r['images_per_s']['float32'])}); "
                   f"max |score - float32 score| = {bf['max_abs_diff_vs_float32']:.2g} "
                   f"(scores spread over {bf['score_spread_float32']:.2g})."]
-    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    lines += ["", "| target | median | met | best | met (best) |", "|---|---|---|---|---|"]
+    fmt = lambda t, v: "" if v is None else (f"{v:.1%}" if t["unit"] == "share" else f"{v:.2f}")
+    yes_no = lambda m: "" if m is None else ("yes" if m else "no")
     for t in res["targets"]:
-        value = f"{t['measured']:.1%}" if t["unit"] == "share" else f"{t['measured']:.2f}"
-        lines.append(f"| {t['target']} | {value} | {'yes' if t['met'] else 'no'} |")
+        lines.append(f"| {t['target']} | {fmt(t, t['measured'])} | {yes_no(t['met'])} "
+                     f"| {fmt(t, t['best'])} | {yes_no(t['met_best'])} |")
     lines += ["", "Correctness: " + ("all compared paths agree" if not res["correctness_failures"]
                                      else "; ".join(res["correctness_failures"]))]
     return "\n".join(lines)
@@ -564,13 +607,17 @@ def run(args, work_dir: str) -> dict:
     res["compilation"] = compilation(model, pixels, new_batch=4, repeats=3)
     log("bfloat16 export: scores vs float32")
     res["bfloat16"] = bfloat16_scores(res["export"]["bfloat16"]["dir"], model, pixels[:8], 3)
-    # The limit again at the end: other processes share the CPU, the best of both runs is the limit.
+    # The limit again at the end: other processes share the CPU, so the limit is the best of every
+    # matmul of the run (before, between the scoring calls, after).
     log("float32 matmul throughput, again")
-    res["machine"]["matmul"] = best_matmul(matmul_before, matmul_gflops(4096, 3 if quick else 5))
+    res["machine"]["matmul"] = best_matmul(matmul_before, matmul_gflops(4096, 3 if quick else 5),
+                                           probe_gflops(res["scoring"]))
     res["machine"]["load_average_end"] = os.getloadavg()
     for row in res["scoring"].values():
-        row["fraction_of_machine"] = {k: v / res["machine"]["matmul"]["gflops"] for k, v in row["gflops"].items()}
-        row["fraction_of_matmul_same_rounds"] = {k: v / row["matmul_gflops_same_rounds"] for k, v in row["gflops"].items()}
+        for stat in STATS:
+            r = row[stat]
+            r["fraction_of_machine"] = {k: v / res["machine"]["matmul"]["gflops"] for k, v in r["gflops"].items()}
+            r["fraction_of_matmul_same_rounds"] = {k: v / r["matmul_gflops_same_rounds"] for k, v in r["gflops"].items()}
     res["targets"] = targets(res)
     res["correctness_failures"] = correctness(res)
     return res

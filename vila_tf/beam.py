@@ -28,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
@@ -156,8 +157,9 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
 
     def load_model(self):
         from vila_tf import model as model_lib  # TensorFlow is imported on the workers only
-        # Failed images go to the errors output; VilaModel's per-image warnings would only flood the logs.
-        warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"vila_tf\.")
+        # Failed images go to the errors output; VilaModel's warning per failed image (named "<bytes i>",
+        # as the handler passes bytes) would only flood the worker logs.
+        warnings.filterwarnings("ignore", message=r"<bytes \d+>: ", category=RuntimeWarning, module=r"vila_tf\.")
         path = fetch_savedmodel(self.model_path) if _is_remote(self.model_path) else self.model_path
         log.info("vila_tf.beam: process %d loads %s", os.getpid(), path)
         return model_lib.load(path, device=self.device)
@@ -302,10 +304,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Run an exported VILA model over files matched by patterns, on Apache Beam.",
         epilog="Every other --flag is a Beam pipeline option (--runner, --project, --region, "
                "--direct_num_workers, ...). Writes PREFIX-results-*.jsonl and PREFIX-errors-*.jsonl. "
-               "Exit code 0: every input processed; 1: some failed (see the errors files); 2: usage error.")
+               "Exit code 0: every input processed; 1: some failed (see the errors files); 2: a usage error, "
+               "or the job itself failed.")
     p.add_argument("task", choices=list(TASKS), metavar="COMMAND",
                    help="; ".join(f"{name}: {t.help}" for name, t in TASKS.items()))
-    p.add_argument("model", help="exported SavedModel folder, or a TF Serving base folder (newest version); "
+    p.add_argument("model", metavar="MODEL", help="exported SavedModel folder, or a TF Serving base folder (newest version); "
                                  "local, or on any Beam filesystem (gs://, s3://)")
     p.add_argument("--input", action="append", required=True, metavar="PATTERN",
                    help="files to process, e.g. 'photos/*.jpg', 'gs://bucket/photos/**' (** crosses folders); "
@@ -419,6 +422,11 @@ def main(argv: Optional[list] = None) -> int:
     except KeyboardInterrupt:
         print("vila-tf beam: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001  (a failed job: the model, the workers or the storage, not an image)
+        traceback.print_exc()
+        print(f"vila-tf beam: the job failed: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1][:500]}",
+              file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

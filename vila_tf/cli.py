@@ -50,7 +50,10 @@ class Progress:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vila-tf", description="Run an exported VILA model on photos.")
+    p = argparse.ArgumentParser(
+        prog="vila-tf", description="Run an exported VILA model on photos.",
+        epilog="Batch jobs on Apache Beam: vila-tf beam {score,zero-shot,caption,embed} MODEL --input PATTERN "
+               "--output PREFIX [pipeline options] (see vila-tf beam --help).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         c = sub.add_parser(name, help=help_text, description=help_text)

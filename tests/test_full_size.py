@@ -1,0 +1,58 @@
+"""Full-size (303 M parameter) checks: `make test-slow` / `pytest -m slow`. Minutes and ~6 GB RAM."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def demo_export(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "exported"
+    r = subprocess.run([sys.executable, "-m", "export", "all", "--out", str(out)], capture_output=True, text=True,
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_make_export_layout_and_metadata(demo_export):
+    model_dir = demo_export / "vila_demo" / "1"
+    meta = json.loads((model_dir / "assets.extra" / "vila_tf.json").read_text())
+    assert meta["demo_weights"] is True and meta["model_type"] == "vila_r"
+    assert meta["config"]["model_dims"] == 768 and meta["config"]["num_encoder_layers"] == 12
+    assert (demo_export / "models.config").read_text().count("config {") == 1
+    assert (demo_export / "batching_parameters.txt").is_file()
+    size = sum(f.stat().st_size for f in (model_dir / "variables").iterdir())
+    assert 1.2e9 < size < 1.3e9  # float32 weights, stored once
+
+
+def test_full_size_runtime(demo_export):
+    import vila_tf
+    with pytest.warns(vila_tf.DemoModelWarning):
+        model = vila_tf.load(str(demo_export / "vila_demo"))
+    photo = (np.random.default_rng(0).uniform(size=(300, 400, 3)) * 255).astype(np.uint8)
+    scores = model.score([photo, photo])
+    assert scores.shape == (2,) and np.isfinite(scores).all() and scores[0] == scores[1]
+    emb = model.image_embedding([photo])
+    assert emb.shape == (1, 768) and abs(np.linalg.norm(emb) - 1) < 1e-4
+    caption = model.caption([photo])
+    assert isinstance(caption[0], str)
+
+
+def test_full_size_matches_native_jax(demo_export):
+    """The lowered SavedModel equals the Flax model it came from, at full size."""
+    import tensorflow as tf
+    from export import cli_export, heads
+    from export.config import VilaConfig
+    cfg = VilaConfig()
+    params = heads.init_params(cfg, cli_export.DEMO_SEED)
+    x = np.random.default_rng(1).uniform(size=(2, 224, 224, 3)).astype(np.float32)
+    want = np.asarray(heads.score(params, cfg, x))
+    m = tf.saved_model.load(str(demo_export / "vila_demo" / "1"))
+    got = m.signatures["score_pixels"](image=tf.constant(x))["predictions"].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)
