@@ -580,7 +580,6 @@ def run(args, work_dir: str) -> dict:
     from export.config import VilaConfig
     cfg = VilaConfig()  # the demo export's config: the full released VILA-R architecture
     quick = args.quick
-    repeats = 2 if quick else 5
     res = {"quick": quick, "machine": machine_info(), "config": cfg.to_dict(),
            "versions": {"jax": jax.__version__, "tensorflow": tf.__version__, "numpy": np.__version__}}
     log("float32 matmul throughput and memory bandwidth")
