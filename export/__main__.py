@@ -29,16 +29,6 @@ def _overrides(args) -> dict:
             if getattr(args, k, None) is not None}
 
 
-def _progress(label: str):
-    def report(done: int, total: int) -> None:
-        if sys.stderr.isatty() or done == total:
-            sys.stderr.write(f"\r{label}: {done}/{total}")
-            if done == total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-    return report
-
-
 def cmd_convert(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m export convert",
                                 description="Convert a paxml VILA checkpoint to orbax params + config JSON.")
@@ -47,7 +37,8 @@ def cmd_convert(argv) -> int:
     _add_overrides(p)
     args = p.parse_args(argv)
     from export import checkpoint
-    loaded = checkpoint.read_paxml(args.checkpoint, args.step, _progress("reading arrays"), **_overrides(args))
+    from export.cli_export import _progress
+    loaded = checkpoint.read_paxml(args.checkpoint, args.step, _progress("reading"), **_overrides(args))
     loaded.sha256 = checkpoint.file_sha256(loaded.source)
     out = checkpoint.save_converted(loaded, args.out)
     print(f"{loaded.config.model_type} checkpoint {loaded.source} (step {loaded.step}) -> {out}")

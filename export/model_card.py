@@ -12,9 +12,8 @@ import os
 from typing import Optional
 
 from export.package import PackageError
+from vila_tf.signatures import METADATA_RELATIVE, WARMUP_RELATIVE
 
-METADATA_RELATIVE = os.path.join("assets.extra", "vila_tf.json")
-WARMUP_RELATIVE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 REQUIRED_METADATA = ("model_type", "demo_weights", "config")
 UNKNOWN_SHAPE = "(any shape)"  # serving_default's image_bytes: a scalar (one image) or a batch
 

@@ -28,10 +28,9 @@ from export.config import VilaConfig
 from export.tokenizer import LingvoTokenizer
 from export.warmup import write_warmup
 from vila_tf.atomic import atomic_dir
-from vila_tf.signatures import ALL_SIGNATURES
+from vila_tf.signatures import ALL_SIGNATURES, METADATA_RELATIVE
 
 PLATFORMS = ("cpu", "cuda", "tpu")
-METADATA_FILE = "vila_tf.json"
 SPM_ASSET_NAME = "spm.model"
 TEXT_LENGTH = 64  # tokens per text for the text_embedding signature (the release's max text length)
 
@@ -248,6 +247,6 @@ def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
                                 options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
         log("writing TF Serving warmup requests")
         write_warmup(tmp, ALL_SIGNATURES, cfg.image_size)
-        with open(os.path.join(tmp, "assets.extra", METADATA_FILE), "w") as f:
+        with open(os.path.join(tmp, METADATA_RELATIVE), "w") as f:
             json.dump(metadata(module, {"export_seconds": round(time.time() - t0, 1)}), f, indent=1)
     return out_dir

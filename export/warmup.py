@@ -13,9 +13,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from vila_tf.buckets import BUCKETS
-from vila_tf.signatures import SIGNATURE_INPUTS
+from vila_tf.signatures import SIGNATURE_INPUTS, WARMUP_RELATIVE
 
-WARMUP_FILE = "tf_serving_warmup_requests"
 MAX_RECORDS = 1000
 
 
@@ -52,7 +51,7 @@ def warmup_requests(signatures, image_size: int, buckets=BUCKETS) -> list:
 
 
 def write_warmup(savedmodel_dir: str, signatures, image_size: int, buckets=BUCKETS) -> str:
-    path = os.path.join(savedmodel_dir, "assets.extra", WARMUP_FILE)
+    path = os.path.join(savedmodel_dir, WARMUP_RELATIVE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as w:
         for rec in warmup_requests(signatures, image_size, buckets):

@@ -38,9 +38,9 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops of the graph)
 
 from vila_tf import buckets, inputs as inputs_lib, preprocessing
+from vila_tf.signatures import METADATA_RELATIVE
 
 log = logging.getLogger("vila_tf")
-METADATA_RELATIVE = os.path.join("assets.extra", "vila_tf.json")
 
 
 class DemoModelWarning(UserWarning):

@@ -24,9 +24,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from vila_tf.signatures import BYTES, PIXELS, SIGNATURE_INPUTS, SIGNATURE_OUTPUTS, TEXT
+from vila_tf.signatures import BYTES, PIXELS, SIGNATURE_INPUTS, SIGNATURE_OUTPUTS, TEXT, WARMUP_RELATIVE
 
-WARMUP_RELATIVE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
 def _signature_input(signature: str) -> tuple[str, str]:

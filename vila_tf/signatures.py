@@ -34,3 +34,7 @@ SIGNATURE_OUTPUTS = {
 }
 
 ALL_SIGNATURES = tuple(SIGNATURE_INPUTS)
+
+# Files inside a SavedModel, relative to its folder.
+METADATA_RELATIVE = "assets.extra/vila_tf.json"  # export metadata (model kind, config, demo flag...)
+WARMUP_RELATIVE = "assets.extra/tf_serving_warmup_requests"  # TF Serving warmup (PredictionLog TFRecord)
