@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from export.config import ConfigError
+from .config import ConfigError
 
 SUBCOMMANDS = ("convert", "all", "export", "package")
 
@@ -30,14 +30,14 @@ def _overrides(args) -> dict:
 
 
 def cmd_convert(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m export convert",
+    p = argparse.ArgumentParser(prog=f"python -m {__package__} convert",
                                 description="Convert a paxml VILA checkpoint to orbax params + config JSON.")
     p.add_argument("--checkpoint", required=True, help="paxml checkpoint folder (or checkpoint_<N>)")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     _add_overrides(p)
     args = p.parse_args(argv)
-    from export import checkpoint
-    from export.cli_export import _progress
+    from . import checkpoint
+    from .cli_export import _progress
     loaded = checkpoint.read_paxml(args.checkpoint, args.step, _progress("reading"), **_overrides(args))
     loaded.sha256 = checkpoint.file_sha256(loaded.source)
     out = checkpoint.save_converted(loaded, args.out)
@@ -47,15 +47,15 @@ def cmd_convert(argv) -> int:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from export.checkpoint import CheckpointError
+    from .checkpoint import CheckpointError
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "export"
     try:
         if command == "convert":
             return cmd_convert(argv)
         if command == "package":  # needs no jax: imported before cli_export
-            from export import package
+            from . import package
             return package.cmd_package(argv)
-        from export import cli_export
+        from . import cli_export
         if command == "all":
             return cli_export.cmd_all(argv)
         return cli_export.cmd_export(argv, _add_overrides, _overrides)

@@ -23,9 +23,9 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
-from export import msgpack_index
-from export.config import ConfigError, VilaConfig, config_from_shapes
-from export.msgpack_index import ArrayRef, ChunkedArrayRef, MsgpackFormatError
+from . import msgpack_index
+from .config import ConfigError, VilaConfig, config_from_shapes
+from .msgpack_index import ArrayRef, ChunkedArrayRef, MsgpackFormatError
 
 CONFIG_FILE = "vila_config.json"
 ORBAX_SUBDIR = "params"
@@ -79,7 +79,7 @@ def unflatten(flat: Mapping[str, Any]) -> dict:
 @functools.lru_cache(maxsize=None)
 def _template_tree(has_quality_head: bool):
     """The abstract parameter tree of a 1-layer, tiny-width model: names and ranks, no sizes."""
-    from export.heads import abstract_params  # deferred: pulls in jax
+    from .heads import abstract_params  # deferred: pulls in jax
     return abstract_params(VilaConfig(
         model_type="vila_r" if has_quality_head else "vila_p", model_dims=8, num_heads=2, dim_per_head=4,
         encoder_ff_dims=8, decoder_ff_dims=8, pooler_num_heads=2, pooler_dim_per_head=4, num_encoder_layers=1,
@@ -125,7 +125,7 @@ def param_paths(has_quality_head: bool, layers: Mapping[str, int]) -> list[str]:
 
 
 def expected_shapes(cfg: VilaConfig) -> dict:
-    from export.heads import abstract_params
+    from .heads import abstract_params
     return {p: tuple(s.shape) for p, s in flatten(abstract_params(cfg)).items()}
 
 

@@ -6,12 +6,9 @@ import os
 import sys
 import time
 
-from export import checkpoint
-from export.config import VilaConfig
+from . import checkpoint, release
+from .config import VilaConfig
 
-# Released checkpoint folders under VILA_DIR (gs://gresearch/vila) and their export names.
-RELEASED = (("vila_rank_tuned", "vila_r"), ("vila_pretrain", "vila_p"), ("laion_pretrain", "laion_coca"))
-SPM_RELATIVE = os.path.join("spm_model", "spm.model")
 DEMO_NAME = "vila_demo"
 DEMO_SEED = 20230618
 
@@ -33,7 +30,7 @@ def _progress(label: str):
 
 def export_checkpoint(ckpt: str, spm_path: str, out: str, dtype: str = "float32", step=None,
                       overrides: dict | None = None) -> str:
-    from export import savedmodel
+    from . import savedmodel
     if not os.path.isfile(spm_path):
         raise FileNotFoundError(f"{spm_path}: SentencePiece model not found (--spm)")
     _log(f"reading {ckpt}")
@@ -47,15 +44,26 @@ def export_checkpoint(ckpt: str, spm_path: str, out: str, dtype: str = "float32"
     return savedmodel.write_savedmodel(loaded.params, loaded.config, spm_path, out, opts, log=_log)
 
 
+def _project_text_roots() -> list[str]:
+    """The checkout (code and docs) when run from one; else the installed packages' own folders
+    (never the whole site-packages)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    checkout = os.path.dirname(here)
+    if os.path.isfile(os.path.join(checkout, "setup.cfg")):
+        return [checkout]
+    import vila_tf
+    return [here, os.path.dirname(os.path.abspath(vila_tf.__file__))]
+
+
 def export_demo(out: str, dtype: str = "float32", cfg: VilaConfig | None = None) -> str:
     """The full released architecture with seeded random weights and a tokenizer trained on the
     project's own text: the whole pipeline at real size, with scores that mean nothing."""
-    from export import heads, savedmodel, spm
+    from . import heads, savedmodel, spm
     cfg = cfg or VilaConfig()
     _log("DEMO export: random weights of the released architecture; its scores mean nothing")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     spm_dir = os.path.join(os.path.dirname(os.path.abspath(out)), ".demo_spm")
-    spm_path = spm.train(spm.repo_sentences(root), os.path.join(spm_dir, "spm.model"), cfg.vocab_size)
+    sentences = [line for root in _project_text_roots() for line in spm.repo_sentences(root)]
+    spm_path = spm.train(sentences, os.path.join(spm_dir, "spm.model"), cfg.vocab_size)
     _log(f"trained a demo SentencePiece model on the project's text: {spm_path}")
     _log(f"initialising {cfg.model_type} parameters (seed {DEMO_SEED})")
     params = heads.init_params(cfg, DEMO_SEED)
@@ -64,7 +72,7 @@ def export_demo(out: str, dtype: str = "float32", cfg: VilaConfig | None = None)
 
 
 def cmd_export(argv, add_overrides, get_overrides) -> int:
-    p = argparse.ArgumentParser(prog="python -m export",
+    p = argparse.ArgumentParser(prog=f"python -m {__package__}",
                                 description="Export a VILA checkpoint as a TensorFlow SavedModel.")
     p.add_argument("--checkpoint", required=True,
                    help="paxml checkpoint folder (e.g. vila_rank_tuned) or a converted folder")
@@ -80,11 +88,12 @@ def cmd_export(argv, add_overrides, get_overrides) -> int:
 
 
 def cmd_all(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m export all",
+    p = argparse.ArgumentParser(prog=f"python -m {__package__} all",
                                 description="Export every released checkpoint under --vila-dir "
                                             "(or the full-size demo model) to OUT/<name>/<version>/.")
-    p.add_argument("--vila-dir", default="", help="folder holding vila_rank_tuned/, vila_pretrain/, "
-                                                  "laion_pretrain/, spm_model/spm.model")
+    p.add_argument("--vila-dir", default="",
+                   help="copy of gs://gresearch/vila: checkpoints/{vila_rank_tuned,vila_pretrain,laion_pretrain}/ "
+                        "and spm_model/spm.model (the checkpoints/ folder itself, or a flat copy, also work)")
     p.add_argument("--out", default="exported")
     p.add_argument("--version", type=int, default=1)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -92,23 +101,35 @@ def cmd_all(argv) -> int:
     t0 = time.time()
     written = []
     if args.vila_dir:
-        spm_path = os.path.join(args.vila_dir, SPM_RELATIVE)
-        found = [(d, n) for d, n in RELEASED if os.path.isdir(os.path.join(args.vila_dir, d))]
-        if not found:
-            raise FileNotFoundError(f"{args.vila_dir}: none of {[d for d, _ in RELEASED]} found")
-        for folder, name in found:
+        found = release.find(args.vila_dir)
+        _log(f"tokenizer: {found.spm_path}")
+        if found.missing:
+            _log(f"not in this copy (skipped): {', '.join(found.missing)}")
+        for name, folder in found.models:
             out = os.path.join(args.out, name, str(args.version))
-            written.append(export_checkpoint(os.path.join(args.vila_dir, folder), spm_path, out, args.dtype))
+            try:
+                written.append(export_checkpoint(folder, found.spm_path, out, args.dtype))
+            except BaseException:
+                # The failed model left nothing (exports are atomic); say which ones are complete.
+                done = ", ".join(written) if written else "none"
+                print(f"exporting {folder} failed; complete exports: {done}", file=sys.stderr)
+                if written:
+                    _write_serving_layout(args.out)
+                raise
             _log(f"wrote {out}")
     else:
         out = os.path.join(args.out, DEMO_NAME, str(args.version))
         written.append(export_demo(out, args.dtype))
         _log(f"wrote {out} (DEMO weights: set VILA_DIR=... to export the released checkpoints)")
-    from export import serving_layout
-    serving_layout.write_models_config(args.out)
-    serving_layout.write_batching_parameters(args.out)
+    _write_serving_layout(args.out)
     for w in written:
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(w) for f in fs)
         print(f"{w}\t{size / 1e9:.2f} GB")
     print(f"done in {time.time() - t0:.0f} s")
     return 0
+
+
+def _write_serving_layout(out_root: str) -> None:
+    from . import serving_layout
+    serving_layout.write_models_config(out_root)
+    serving_layout.write_batching_parameters(out_root)

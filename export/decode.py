@@ -9,8 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from export.config import BOS_ID, EOS_ID, VilaConfig
-from export.model import VilaModel
+from .config import BOS_ID, EOS_ID, VilaConfig
+from .model import VilaModel
 
 
 def _greedy_loop(next_logits, batch: int, max_len: int, carry):

@@ -10,9 +10,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from export import decode
-from export.config import QUALITY_PROMPT_IDS, VilaConfig
-from export.model import VilaModel, l2_normalize
+from . import decode
+from .config import QUALITY_PROMPT_IDS, VilaConfig
+from .model import VilaModel, l2_normalize
 
 # The release's zero-shot quality prompts (run_vila_predict._ZSL_QUALITY_PROMPTS): good/bad pairs.
 ZERO_SHOT_PROMPT_PAIRS = (

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from export.config import QUALITY_PROMPT_IDS, VilaConfig
+from .config import QUALITY_PROMPT_IDS, VilaConfig
 
 Array = jax.Array
 # praxis: py_utils.get_large_negative_number(float32) = -0.7 * float32 max.

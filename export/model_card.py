@@ -11,8 +11,12 @@ import json
 import os
 from typing import Optional
 
-from export.package import PackageError
 from vila_tf.signatures import METADATA_RELATIVE, WARMUP_RELATIVE
+
+
+class ModelCardError(Exception):
+    """The folder is not a readable vila-tf export (the message names the file)."""
+
 
 REQUIRED_METADATA = ("model_type", "demo_weights", "config")
 UNKNOWN_SHAPE = "(any shape)"  # serving_default's image_bytes: a scalar (one image) or a batch
@@ -62,13 +66,13 @@ def read_metadata(savedmodel_dir: str) -> dict:
         with open(path, encoding="utf-8") as f:
             metadata = json.load(f)
     except FileNotFoundError:
-        raise PackageError(f"{path}: not found; this is not a vila-tf export "
+        raise ModelCardError(f"{path}: not found; this is not a vila-tf export "
                            "(export it with `python -m export`)") from None
     except json.JSONDecodeError as e:
-        raise PackageError(f"{path}: not valid JSON ({e})") from None
+        raise ModelCardError(f"{path}: not valid JSON ({e})") from None
     missing = [k for k in REQUIRED_METADATA if k not in metadata]
     if missing:
-        raise PackageError(f"{path}: missing key(s) {', '.join(missing)}; "
+        raise ModelCardError(f"{path}: missing key(s) {', '.join(missing)}; "
                            "re-export the model with this version of vila-tf")
     return metadata
 
@@ -93,7 +97,7 @@ def read_signatures(savedmodel_dir: str, order: tuple = ()) -> tuple[SignatureIn
         loaded = tf.saved_model.load(savedmodel_dir)
     except Exception as e:  # noqa: BLE001 - any load failure means: do not publish this folder
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PackageError(f"{savedmodel_dir}: the SavedModel does not load ({first_line})") from e
+        raise ModelCardError(f"{savedmodel_dir}: the SavedModel does not load ({first_line})") from e
     names = [n for n in order if n in loaded.signatures] + sorted(set(loaded.signatures) - set(order))
     out = []
     for name in names:

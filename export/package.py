@@ -28,6 +28,8 @@ from typing import Callable, Optional
 
 from vila_tf.atomic import atomic_file
 
+from . import model_card
+
 ARCHIVE_MTIME = 0          # every entry's mtime, and the gzip header's
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -160,7 +162,7 @@ def find_savedmodels(path: str) -> list[tuple[str, str, int]]:
     if versions:
         name = os.path.basename(os.path.abspath(path))
         return [(os.path.join(path, str(v)), name, v) for v in versions]
-    from export import serving_layout
+    from . import serving_layout
     found = [(os.path.join(path, name, str(v)), name, v)
              for name, vs in serving_layout.model_versions(path).items() for v in vs]
     if not found:
@@ -173,7 +175,6 @@ def package_savedmodel(savedmodel_dir: str, dist_dir: str, name: Optional[str] =
                        version: Optional[int] = None, base_url: Optional[str] = None,
                        log: Callable[[str], None] = lambda msg: None) -> Package:
     """Writes the archive, its checksum and its model card for one SavedModel into `dist_dir`."""
-    from export import model_card  # imported here: it imports PackageError from this module
     default_name, default_version = default_name_version(savedmodel_dir)
     name = name or default_name
     version = default_version if version is None else version
@@ -207,7 +208,7 @@ def _log(msg: str) -> None:
 
 def cmd_package(argv) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m export package",
+        prog=f"python -m {__package__} package",
         description="Write TF Hub compressed packages (<name>_<version>.tar.gz, its .sha256, <name>.md "
                     "model card) for exported SavedModels; hub.load(URL) and hub.KerasLayer(URL) load them.")
     p.add_argument("savedmodels", nargs="+", metavar="SAVEDMODEL_DIR",
@@ -232,7 +233,7 @@ def cmd_package(argv) -> int:
             print(f"{pkg.archive}\t{pkg.size / 1e6:.1f} MB\tsha256 {pkg.sha256}")
             print(f"{pkg.checksum_file}\n{pkg.card}")
         _log(f"packaged {len(found)} model(s) in {time.time() - t0:.0f} s")
-    except PackageError as e:
+    except (PackageError, model_card.ModelCardError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -21,12 +21,12 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from export import heads
+from . import heads
 from vila_tf import preprocessing as preprocess
-from export.checkpoint import flatten, unflatten
-from export.config import VilaConfig
-from export.tokenizer import LingvoTokenizer
-from export.warmup import write_warmup
+from .checkpoint import flatten, unflatten
+from .config import VilaConfig
+from .tokenizer import LingvoTokenizer
+from .warmup import write_warmup
 from vila_tf.atomic import atomic_dir
 from vila_tf.signatures import ALL_SIGNATURES, METADATA_RELATIVE
 
