@@ -1,7 +1,7 @@
 """Peak memory of reading a full-size VILA-R paxml checkpoint (with optimizer state).
 
 Writes a 1.25 GB checkpoint shaped like the release (484 parameter arrays, then the ShardedAdafactor
-state of spec §9), then reads it in a fresh process and reports that process's peak RSS.
+state of docs/model.md §9), then reads it in a fresh process and reports that process's peak RSS.
   python benchmarks/checkpoint_memory.py --dir /tmp/vila_mem [--json]
 """
 import argparse

@@ -6,7 +6,7 @@ with no names. The names follow from the model: jax sorts dict keys as strings a
 `x_layers_10` comes right after `x_layers_1`. The layer counts are found by trying the orderings
 the leaf count allows and keeping the one whose shapes form a consistent VILA model.
 
-Three on-disk layouts (spec §9), all accepted:
+Three on-disk layouts (docs/model.md §9), all accepted:
   1. checkpoint_<N>/metadata/metadata + checkpoint_<N>/state/checkpoint  (what paxml writes)
   2. checkpoint_<N>/checkpoint
   3. checkpoint_<N> is itself the msgpack file (legacy flax)

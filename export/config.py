@@ -1,8 +1,8 @@
 """VILA model configuration, inferred from a checkpoint's array shapes.
 
-Every size the model needs can be read off the parameter shapes (spec §1-2), so a released
-checkpoint configures the model by itself; only `atten_logit_cap` and `decoding_max_len` are not
-visible in the arrays and keep the release's values unless overridden.
+Every size the model needs can be read off the parameter shapes (docs/model.md §1-2), so a
+released checkpoint configures the model by itself; only `atten_logit_cap` and `decoding_max_len`
+are not visible in the arrays and keep the release's values unless overridden.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Greedy caption decoding with a KV cache (spec §8), pure JAX.
+"""Greedy caption decoding with a KV cache (docs/model.md §8), pure JAX.
 
 Matches praxis' greedy decode: slot 0 holds BOS, each step feeds the token at slot `step` with
 position `step`, takes the argmax (ties -> lowest id), and a row stops after emitting EOS. The

@@ -80,7 +80,7 @@ def zero_shot(params, cfg: VilaConfig, images, prompt_ids, prompt_paddings):
 
 
 def caption(params, cfg: VilaConfig, images, max_len: int | None = None):
-    """Greedy caption ids [B, L], lengths [B], log-probs [B, L] (spec §8)."""
+    """Greedy caption ids [B, L], lengths [B], log-probs [B, L] (docs/model.md §8)."""
     gen = encode_image(params, cfg, images)["generative_img_embed"]
     return decode.greedy_decode(params, cfg, gen, max_len)
 

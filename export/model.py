@@ -1,9 +1,9 @@
 """Flax re-implementation of the released VILA (CoCa) model, numerically faithful to praxis.
 
-Module and parameter names mirror the praxis tree (spec §2), so loading a checkpoint is a rename
-of paths, never a reshuffle: `encoder/transformers_stack/x_layers_3/self_attention/query/w` here
-is the same array as in the paxml checkpoint. Numerics follow spec §3-7; the comments name the
-praxis conventions that are easy to get wrong.
+Module and parameter names mirror the praxis tree (docs/model.md §2), so loading a checkpoint is
+a rename of paths, never a reshuffle: `encoder/transformers_stack/x_layers_3/self_attention/query/w`
+here is the same array as in the paxml checkpoint. Numerics follow docs/model.md §3-7; the comments
+name the praxis conventions that are easy to get wrong.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""In-graph SentencePiece tokenization with lingvo's StringsToIds semantics (spec §10).
+"""In-graph SentencePiece tokenization with lingvo's StringsToIds semantics (docs/model.md §10).
 
 lingvo SentencePieceTokenizer defaults: the pieces of each string, EOS appended (no BOS);
 labels = pieces padded with 0 / truncated to L (a long string loses its EOS); ids = [BOS] +

@@ -82,7 +82,7 @@ def test_greedy_decode(outputs, name):
 
 
 def test_decode_cache_equals_full_recompute(outputs):
-    """Each cached step's argmax equals the full decoder's on the generated prefix (spec §8)."""
+    """Each cached step's argmax equals the full decoder's on the generated prefix (docs/model.md §8)."""
     ck, g, _, _ = outputs["vila_r_tiny"]
     ids, _, _ = heads.caption(ck.params, ck.config, g["input/image"])
     ids = np.asarray(ids)

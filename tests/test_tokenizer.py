@@ -15,7 +15,7 @@ STRINGS = [
 
 
 def lingvo_strings_to_ids(sp, strings, max_length):
-    """Independent lingvo StringsToIds (spec §10) on the Python sentencepiece library."""
+    """Independent lingvo StringsToIds (docs/model.md §10) on the Python sentencepiece library."""
     ids = np.zeros((len(strings), max_length), np.int32)
     paddings = np.ones((len(strings), max_length), np.float32)
     for r, s in enumerate(strings):

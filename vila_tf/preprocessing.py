@@ -1,4 +1,4 @@
-"""In-graph image preprocessing: exactly the release's pipeline (spec §11), batched.
+"""In-graph image preprocessing: exactly the release's pipeline (docs/model.md §11), batched.
 
 run_vila_predict.preprocess_image: decode_image(bytes, 3, expand_animations=False) -> TF1
 resize_bilinear to 272x272 (align_corners=False, half_pixel_centers=False; aspect ratio not kept)
