@@ -1,6 +1,6 @@
-"""`vila-tf beam`: the Apache Beam batch job, on the DirectRunner, run as the README says.
+"""`vila-tf beam`: the Apache Beam batch job, on the DirectRunner, run as docs/beam.md says.
 
-The big runs go through the `vila-tf` console script in a subprocess with the README's command
+The big runs go through the `vila-tf` console script in a subprocess with docs/beam.md's command
 lines (placeholders swapped for the test's folders); the smaller checks call `vila_tf.beam` in
 this process.
 """
@@ -25,7 +25,7 @@ from vila_tf import beam as vila_beam  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
-README_SECTION = "## Batch scoring with Apache Beam"
+README_SECTION = "# Batch scoring with Apache Beam"  # the title of docs/beam.md: the whole page
 # The README's placeholders: model, input pattern, output prefix.
 README_MODEL, README_PATTERN, README_PREFIX = "exported/vila_r", "photos/*", "scores/run1"
 GOOD, BAD = 52, ("truncated.jpg", "random.jpg", "empty.jpg", "notes.txt")
@@ -80,11 +80,11 @@ def expected(model, photos):
 
 
 def readme_commands():
-    """Every `vila-tf beam` command line of the README's Beam section, as argument lists."""
-    with open(os.path.join(ROOT, "README.md")) as f:
+    """Every `vila-tf beam` command line of docs/beam.md, as argument lists."""
+    with open(os.path.join(ROOT, "docs", "beam.md")) as f:
         text = f.read()
     assert README_SECTION in text
-    section = text.split(README_SECTION, 1)[1].split("\n## ", 1)[0].replace("\\\n", " ")
+    section = text.split(README_SECTION, 1)[1].replace("\\\n", " ")
     lines = [line.strip().removeprefix("$ ") for line in section.splitlines()]
     return [shlex.split(line, comments=True) for line in lines if line.startswith("vila-tf beam ")]
 

@@ -23,8 +23,8 @@ def _copy_checkpoint(fixture, dest):
 
 
 def _make_export(vila_dir, out):
-    """The README's command, `make export VILA_DIR=... OUT=...`, with this interpreter's environment
-    (`-o` keeps make from rebuilding the venv the tests already run in)."""
+    """The command of docs/export.md, `make export VILA_DIR=... OUT=...`, with this interpreter's
+    environment (`-o` keeps make from rebuilding the venv the tests already run in)."""
     venv = sys.prefix
     cmd = ["make", "-C", REPO, "-o", os.path.join(venv, ".installed"), "export", f"VENV={venv}",
            f"PY={sys.executable}", f"VILA_DIR={vila_dir}", f"OUT={out}"]

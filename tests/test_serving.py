@@ -14,7 +14,7 @@ from vila_tf import serving
 from vila_tf.buckets import BUCKETS
 from vila_tf.signatures import ALL_SIGNATURES
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+README = os.path.join(os.path.dirname(__file__), "..", "docs", "serving.md")  # its curl example
 
 
 def _check_cli(path):
