@@ -125,8 +125,14 @@ def param_paths(has_quality_head: bool, layers: Mapping[str, int]) -> list[str]:
 
 
 def expected_shapes(cfg: VilaConfig) -> dict:
+    return dict(_expected_shapes(cfg))
+
+
+@functools.lru_cache(maxsize=16)
+def _expected_shapes(cfg: VilaConfig) -> tuple:
+    # Tracing the model for its shapes costs about a second; a config's shapes never change.
     from .heads import abstract_params
-    return {p: tuple(s.shape) for p, s in flatten(abstract_params(cfg)).items()}
+    return tuple((p, tuple(s.shape)) for p, s in flatten(abstract_params(cfg)).items())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
+import contextlib
+import fcntl
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -33,17 +36,60 @@ def loaded_fixtures():
 # --- SentencePiece models and exports shared by the export tests ------------------------------
 
 
-@pytest.fixture(scope="session")
-def spm_model(tmp_path_factory):
-    """A SentencePiece model trained by the test itself."""
-    return tiny_models.train_spm(str(tmp_path_factory.mktemp("spm") / "spm.model"))
+def _shared_dir(tmp_path_factory, worker_id) -> "os.PathLike":
+    """A folder every test process of this run sees: the run's own base temp folder, or under
+    pytest-xdist the parent of the workers' folders (fresh for each run, so never stale)."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """An exclusive lock between test processes (xdist workers) on `path`."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_once(folder, build):
+    """Runs `build(folder)` in exactly one test process; the others wait and reuse its output.
+    The folder appears complete or not at all (`done` is written last)."""
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with _locked(folder + ".lock"):
+        if not os.path.exists(folder + ".done"):
+            shutil.rmtree(folder, ignore_errors=True)
+            build(folder)
+            open(folder + ".done", "w").close()
+    return folder
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory, spm_model):
-    """Both fixtures exported once per session: {fixture name: SavedModel dir}."""
-    root = tmp_path_factory.mktemp("exported")
-    return {n: tiny_models.export_fixture(n, spm_model, str(root / n / "1")) for n in FIXTURES}
+def worker_id(request):
+    """xdist's worker name ("gw0", ...) or "master" without xdist (also when xdist is absent)."""
+    return getattr(request.config, "workerinput", {}).get("workerid", "master")
+
+
+@pytest.fixture(scope="session")
+def spm_model(tmp_path_factory, worker_id):
+    """A SentencePiece model trained by the test itself (once per run, shared by xdist workers)."""
+    folder = str(_shared_dir(tmp_path_factory, worker_id) / "spm")
+    _build_once(folder, lambda d: tiny_models.train_spm(os.path.join(d, "spm.model")))
+    return os.path.join(folder, "spm.model")
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, spm_model, worker_id):
+    """Both fixtures exported once per run: {fixture name: SavedModel dir}. Under xdist each worker
+    starts with a different fixture, so two workers build the two exports side by side."""
+    root = _shared_dir(tmp_path_factory, worker_id) / "exported"
+    start = 0 if worker_id == "master" else int(worker_id[2:]) % len(FIXTURES)
+    order = FIXTURES[start:] + FIXTURES[:start]
+    for n in order:
+        _build_once(str(root / n), lambda d, n=n: tiny_models.export_fixture(n, spm_model, os.path.join(d, "1")))
+    return {n: str(root / n / "1") for n in FIXTURES}
 
 
 def run_without_jax(script: str, *args, timeout=900):

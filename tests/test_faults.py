@@ -237,23 +237,28 @@ def _kill_when(cmd, marker, env, delay=0.0):
     return seen
 
 
-@pytest.mark.parametrize("marker,delay", [("reading", 0.0), ("building the TF module", 0.5),
-                                          ("lowering the heads", 1.0), ("lowering the heads", 4.0),
-                                          ("writing TF Serving warmup", 0.05)])
-def test_sigkill_mid_export_leaves_previous_or_complete_model(exported, spm_model, tmp_path, marker, delay):
+KILL_POINTS = [("reading", 0.0), ("building the TF module", 0.5), ("lowering the heads", 1.0),
+               ("lowering the heads", 4.0), ("writing TF Serving warmup", 0.05)]
+
+
+def test_sigkill_mid_export_leaves_previous_or_complete_model(exported, spm_model, tmp_path):
+    """Killed at each stage in turn over the same path: after every kill the previous model (or a
+    complete new one) is there and nothing partial; then one rerun succeeds and clears every
+    temporary the killed runs left."""
     out = tmp_path / "vila_r" / "1"
     shutil.copytree(exported["vila_p_tiny"], out)  # a previous complete model at the path
-    before = _tree_digest(out)
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     cmd = [sys.executable, "-m", "export", "--checkpoint", os.path.join(DATA, "vila_r_tiny", "ckpt"),
            "--spm", spm_model, "--out", str(out), "--decoding-max-len", "16"]
-    assert _kill_when(cmd, marker, env, delay)
-    # Either the previous model, untouched, or a complete new one; never a partial folder.
-    if _tree_digest(out) != before:
-        assert tf.saved_model.load(str(out)).signatures["score_pixels"] is not None
-    # Only the model and dot-prefixed temporaries (which TF Serving ignores) are there.
-    assert out.is_dir() and all(n == "1" or n.startswith(".") for n in os.listdir(out.parent))
-    # A rerun succeeds and clears the killed run's temporaries.
+    for marker, delay in KILL_POINTS:
+        before = _tree_digest(out)
+        assert _kill_when(cmd, marker, env, delay), marker
+        # Either the previous model, untouched, or a complete new one; never a partial folder.
+        if _tree_digest(out) != before:
+            assert tf.saved_model.load(str(out)).signatures["score_pixels"] is not None, marker
+        # Only the model and dot-prefixed temporaries (which TF Serving ignores) are there.
+        assert out.is_dir() and all(n == "1" or n.startswith(".") for n in os.listdir(out.parent)), marker
+    # A rerun succeeds and clears the killed runs' temporaries.
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     assert os.listdir(out.parent) == ["1"]
