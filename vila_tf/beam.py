@@ -296,7 +296,7 @@ def build(pipeline: beam.Pipeline, model_path: str, task: str, patterns: Sequenc
     else:
         first = beam_io.first_file(patterns) if keep else None
         if keep and input_format == "parquet":
-            parquet_schema = beam_io.read_parquet_schema(first)
+            parquet_schema = beam_io.parquet_schema(patterns)
         gzip = keep and input_format == "tfrecord" and beam_io.tfrecord_is_gzip(first)
         read = sources | "ReadShards" >> beam_io.ReadShardImages(input_format, image_key, id_key, keep,
                                                                  parquet_schema)
@@ -413,7 +413,8 @@ def _input_format(args: argparse.Namespace) -> str:
     """--input-format, or the one format all the patterns' extensions name, or files."""
     if args.input_format:
         return args.input_format
-    named = {shards.format_of(p) for p in args.input}
+    # The pattern's ending, else its first file's ('data/train-*' matching train-00000.tfrecord).
+    named = {shards.format_of(p) or shards.format_of(beam_io.first_file([p]) or "") for p in args.input}
     if len(named) == 1:
         return named.pop() or "files"
     raise UsageError(f"the --input patterns name different formats ({', '.join(sorted(str(n) for n in named))}): "

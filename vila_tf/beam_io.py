@@ -39,10 +39,19 @@ def first_file(patterns) -> Optional[str]:
     return None
 
 
-def read_parquet_schema(path: str):
+def parquet_schema(patterns):
+    """The columns of the first readable Parquet file (in name order): the filtered copy's schema."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return pq.read_schema(f)
+    problems = []
+    for pattern in patterns:
+        for m in sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path):
+            try:
+                with FileSystems.open(m.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                    return pq.read_schema(f)
+            except (OSError, pa.ArrowException) as e:
+                problems.append(f"{m.path}: {e}")
+    raise ValueError("no readable Parquet file to take the columns from: " + "; ".join(problems[:3]))
 
 
 def tfrecord_is_gzip(path: str) -> bool:

@@ -198,9 +198,21 @@ def _webdataset_image(key: str, members: Sequence[tuple[str, bytes]], image_key:
     return None, (f"no .jpg, .jpeg or .png member (members: {', '.join('.' + e for e, _ in members) or 'none'})")
 
 
+class _Counting:
+    """A read-only stream that counts the bytes read through it."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.n = f, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        self.n += len(data)
+        return data
+
+
 def read_webdataset(f: BinaryIO, path: str, image_key: Optional[str] = None,
                     keep_records: bool = False) -> Iterator[Sample]:
-    """Samples of a WebDataset tar shard (plain, or compressed as tar.gz), one per `__key__`.
+    """Samples of a WebDataset tar shard (plain, or GZIP-compressed), one per `__key__`.
 
     `record` is the sample's [(extension, bytes), ...] in shard order. A key seen again later in
     the shard (its members were not consecutive) is reported rather than scored twice.
@@ -219,8 +231,18 @@ def read_webdataset(f: BinaryIO, path: str, image_key: Optional[str] = None,
             return Sample(key, error=error)
         return Sample(key, image, record=list(members) if keep_records else None)
 
+    def truncated(reason: str) -> Sample:
+        where = f"ends inside sample {key!r}" if key is not None else "ends before its first sample"
+        return Sample(key if key is not None else path,
+                      error=(f"shard truncated or damaged: {path} {where} after {count} complete samples "
+                             f"({reason}); nothing after it can be read"))
+
+    gzipped = f.read(2) == b"\x1f\x8b"
+    f.seek(0)
+    # Decompressing here rather than in tarfile: GzipFile raises on a cut stream, tarfile's does not.
+    stream = _Counting(gzip.GzipFile(fileobj=f, mode="rb") if gzipped else f)
     try:
-        with tarfile.open(fileobj=f, mode="r|*") as tar:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
             for info in tar:
                 if not info.isfile():
                     continue
@@ -232,11 +254,15 @@ def read_webdataset(f: BinaryIO, path: str, image_key: Optional[str] = None,
                         yield done
                     key, members = member_key, []
                 members.append((ext, tar.extractfile(info).read()))
+            header_at = tar.offset
+            while stream.read(1 << 16):  # the end-of-archive blocks and padding
+                pass
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        where = (f"ends inside sample {key!r}" if key is not None else "ends before its first sample")
-        yield Sample(key if key is not None else path,
-                     error=(f"shard truncated or damaged: {path} {where} after {count} complete samples "
-                            f"({type(e).__name__}: {e}); nothing after it can be read"))
+        yield truncated(f"{type(e).__name__}: {e}")
+        return
+    # tarfile ends quietly at a cut header; a whole shard has a zero block where the next header would be.
+    if stream.n < header_at + tarfile.BLOCKSIZE:
+        yield truncated(f"cut at byte {stream.n}, where a member header should be")
         return
     done = finish()
     if done:
