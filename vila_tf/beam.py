@@ -8,8 +8,12 @@ The pipeline:
     patterns -> MatchAll -> paths, deduplicated  (the shuffle also spreads them over the workers)
              -> ReadMatches -> (path, bytes)                       an unreadable file -> an error record
              -> RunInference(KeyedModelHandler(VilaModelHandler))  a bad image -> an error record
-             -> PREFIX-results-*.jsonl   {"input": path, "score": 0.63}
+             -> PREFIX-results-*.jsonl   {"input": path, "score": 0.63}       (or .parquet: --output-format)
                 PREFIX-errors-*.jsonl    {"input": path, "error": "not a JPEG, PNG, GIF or BMP image ..."}
+
+Datasets in shards (--input-format tfrecord|webdataset|parquet) are read by `vila_tf.beam_io`
+instead of ReadMatches, their records are named by id, and --min-score/--filtered-output writes
+the passing records back in the input's format (docs/datasets.md).
 
 Decoding, batching (padded to the export's buckets) and per-image failures are `vila_tf.VilaModel`'s;
 this module only moves bytes and records. Each worker process loads one copy of the model (Beam's
@@ -241,36 +245,26 @@ class ReadImages(beam.PTransform):
                 | "Read" >> beam.ParDo(_ReadBytes()).with_outputs(ERRORS, main="images"))
 
 
-class _SplitRecords(beam.DoFn):
-    """(path, PredictionResult) -> a result record, or an error record in the `errors` output."""
-
-    def __init__(self):
-        self.done = Metrics.counter(METRICS_NAMESPACE, "images_done")
-        self.failed = Metrics.counter(METRICS_NAMESPACE, "images_failed")
-
-    def process(self, keyed):
-        path, prediction = keyed
-        record = {"input": path, **prediction.inference}
-        if "error" in record:
-            self.failed.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, record)
-        else:
-            self.done.inc()
-            yield record
-
-
 class RunVila(beam.PTransform):
-    """(path, image bytes) -> result records, with the images the model could not read in `errors`."""
+    """(key, image bytes) -> result records, with the images the model could not read in `errors`.
+
+    The key is a file path (records `{"input": path, ...}`) or, from `beam_io.ReadShardImages`, an
+    (id, record) pair (records `{"id": id, ...}`). Values are the model's own float32 (the writers
+    round them for JSON). With `min_score`, the records scoring at least that come out, with their
+    score added, in the `filtered` output (for `beam_io.WriteFiltered`).
+    """
 
     def __init__(self, model_path: str, task: str = "score", batch_size: int = buckets.MAX_BATCH,
-                 device: Optional[str] = None):
+                 device: Optional[str] = None, input_format: Optional[str] = None,
+                 min_score: Optional[float] = None, id_field: str = "input"):
         super().__init__()
-        self.handler = KeyedModelHandler(VilaModelHandler(model_path, task, batch_size, device))
+        self.handler = KeyedModelHandler(VilaModelHandler(model_path, task, batch_size, device, raw_values=True))
+        self.judge = beam_io.Judge(TASKS[task].field, input_format, min_score, id_field)
 
     def expand(self, images):
         return (images
                 | "RunInference" >> RunInference(self.handler)
-                | "Records" >> beam.ParDo(_SplitRecords()).with_outputs(ERRORS, main=RESULTS))
+                | "Judge" >> beam.ParDo(self.judge).with_outputs(ERRORS, beam_io.FILTERED, main=RESULTS))
 
 
 WriteJsonLines = beam_io.WriteJsonLines  # records -> PREFIX-00000-of-0000N.jsonl
@@ -301,11 +295,8 @@ def build(pipeline: beam.Pipeline, model_path: str, task: str, patterns: Sequenc
         read = sources | "ReadShards" >> beam_io.ReadShardImages(input_format, image_key, id_key, keep,
                                                                  parquet_schema)
         images, read_errors, id_field = read[beam_io.IMAGES], read[ERRORS], "id"
-    handler = KeyedModelHandler(VilaModelHandler(model_path, task, batch_size, device, raw_values=True))
-    judged = (images
-              | "RunInference" >> RunInference(handler)
-              | "Judge" >> beam.ParDo(beam_io.Judge(field, input_format, min_score if keep else None, id_field))
-              .with_outputs(ERRORS, beam_io.FILTERED, main=RESULTS))
+    judged = images | "RunVila" >> RunVila(model_path, task, batch_size, device, input_format,
+                                           min_score if keep else None, id_field)
     if output_format == "parquet":
         _ = judged[RESULTS] | "WriteResults" >> beam_io.WriteParquetResults(f"{output}-{RESULTS}", field,
                                                                              embedding_size, id_field)
