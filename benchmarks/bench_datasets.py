@@ -7,7 +7,7 @@ compilations) cancels out: images/s = (N - n) / (t_N - t_n). The baseline is `Vi
 the same bytes in this process (after a warm-up call), so the ratio is what Beam and the reading
 of the format cost. Prints a markdown table and writes the numbers to a JSON file.
 
-  python benchmarks/bench_datasets.py [--model EXPORT] [--images 768] [--repeats 2] [--out FILE]
+  python benchmarks/bench_datasets.py [--model EXPORT] [--images 768] [--repeats 2] [--formats tfrecord,...] [--out FILE]
 
 Without --model it exports the tiny test fixture (tests/data) to a temporary folder.
 """
@@ -94,6 +94,7 @@ def main() -> int:
     p.add_argument("--model", help="an exported SavedModel (default: export the tiny test fixture)")
     p.add_argument("--images", type=int, default=768)
     p.add_argument("--repeats", type=int, default=2, help="runs of each job; the fastest counts")
+    p.add_argument("--formats", default="files,tfrecord,webdataset,parquet", help="comma-separated")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results_datasets.json"))
     args = p.parse_args()
     import vila_tf
@@ -121,7 +122,7 @@ def main() -> int:
         del model
 
         rows = {}
-        for fmt in full:
+        for fmt in args.formats.split(","):
             # Best of several runs each: on a shared machine the slow runs are the disturbed ones.
             t_few = min(run_job(model_path, few[fmt], os.path.join(work, f"out-{fmt}-few-{r}"))
                         for r in range(args.repeats))
