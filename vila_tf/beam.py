@@ -320,7 +320,8 @@ class UsageError(Exception):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vila-tf beam", allow_abbrev=False,  # no abbreviations: they would swallow Beam's flags
-        description="Run an exported VILA model over files matched by patterns, on Apache Beam.",
+        description="Run an exported VILA model over image files, or the images in TFRecord, WebDataset or "
+                    "Parquet shards, matched by patterns, on Apache Beam.",
         epilog="Every other --flag is a Beam pipeline option (--runner, --project, --region, "
                "--direct_num_workers, ...). Writes PREFIX-results-*.jsonl (or .parquet) and "
                "PREFIX-errors-*.jsonl. "
@@ -331,9 +332,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="exported SavedModel folder, or a TF Serving base folder (newest version); "
                                  "local, or on any Beam filesystem (gs://, s3://)")
     p.add_argument("--input", action="append", required=True, metavar="PATTERN",
-                   help="files to process, e.g. 'photos/*.jpg', 'gs://bucket/photos/**' (** crosses folders); "
+                   help="files or shards to process, e.g. 'photos/*.jpg', 'gs://bucket/photos/**' (** crosses folders); "
                         "repeat for several patterns")
-    p.add_argument("--output", required=True, metavar="PREFIX", help="where the JSON Lines outputs go")
+    p.add_argument("--output", required=True, metavar="PREFIX", help="where the outputs go: PREFIX-results-*, PREFIX-errors-*")
     d = p.add_argument_group("datasets in shards (see docs/datasets.md)")
     d.add_argument("--input-format", choices=("files",) + shards.FORMATS,
                    help="files: each file is an image (the default); tfrecord: tf.train.Example records (plain or "
