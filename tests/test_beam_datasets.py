@@ -203,6 +203,28 @@ def test_tfrecord_reader_without_id_key_and_gzip_detection(tfrecord_shards):
     assert sum(s.error is None for s in samples) == PER_SHARD - sum(i in MISSING for i in shard_slices()[1])
 
 
+def test_tfrecord_reader_damage_of_every_kind(tmp_path):
+    """A length failing its checksum ends the shard; a payload that is no Example fails alone; int ids."""
+    from tensorflow.core.example import example_pb2
+
+    def example(i, with_image=True):
+        ex = example_pb2.Example()
+        ex.features.feature["n"].int64_list.value.append(100 + i)
+        if with_image:
+            ex.features.feature["image/encoded"].bytes_list.value.append(bytes([i]) * 10)
+        return ex.SerializeToString()
+
+    frames = [shards.tfrecord_frame(example(0)), shards.tfrecord_frame(b"\xff\xff not a proto"),
+              shards.tfrecord_frame(example(2)), shards.tfrecord_frame(example(3))]
+    broken = bytearray(frames[3])
+    broken[0] ^= 0x01  # the length: its checksum fails, nothing after can be framed
+    data = b"".join(frames[:3]) + bytes(broken) + shards.tfrecord_frame(example(4))
+    got = [(s.id, s.image, (s.error or "").split(":")[0]) for s in shards.read_tfrecord(io.BytesIO(data), "x",
+                                                                                         id_key="n")]
+    assert got == [("100", bytes([0]) * 10, ""), ("x:1", None, "not a tf.train.Example"),
+                   ("102", bytes([2]) * 10, ""), ("x:3", None, "corrupt shard")]
+
+
 # -- WebDataset ----------------------------------------------------------------------------------------
 
 def webdataset_members(i, key, image):
