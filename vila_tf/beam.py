@@ -8,8 +8,12 @@ The pipeline:
     patterns -> MatchAll -> paths, deduplicated  (the shuffle also spreads them over the workers)
              -> ReadMatches -> (path, bytes)                       an unreadable file -> an error record
              -> RunInference(KeyedModelHandler(VilaModelHandler))  a bad image -> an error record
-             -> PREFIX-results-*.jsonl   {"input": path, "score": 0.63}
+             -> PREFIX-results-*.jsonl   {"input": path, "score": 0.63}       (or .parquet: --output-format)
                 PREFIX-errors-*.jsonl    {"input": path, "error": "not a JPEG, PNG, GIF or BMP image ..."}
+
+Datasets in shards (--input-format tfrecord|webdataset|parquet) are read by `vila_tf.beam_io`
+instead of ReadMatches, their records are named by id, and --min-score/--filtered-output writes
+the passing records back in the input's format (docs/datasets.md).
 
 Decoding, batching (padded to the export's buckets) and per-image failures are `vila_tf.VilaModel`'s;
 this module only moves bytes and records. Each worker process loads one copy of the model (Beam's
@@ -44,7 +48,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from vila_tf import buckets
+from vila_tf import beam_io, buckets, shards
 
 log = logging.getLogger("vila_tf.beam")
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
@@ -145,7 +149,7 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
     """
 
     def __init__(self, model_path: str, task: str = "score", batch_size: int = buckets.MAX_BATCH,
-                 device: Optional[str] = None):
+                 device: Optional[str] = None, raw_values: bool = False):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         if batch_size not in buckets.BUCKETS:
@@ -154,6 +158,9 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
         # shared by that process's threads (VilaModel is thread-safe).
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
         self.model_path, self.task, self.batch_size, self.device = model_path, task, batch_size, device
+        # raw_values: the model's float32 values (np.float32 / arrays) instead of JSON-rounded ones,
+        # for writers that keep full precision (Parquet) or compare scores to a threshold.
+        self.raw_values = raw_values
 
     def load_model(self):
         from vila_tf import model as model_lib  # TensorFlow is imported on the workers only
@@ -172,8 +179,9 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
             values, failed = self._run(model, batch)
         except Exception as batch_error:  # noqa: BLE001
             values, failed = self._run_one_by_one(model, batch, batch_error)
-        return [PredictionResult(example, {"error": failed[i]} if i in failed
-                                 else {field: _json_value(field, values[i])}, self.model_path)
+        value = (lambda v: v) if self.raw_values else (lambda v: _json_value(field, v))
+        return [PredictionResult(example, {"error": failed[i]} if i in failed else {field: value(values[i])},
+                                 self.model_path)
                 for i, example in enumerate(batch)]
 
     def _run(self, model, images: list) -> tuple[list, dict]:
@@ -237,62 +245,73 @@ class ReadImages(beam.PTransform):
                 | "Read" >> beam.ParDo(_ReadBytes()).with_outputs(ERRORS, main="images"))
 
 
-class _SplitRecords(beam.DoFn):
-    """(path, PredictionResult) -> a result record, or an error record in the `errors` output."""
-
-    def __init__(self):
-        self.done = Metrics.counter(METRICS_NAMESPACE, "images_done")
-        self.failed = Metrics.counter(METRICS_NAMESPACE, "images_failed")
-
-    def process(self, keyed):
-        path, prediction = keyed
-        record = {"input": path, **prediction.inference}
-        if "error" in record:
-            self.failed.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, record)
-        else:
-            self.done.inc()
-            yield record
-
-
 class RunVila(beam.PTransform):
-    """(path, image bytes) -> result records, with the images the model could not read in `errors`."""
+    """(key, image bytes) -> result records, with the images the model could not read in `errors`.
+
+    The key is a file path (records `{"input": path, ...}`) or, from `beam_io.ReadShardImages`, an
+    (id, record) pair (records `{"id": id, ...}`). Values are the model's own float32 (the writers
+    round them for JSON). With `min_score`, the records scoring at least that come out, with their
+    score added, in the `filtered` output (for `beam_io.WriteFiltered`).
+    """
 
     def __init__(self, model_path: str, task: str = "score", batch_size: int = buckets.MAX_BATCH,
-                 device: Optional[str] = None):
+                 device: Optional[str] = None, input_format: Optional[str] = None,
+                 min_score: Optional[float] = None, id_field: str = "input"):
         super().__init__()
-        self.handler = KeyedModelHandler(VilaModelHandler(model_path, task, batch_size, device))
+        self.handler = KeyedModelHandler(VilaModelHandler(model_path, task, batch_size, device, raw_values=True))
+        self.judge = beam_io.Judge(TASKS[task].field, input_format, min_score, id_field)
 
     def expand(self, images):
         return (images
                 | "RunInference" >> RunInference(self.handler)
-                | "Records" >> beam.ParDo(_SplitRecords()).with_outputs(ERRORS, main=RESULTS))
+                | "Judge" >> beam.ParDo(self.judge).with_outputs(ERRORS, beam_io.FILTERED, main=RESULTS))
 
 
-class WriteJsonLines(beam.PTransform):
-    """Records -> PREFIX-00000-of-0000N.jsonl (one JSON object a line; always at least one file)."""
-
-    def __init__(self, prefix: str):
-        super().__init__()
-        self.prefix = prefix
-
-    def expand(self, records):
-        return (records
-                | "Json" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=False))
-                | "Write" >> beam.io.WriteToText(self.prefix, file_name_suffix=".jsonl"))
+WriteJsonLines = beam_io.WriteJsonLines  # records -> PREFIX-00000-of-0000N.jsonl
 
 
 def build(pipeline: beam.Pipeline, model_path: str, task: str, patterns: Sequence[str], output: str,
-          batch_size: int = buckets.MAX_BATCH, device: Optional[str] = None) -> None:
-    """Adds the whole job to `pipeline`: PATTERNS -> OUTPUT-results-*.jsonl and OUTPUT-errors-*.jsonl."""
-    files = pipeline | "Patterns" >> beam.Create(list(patterns)) | "ReadImages" >> ReadImages()
-    scored = files.images | "RunVila" >> RunVila(model_path, task, batch_size, device)
-    _ = scored[RESULTS] | "WriteResults" >> WriteJsonLines(f"{output}-{RESULTS}")
-    _ = ((files[ERRORS], scored[ERRORS]) | "AllErrors" >> beam.Flatten()
+          batch_size: int = buckets.MAX_BATCH, device: Optional[str] = None, *, input_format: str = "files",
+          image_key: Optional[str] = None, id_key: Optional[str] = None, output_format: str = "jsonl",
+          min_score: Optional[float] = None, filtered_output: Optional[str] = None,
+          embedding_size: Optional[int] = None) -> None:
+    """Adds the whole job to `pipeline`: PATTERNS -> OUTPUT-results-*.jsonl|parquet, OUTPUT-errors-*.jsonl,
+    and with `filtered_output`, the records scoring >= `min_score` in the input's format (datasets only)."""
+    field = TASKS[task].field
+    keep = filtered_output is not None
+    if keep and (input_format == "files" or min_score is None):
+        raise ValueError("a filtered copy needs a dataset input format and min_score")
+    patterns = list(patterns)
+    sources = pipeline | "Patterns" >> beam.Create(patterns)
+    parquet_schema = gzip = None
+    if input_format == "files":
+        read = sources | "ReadImages" >> ReadImages()
+        images, read_errors, id_field = read.images, read[ERRORS], "input"
+    else:
+        first = beam_io.first_file(patterns) if keep else None
+        if keep and input_format == "parquet":
+            parquet_schema = beam_io.parquet_schema(patterns)
+        gzip = keep and input_format == "tfrecord" and beam_io.tfrecord_is_gzip(first)
+        read = sources | "ReadShards" >> beam_io.ReadShardImages(input_format, image_key, id_key, keep,
+                                                                 parquet_schema)
+        images, read_errors, id_field = read[beam_io.IMAGES], read[ERRORS], "id"
+    judged = images | "RunVila" >> RunVila(model_path, task, batch_size, device, input_format,
+                                           min_score if keep else None, id_field)
+    if output_format == "parquet":
+        _ = judged[RESULTS] | "WriteResults" >> beam_io.WriteParquetResults(f"{output}-{RESULTS}", field,
+                                                                             embedding_size, id_field)
+    else:
+        _ = judged[RESULTS] | "WriteResults" >> WriteJsonLines(f"{output}-{RESULTS}")
+    _ = ((read_errors, judged[ERRORS]) | "AllErrors" >> beam.Flatten()
          | "WriteErrors" >> WriteJsonLines(f"{output}-{ERRORS}"))
+    if keep:
+        _ = judged[beam_io.FILTERED] | "WriteFiltered" >> beam_io.WriteFiltered(input_format, filtered_output, gzip,
+                                                                                parquet_schema)
 
 
 # -- the command ------------------------------------------------------------------------------------------
+
+_FILTERED_ENDING = {"tfrecord": "tfrecord*", "webdataset": "tar", "parquet": "parquet"}
 
 class UsageError(Exception):
     """A problem the user fixes in the command line (exit code 2)."""
@@ -301,9 +320,11 @@ class UsageError(Exception):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vila-tf beam", allow_abbrev=False,  # no abbreviations: they would swallow Beam's flags
-        description="Run an exported VILA model over files matched by patterns, on Apache Beam.",
+        description="Run an exported VILA model over image files, or the images in TFRecord, WebDataset or "
+                    "Parquet shards, matched by patterns, on Apache Beam.",
         epilog="Every other --flag is a Beam pipeline option (--runner, --project, --region, "
-               "--direct_num_workers, ...). Writes PREFIX-results-*.jsonl and PREFIX-errors-*.jsonl. "
+               "--direct_num_workers, ...). Writes PREFIX-results-*.jsonl (or .parquet) and "
+               "PREFIX-errors-*.jsonl. "
                "Exit code 0: every input processed; 1: some failed (see the errors files); 2: a usage error, "
                "or the job itself failed.")
     p.add_argument("task", choices=list(TASKS), metavar="COMMAND",
@@ -311,9 +332,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="exported SavedModel folder, or a TF Serving base folder (newest version); "
                                  "local, or on any Beam filesystem (gs://, s3://)")
     p.add_argument("--input", action="append", required=True, metavar="PATTERN",
-                   help="files to process, e.g. 'photos/*.jpg', 'gs://bucket/photos/**' (** crosses folders); "
+                   help="files or shards to process, e.g. 'photos/*.jpg', 'gs://bucket/photos/**' (** crosses folders); "
                         "repeat for several patterns")
-    p.add_argument("--output", required=True, metavar="PREFIX", help="where the JSON Lines outputs go")
+    p.add_argument("--output", required=True, metavar="PREFIX", help="where the outputs go: PREFIX-results-*, PREFIX-errors-*")
+    d = p.add_argument_group("datasets in shards (see docs/datasets.md)")
+    d.add_argument("--input-format", choices=("files",) + shards.FORMATS,
+                   help="files: each file is an image (the default); tfrecord: tf.train.Example records (plain or "
+                        "GZIP); webdataset: tar shards; parquet: a binary image column. Default: inferred from "
+                        "the patterns' extension (.tfrecord[.gz], .tfrec, .tar, .parquet) when they agree")
+    d.add_argument("--image-key", metavar="KEY",
+                   help=f"tfrecord: the bytes feature (default {shards.DEFAULT_TFRECORD_IMAGE_KEY}); webdataset: the "
+                        "member extension (default: the first of jpg, jpeg, png); parquet: the column "
+                        f"(default {shards.DEFAULT_PARQUET_IMAGE_KEY})")
+    d.add_argument("--id-key", metavar="KEY",
+                   help="tfrecord: a bytes/int feature naming the record; parquet: a column (default: "
+                        "<file>:<record or row number>); webdataset samples are named by their __key__")
+    d.add_argument("--output-format", choices=("jsonl", "parquet"), default="jsonl",
+                   help="results as JSON Lines (default) or Parquet (one row per id; embeddings as a fixed-size "
+                        "float32 list); errors are always JSON Lines")
+    d.add_argument("--min-score", type=float, metavar="X",
+                   help="with --filtered-output: keep the records scoring >= X (score and zero-shot)")
+    d.add_argument("--filtered-output", metavar="PREFIX",
+                   help="write the records that pass --min-score in the input's own format with the score added "
+                        f"(a {shards.SCORE_KEY} feature / column / .{shards.SCORE_KEY} member)")
     p.add_argument("--batch-size", type=int, default=buckets.MAX_BATCH, choices=buckets.BUCKETS,
                    help=f"images per model call (default {buckets.MAX_BATCH})")
     p.add_argument("--device", help="e.g. GPU:0 on GPU workers (default: TensorFlow's choice)")
@@ -360,6 +401,55 @@ def _check_inputs(patterns: list[str]) -> None:
             raise UsageError(f"--input {pattern}: matches no files")
 
 
+def _input_format(args: argparse.Namespace) -> str:
+    """--input-format, or the one format all the patterns' extensions name, or files."""
+    if args.input_format:
+        return args.input_format
+    # The pattern's ending, else its first file's ('data/train-*' matching train-00000.tfrecord).
+    named = {shards.format_of(p) or shards.format_of(beam_io.first_file([p]) or "") for p in args.input}
+    if len(named) == 1:
+        return named.pop() or "files"
+    raise UsageError(f"the --input patterns name different formats ({', '.join(sorted(str(n) for n in named))}): "
+                     "give --input-format")
+
+
+def _check_dataset_args(args: argparse.Namespace) -> None:
+    fmt = args.input_format
+    if fmt == "files" and (args.image_key or args.id_key):
+        raise UsageError("--image-key and --id-key are for datasets in shards: give --input-format "
+                         "tfrecord, webdataset or parquet")
+    if fmt == "webdataset" and args.id_key:
+        raise UsageError("--id-key: WebDataset samples are named by their __key__")
+    if (args.min_score is None) != (args.filtered_output is None):
+        raise UsageError("--min-score and --filtered-output go together")
+    if args.filtered_output is not None:
+        if fmt == "files":
+            raise UsageError("--filtered-output copies records of a dataset in shards: give --input-format "
+                             "tfrecord, webdataset or parquet")
+        if TASKS[args.task].field != "score":
+            raise UsageError(f"--min-score filters on a score: use score or zero-shot, not {args.task}")
+
+
+def _embedding_size(path: str) -> int:
+    """The embedding width, from the export's metadata (the Parquet column is a fixed-size list)."""
+    from vila_tf.signatures import METADATA_RELATIVE
+    folder = _remote_savedmodel(path) if _is_remote(path) else _local_savedmodel(path)
+    meta_path = FileSystems.join(folder, *METADATA_RELATIVE.split("/"))
+    try:
+        with FileSystems.open(meta_path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            size = json.load(f).get("config", {}).get("model_dims")
+    except Exception as e:  # noqa: BLE001
+        raise UsageError(f"--output-format parquet: cannot read the embedding size from {meta_path}: {e}") from e
+    if not size:
+        raise UsageError(f"--output-format parquet: {meta_path} does not give the embedding size (config.model_dims)")
+    return int(size)
+
+
+def _local_savedmodel(path: str) -> str:
+    from vila_tf.model import resolve_savedmodel
+    return resolve_savedmodel(path)
+
+
 def _check_model(path: str, runner: str) -> None:
     if _is_remote(path):
         try:
@@ -387,7 +477,13 @@ def _counter(result, name: str) -> Optional[int]:
 
 def run(args: argparse.Namespace, options: PipelineOptions) -> int:
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, args.model, args.task, args.input, args.output, args.batch_size, args.device)
+    embedding_size = _embedding_size(args.model) if args.output_format == "parquet" and args.task == "embed" else None
+    build(pipeline, args.model, args.task, args.input, args.output, args.batch_size, args.device,
+          input_format=args.input_format, image_key=args.image_key, id_key=args.id_key,
+          output_format=args.output_format, min_score=args.min_score, filtered_output=args.filtered_output,
+          embedding_size=embedding_size)
+    results = f"{args.output}-{RESULTS}-*.{args.output_format}"
+    filtered = f"{args.filtered_output}-*.{_FILTERED_ENDING.get(args.input_format)}"
     start = time.time()
     result = pipeline.run()
     if args.detach:
@@ -396,14 +492,17 @@ def run(args: argparse.Namespace, options: PipelineOptions) -> int:
     result.wait_until_finish()
     seconds = time.time() - start
     done, failed = _counter(result, "images_done"), _counter(result, "images_failed")
-    unreadable = _counter(result, "files_unreadable")
+    unreadable = (_counter(result, "files_unreadable") or 0) + (_counter(result, "records_unreadable") or 0)
     if done is None or failed is None:
-        print(f"vila-tf beam: finished in {seconds:.1f} s; results in {args.output}-{RESULTS}-*.jsonl, "
-              f"failures in {args.output}-{ERRORS}-*.jsonl", file=sys.stderr)
+        print(f"vila-tf beam: finished in {seconds:.1f} s; results in {results}, "
+              f"failures in {args.output}-{ERRORS}-*.jsonl"
+              + (f", filtered copy in {filtered}" if args.filtered_output else ""), file=sys.stderr)
         return EXIT_OK
-    failed += unreadable or 0
-    print(f"vila-tf beam: {done} images -> {args.output}-{RESULTS}-*.jsonl, {failed} failed -> "
-          f"{args.output}-{ERRORS}-*.jsonl ({seconds:.1f} s with start-up)", file=sys.stderr)
+    failed += unreadable
+    kept = (f"; {_counter(result, 'records_kept') or 0} scoring >= {args.min_score:g} -> {filtered}"
+            if args.filtered_output else "")
+    print(f"vila-tf beam: {done} images -> {results}, {failed} failed -> "
+          f"{args.output}-{ERRORS}-*.jsonl{kept} ({seconds:.1f} s with start-up)", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
@@ -413,6 +512,8 @@ def main(argv: Optional[list] = None) -> int:
     try:
         options = _pipeline_options(beam_args)
         _check_inputs(args.input)
+        args.input_format = _input_format(args)
+        _check_dataset_args(args)
         _check_model(args.model, _runner_name(options))
     except UsageError as e:
         print(f"vila-tf beam: {e}", file=sys.stderr)
