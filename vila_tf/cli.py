@@ -52,6 +52,12 @@ class Progress:
             self.total = sum(1 for _ in inputs_lib.iter_items(inputs))
         threading.Thread(target=count, daemon=True, name="vila-tf-count").start()
 
+    def message(self, text: str) -> None:
+        """A line on stderr that does not run into the bar (the bar is redrawn on the next update)."""
+        sys.stderr.write(("\r\x1b[K" if self.enabled and self._last else "") + text + "\n")
+        self._last = 0.0  # redraw the bar on the next update
+        sys.stderr.flush()
+
     def update(self, done: int, final: bool = False) -> None:
         self.done = done
         now = time.monotonic()
@@ -288,7 +294,7 @@ def _score_all(args, model) -> int:
                 writer.write(row)
             if r.error is not None:
                 failed += 1
-                print(f"vila-tf: {r.source}: {r.error}", file=sys.stderr)
+                progress.message(f"vila-tf: {r.source}: {r.error}")
             elif best is not None:
                 best.add(value, r.source, caption)
             processed += 1
