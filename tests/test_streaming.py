@@ -113,6 +113,26 @@ def test_stream_several_tasks_decode_once(model, exported):
         next(model.stream("aesthetics", arrays))
 
 
+def test_ctrl_c_while_reading_inputs_stops_the_stream(model, reference):
+    """A KeyboardInterrupt (Ctrl-C) raised while inputs are read ends the stream at once; the
+    queued decodes are cancelled and the model keeps working."""
+    arrays = [_photo(i) for i in range(3)]
+
+    def interrupted():
+        for i in range(1000):
+            if i == 13:
+                raise KeyboardInterrupt
+            yield arrays[i % 3]
+
+    seen = []
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        for r in model.stream("score", interrupted(), batch_size=4, batches_ahead=2):
+            seen.append(r.index)
+    assert time.monotonic() - t0 < 60 and seen == list(range(len(seen))) and len(seen) <= 12
+    np.testing.assert_allclose(model.score(arrays), reference([_png(a) for a in arrays]), atol=1e-5)
+
+
 def test_folders_are_walked_without_reading_files(tmp_path):
     from vila_tf import inputs
     (tmp_path / "b").mkdir()

@@ -5,8 +5,12 @@
   vila-tf caption MODEL photos/ ;  vila-tf zero-shot MODEL ... ;  vila-tf embed MODEL ... --output emb.jsonl
   vila-tf info MODEL
 
+Rows are written (and flushed per batch) as they are scored; `--resume` continues an interrupted
+run into the same --output (docs/streaming.md).
+
 Exit codes: 0 every input processed, 1 some inputs failed (reported on stderr and in the output
-with their reason), 2 usage or model error.
+with their reason; with --resume, rows kept from the interrupted run count too), 2 usage or
+model error, 130 interrupted by Ctrl-C.
 """
 from __future__ import annotations
 
@@ -37,10 +41,10 @@ class Progress:
     The total is counted in a background thread (a walk of file names, no reading) so the first
     rows never wait for it; until it is known the bar shows done/? and the rate."""
 
-    def __init__(self, label: str, enabled: bool, done: int = 0):
+    def __init__(self, label: str, enabled: bool):
         self.label, self.enabled = label, enabled
         self.total: Optional[int] = None
-        self.start_done, self.done, self.start = done, done, time.monotonic()
+        self.start = time.monotonic()
         self._last = 0.0
 
     def count_in_background(self, inputs) -> None:
@@ -58,13 +62,14 @@ class Progress:
         self._last = 0.0  # redraw the bar on the next update
         sys.stderr.flush()
 
-    def update(self, done: int, final: bool = False) -> None:
-        self.done = done
+    def update(self, processed: int, skipped: int = 0, final: bool = False) -> None:
+        """`processed` inputs scored by this run, `skipped` found done by --resume."""
         now = time.monotonic()
         if not self.enabled or (not final and now - self._last < 0.2):
             return
         self._last = now
-        rate = (done - self.start_done) / max(now - self.start, 1e-9)
+        done = processed + skipped
+        rate = processed / max(now - self.start, 1e-9)
         total = done if final else self.total
         if total:
             frac = min(1.0, done / total)
@@ -300,7 +305,7 @@ def _score_all(args, model) -> int:
             processed += 1
             if processed % step == 0:  # one batch: on disk (a SIGKILL loses at most what is in flight)
                 out.flush()
-                progress.update(processed + (skipper.skipped if skipper else 0))
+                progress.update(processed, skipper.skipped if skipper else 0)
         if table is not None:
             _write_table(table, out)
         out.flush()
@@ -309,7 +314,7 @@ def _score_all(args, model) -> int:
             out.close()
     skipped = skipper.skipped if skipper else 0
     failed += skipper.failed if skipper else 0
-    progress.update(processed + skipped, final=True)
+    progress.update(processed, skipped, final=True)
     if best is not None:
         _write_contact_sheet(best, args.contact_sheet, with_captions)
     if failed:
