@@ -35,8 +35,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-VILA_TF = os.path.join(os.path.dirname(sys.executable), "vila-tf")
-
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -88,21 +86,30 @@ def full_export(work_dir: str) -> str:
     return out
 
 
-def run_cli(model_path: str, inputs: list[str], out_csv: str) -> dict:
-    """`vila-tf score` in a fresh process: wall seconds and that process's own peak RSS."""
+# `vila-tf score` run by its entry point in a fresh interpreter that reports its own peak RSS
+# (VmHWM: since exec; wait4's ru_maxrss would include this parent's RSS at fork time).
+CLI_WITH_PEAK = ("import sys\n"
+                 "from vila_tf import cli\n"
+                 "rc = cli.main(sys.argv[1:])\n"
+                 "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+                 "sys.stderr.write(f'\\nPEAK_RSS_KB {hwm}\\n')\n"
+                 "sys.exit(rc)\n")
+
+
+def run_cli(model_path: str, inputs: list[str], out_csv: str, package_dir: str | None = None) -> dict:
+    """`vila-tf score` in a fresh process: wall seconds and that process's own peak RSS.
+    `package_dir`: a folder holding another `vila_tf` (e.g. an older commit's) to run instead."""
+    env = dict(os.environ, PYTHONPATH=package_dir) if package_dir else None
     t0 = time.perf_counter()
-    proc = subprocess.Popen([VILA_TF, "score", model_path, *inputs, "--output", out_csv],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    r = subprocess.run([sys.executable, "-c", CLI_WITH_PEAK, "score", model_path, *inputs, "--output", out_csv],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if proc.returncode:
-        raise RuntimeError(f"vila-tf score failed ({proc.returncode}): {err[-2000:]}")
+    if r.returncode:
+        raise RuntimeError(f"vila-tf score failed ({r.returncode}): {r.stderr[-2000:]}")
+    peak_kb = int(r.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
     with open(out_csv) as f:
         rows = sum(1 for _ in f) - 1
-    return {"seconds": seconds, "rows": rows, "peak_rss_bytes": usage.ru_maxrss * 1024}
+    return {"seconds": seconds, "rows": rows, "peak_rss_bytes": peak_kb * 1024}
 
 
 def measure(model_path: str, folder: str, rounds: int, chunk: int = 128) -> dict:
@@ -140,7 +147,7 @@ def measure(model_path: str, folder: str, rounds: int, chunk: int = 128) -> dict
 
     paths = {"decode_only": decode_only, "model_only": model_only, "in_turn": in_turn, "stream": stream}
     model_only()  # compile batch 32 before any timing
-    rates = {k: 0.0 for k in paths}
+    rates = {k: 0.0 for k in paths}  # the best round of each: the least disturbed by other processes
     for r in range(rounds):
         for name, fn in paths.items():
             t0 = time.perf_counter()
@@ -173,6 +180,11 @@ def report(res: dict) -> str:
               f"({cli['all']['rows'] / cli['all']['seconds']:.2f} images/s with start-up and model load), peak RSS "
               f"{cli['all']['peak_rss_bytes'] / 2**20:.0f} MiB; over 10 of the files: peak RSS "
               f"{cli['ten']['peak_rss_bytes'] / 2**20:.0f} MiB."]
+    if "cli_before" in res:
+        b = res["cli_before"]
+        lines.append(f"The --before package's `vila-tf score`: {b['all']['rows']} images in {b['all']['seconds']:.1f} s, "
+                     f"peak RSS {b['all']['peak_rss_bytes'] / 2**20:.0f} MiB; over 10 of the files: "
+                     f"{b['ten']['peak_rss_bytes'] / 2**20:.0f} MiB.")
     return "\n".join(lines)
 
 
@@ -184,6 +196,8 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--size", default="2000x1500", help="WIDTHxHEIGHT of the JPEGs")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--before", metavar="DIR", help="also run the CLI of the vila_tf package in DIR (e.g. "
+                   "`git archive <commit> vila_tf | tar -x -C DIR`) over the same files, for its peak RSS")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "pipeline_results.json"))
     args = p.parse_args(argv)
     size = tuple(int(v) for v in args.size.lower().split("x"))
@@ -209,6 +223,12 @@ def main(argv=None) -> int:
         res["cli"] = {"all": run_cli(model_path, [folder], os.path.join(work, "all.csv")),
                       "ten": run_cli(model_path, [os.path.join(folder, f) for f in files[:10]],
                                      os.path.join(work, "ten.csv"))}
+        if args.before:
+            log("the CLI of the vila_tf in --before, over the folder and over 10 files")
+            res["cli_before"] = {
+                "all": run_cli(model_path, [folder], os.path.join(work, "before_all.csv"), args.before),
+                "ten": run_cli(model_path, [os.path.join(folder, f) for f in files[:10]],
+                               os.path.join(work, "before_ten.csv"), args.before)}
         text = report(res)
         print(text)
         res["report"] = text
