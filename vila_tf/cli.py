@@ -106,6 +106,10 @@ def _parser() -> argparse.ArgumentParser:
                             "skipped, a torn last row is repaired")
         c.add_argument("--batch-size", type=int, default=32, help="images per model call (at most 32)")
         c.add_argument("--device", help="e.g. GPU:0 (default: CPU)")
+        c.add_argument("--decode-threads", type=int, default=None, metavar="N",
+                       help="threads reading and decoding images (default: min(8, CPU count))")
+        c.add_argument("--batches-ahead", type=int, default=2, metavar="N",
+                       help="batches decoded ahead of the model, at most (default 2)")
         c.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
         if name == "score":
             c.add_argument("--contact-sheet", metavar="PNG", help="write thumbnails sorted by score to this PNG")
@@ -241,7 +245,8 @@ class _Skipper:
 def _run(args) -> int:
     import vila_tf
     try:
-        model = vila_tf.load(args.model, device=getattr(args, "device", None))
+        model = vila_tf.load(args.model, device=getattr(args, "device", None),
+                             max_workers=getattr(args, "decode_threads", None))
     except (FileNotFoundError, OSError, ValueError) as e:
         print(f"vila-tf: cannot load model: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -255,9 +260,10 @@ def _run(args) -> int:
 
 def _score_all(args, model) -> int:
     from vila_tf import inputs as inputs_lib, results_file
-    if not 1 <= args.batch_size:
-        print("vila-tf: --batch-size must be >= 1", file=sys.stderr)
-        return EXIT_ERROR
+    for flag in ("batch_size", "batches_ahead", "decode_threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            print(f"vila-tf: --{flag.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return EXIT_ERROR
     fmt = _format(args)
     if args.resume and (not args.output or fmt == "table"):
         print("vila-tf: --resume needs --output FILE in csv or jsonl format", file=sys.stderr)
@@ -290,7 +296,7 @@ def _score_all(args, model) -> int:
     try:
         writer = results_file.RowWriter(out, fmt, cols, header=fresh) if table is None else None
         tasks = (TASK[args.command], "caption") if with_captions else TASK[args.command]
-        for r in model.stream(tasks, items, batch_size=args.batch_size):
+        for r in model.stream(tasks, items, batch_size=args.batch_size, batches_ahead=args.batches_ahead):
             value, caption = r.value if with_captions and r.value is not None else (r.value, None)
             row = results_file.make_row(args.command, r.source, value, r.error, caption, with_captions)
             if table is not None:
