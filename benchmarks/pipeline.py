@@ -96,6 +96,17 @@ CLI_WITH_PEAK = ("import sys\n"
                  "sys.exit(rc)\n")
 
 
+def describe(model_path: str) -> str:
+    """'vila_r, model_dims 64, 2 encoder layers, demo weights' from the export's metadata."""
+    from vila_tf.model import resolve_savedmodel
+    from vila_tf.signatures import METADATA_RELATIVE
+    with open(os.path.join(resolve_savedmodel(model_path), METADATA_RELATIVE)) as f:
+        meta = json.load(f)
+    cfg = meta.get("config", {})
+    return (f"{meta.get('model_type')}, model_dims {cfg.get('model_dims')}, {cfg.get('num_encoder_layers')} "
+            f"encoder layers" + (", demo weights" if meta.get("demo_weights") else ""))
+
+
 def run_cli(model_path: str, inputs: list[str], out_csv: str, package_dir: str | None = None) -> dict:
     """`vila-tf score` in a fresh process: wall seconds and that process's own peak RSS.
     `package_dir`: a folder holding another `vila_tf` (e.g. an older commit's) to run instead."""
@@ -205,7 +216,7 @@ def main(argv=None) -> int:
         work = args.work_dir or tmp
         os.makedirs(work, exist_ok=True)
         if args.model:
-            model_path, kind = args.model, "given"
+            model_path, kind = args.model, describe(args.model)
         elif args.full:
             log("exporting the full-size demo model (float32)")
             model_path, kind = full_export(work), "full-size demo (303 M parameters)"
