@@ -112,8 +112,10 @@ def run_cli(model_path: str, inputs: list[str], out_csv: str, package_dir: str |
     `package_dir`: a folder holding another `vila_tf` (e.g. an older commit's) to run instead."""
     env = dict(os.environ, PYTHONPATH=package_dir) if package_dir else None
     t0 = time.perf_counter()
+    # cwd: `python -c` puts it first on sys.path, where a checkout's own vila_tf would win
     r = subprocess.run([sys.executable, "-c", CLI_WITH_PEAK, "score", model_path, *inputs, "--output", out_csv],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                       cwd=package_dir or os.path.dirname(out_csv))
     seconds = time.perf_counter() - t0
     if r.returncode:
         raise RuntimeError(f"vila-tf score failed ({r.returncode}): {r.stderr[-2000:]}")
