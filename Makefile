@@ -37,6 +37,14 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py --out benchmarks/results.json $(BENCH_ARGS)
 
+# The streaming pipeline on 200 camera-size JPEGs: decode-only, model-only, taking turns and
+# overlapped rates side by side, and `vila-tf score` end to end (docs/streaming.md). A tiny export
+# by default; PIPELINE_ARGS='--full --out benchmarks/pipeline_results_full.json' for the full-size demo.
+PIPELINE_ARGS ?=
+.PHONY: bench-pipeline
+bench-pipeline: $(STAMP)
+	$(PY) benchmarks/pipeline.py --out benchmarks/pipeline_results_tiny.json $(PIPELINE_ARGS)
+
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
 

@@ -266,7 +266,9 @@ def test_sigkill_mid_export_leaves_previous_or_complete_model(exported, spm_mode
     assert m.signatures["score_pixels"] is not None
 
 
-def test_sigkill_mid_cli_run_keeps_the_previous_output(exported, tmp_path):
+def test_sigkill_mid_cli_run_leaves_complete_rows_then_resumes(exported, tmp_path):
+    """Rows are appended as they are scored (docs/streaming.md): a SIGKILL leaves complete rows,
+    at most a torn last one, and --resume finishes the file."""
     from PIL import Image
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -279,10 +281,17 @@ def test_sigkill_mid_cli_run_keeps_the_previous_output(exported, tmp_path):
     cmd = [vila_tf_bin, "score", exported["vila_r_tiny"], str(photos), "--output", str(out), "--progress",
            "--batch-size", "4"]
     assert _kill_when(cmd, "score [", env, delay=0.5)
-    assert out.read_text() == "previous results\n"  # written atomically: all or nothing
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    *complete, torn = out.read_text().split("\n")
+    assert complete[0] == "input,score,error" and len(complete) < 121
+    for k, line in enumerate(complete[1:]):
+        name, score, error = line.split(",")
+        assert name == str(photos / f"{k:03d}.png") and np.isfinite(float(score)) and error == ""
+    assert torn == "" or str(photos).startswith(torn[: len(str(photos))])  # at most a cut-short row
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert len(out.read_text().splitlines()) == 121
+    lines = out.read_text().splitlines()
+    assert len(lines) == 121 and [line.split(",")[0] for line in lines[1:]] == \
+        [str(photos / f"{i:03d}.png") for i in range(120)]
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
 
 

@@ -3,8 +3,10 @@
     import vila_tf
     model = vila_tf.load("exported/vila_r")
     model.score(["photo.jpg"])
+    for r in model.stream("score", ["photos/"]):  # results as they come (docs/streaming.md)
+        print(r.source, r.value, r.error)
 """
-__all__ = ["load", "VilaModel", "ImageError", "DemoModelWarning"]
+__all__ = ["load", "VilaModel", "ImageError", "Result", "DemoModelWarning"]
 
 
 def __getattr__(name):

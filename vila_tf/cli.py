@@ -5,23 +5,27 @@
   vila-tf caption MODEL photos/ ;  vila-tf zero-shot MODEL ... ;  vila-tf embed MODEL ... --output emb.jsonl
   vila-tf info MODEL
 
+Rows are written (and flushed per batch) as they are scored; `--resume` continues an interrupted
+run into the same --output (docs/streaming.md).
+
 Exit codes: 0 every input processed, 1 some inputs failed (reported on stderr and in the output
-with their reason), 2 usage or model error.
+with their reason; with --resume, rows kept from the interrupted run count too), 2 usage or
+model error, 130 interrupted by Ctrl-C.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import math
 import os
 import sys
+import threading
 import time
 import warnings
 from typing import Optional
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+CONTACT_SHEET_MAX = 200  # thumbnails kept (and drawn) at most: the best-scored ones
+TASK = {"score": "score", "zero-shot": "zero_shot", "caption": "caption", "embed": "image_embedding"}
 COMMANDS = {
     "score": "aesthetic score per image (VILA-R; zero-shot score for a pretrain model)",
     "zero-shot": "zero-shot quality score from the release's six good/bad prompt pairs",
@@ -32,19 +36,51 @@ COMMANDS = {
 
 
 class Progress:
-    """A one-line progress bar on stderr (only on a terminal unless forced)."""
+    """A one-line progress bar on stderr (only on a terminal unless forced): done/total, rate, ETA.
 
-    def __init__(self, total: int, label: str, enabled: bool):
-        self.total, self.label, self.enabled, self.start = total, label, enabled, time.time()
+    The total is counted in a background thread (a walk of file names, no reading) so the first
+    rows never wait for it; until it is known the bar shows done/? and the rate."""
 
-    def update(self, done: int) -> None:
-        if not self.enabled or not self.total:
+    def __init__(self, label: str, enabled: bool):
+        self.label, self.enabled = label, enabled
+        self.total: Optional[int] = None
+        self.start = time.monotonic()
+        self._last = 0.0
+
+    def count_in_background(self, inputs) -> None:
+        if not self.enabled:
             return
-        frac = done / self.total
-        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-        rate = done / max(time.time() - self.start, 1e-9)
-        sys.stderr.write(f"\r{self.label} [{bar}] {done}/{self.total} ({rate:.1f} img/s)")
-        if done >= self.total:
+
+        def count():
+            from vila_tf import inputs as inputs_lib
+            self.total = sum(1 for _ in inputs_lib.iter_items(inputs))
+        threading.Thread(target=count, daemon=True, name="vila-tf-count").start()
+
+    def message(self, text: str) -> None:
+        """A line on stderr that does not run into the bar (the bar is redrawn on the next update)."""
+        sys.stderr.write(("\r\x1b[K" if self.enabled and self._last else "") + text + "\n")
+        self._last = 0.0  # redraw the bar on the next update
+        sys.stderr.flush()
+
+    def update(self, processed: int, skipped: int = 0, final: bool = False) -> None:
+        """`processed` inputs scored by this run, `skipped` found done by --resume."""
+        now = time.monotonic()
+        if not self.enabled or (not final and now - self._last < 0.2):
+            return
+        self._last = now
+        done = processed + skipped
+        rate = processed / max(now - self.start, 1e-9)
+        total = done if final else self.total
+        if total:
+            frac = min(1.0, done / total)
+            bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
+            eta = (total - done) / rate if rate > 0 else float("inf")
+            eta_text = "--:--" if not math.isfinite(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
+            text = f"{self.label} [{bar}] {done}/{total} {100 * frac:.0f}% {rate:.1f} img/s ETA {eta_text}"
+        else:
+            text = f"{self.label} [{'counting':^30}] {done}/? {rate:.1f} img/s"
+        sys.stderr.write("\r" + text)
+        if final:
             sys.stderr.write("\n")
         sys.stderr.flush()
 
@@ -63,53 +99,72 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("inputs", nargs="+", help="image files, folders (walked recursively) or glob patterns")
         c.add_argument("--format", choices=["table", "csv", "jsonl"], default=None,
                        help="output format (default: table on a terminal, else csv; embed: jsonl)")
-        c.add_argument("--output", "-o", help="write results here instead of stdout")
+        c.add_argument("--output", "-o", help="write results here instead of stdout (rows appear as they are "
+                       "scored; .jsonl/.json: JSON Lines unless --format says otherwise)")
+        c.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run into the same --output: inputs with a row there are "
+                            "skipped, a torn last row is repaired")
         c.add_argument("--batch-size", type=int, default=32, help="images per model call (at most 32)")
         c.add_argument("--device", help="e.g. GPU:0 (default: CPU)")
+        c.add_argument("--decode-threads", type=int, default=None, metavar="N",
+                       help="threads reading and decoding images (default: min(8, CPU count))")
+        c.add_argument("--batches-ahead", type=int, default=2, metavar="N",
+                       help="batches decoded ahead of the model, at most (default 2)")
         c.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
         if name == "score":
             c.add_argument("--contact-sheet", metavar="PNG", help="write thumbnails sorted by score to this PNG")
+            c.add_argument("--contact-sheet-max", metavar="N", type=int, default=CONTACT_SHEET_MAX,
+                           help=f"draw the N best-scored images (default {CONTACT_SHEET_MAX})")
             c.add_argument("--with-captions", action="store_true", help="also caption each image")
     return p
 
 
-def _rows(command: str, sources, values, captions, errors) -> list[dict]:
-    failed = {e.index: e.reason for e in errors}
-    rows = []
-    for i, src in enumerate(sources):
-        row = {"input": src}
-        if i in failed:
-            row["error"] = failed[i]
-        elif command == "embed":
-            row["embedding"] = [round(float(x), 7) for x in values[i]]
-        elif command == "caption":
-            row["caption"] = values[i]
-        else:
-            row["score"] = round(float(values[i]), 6)
-            if captions is not None:
-                row["caption"] = captions[i]
-        rows.append(row)
-    return rows
-
-
-def _write(rows: list[dict], fmt: str, out) -> None:
-    if fmt == "jsonl":
-        for r in rows:
-            out.write(json.dumps(r, ensure_ascii=False) + "\n")
-        return
+def _write_table(rows: list[dict], out) -> None:
+    """The terminal table (collected: its column widths depend on every row)."""
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    if fmt == "csv":
-        w = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()})
-        return
     cells = [[str(r.get(c, "")) if not isinstance(r.get(c), list) else f"[{len(r[c])} floats]" for c in columns]
              for r in rows]
     widths = [min(60, max([len(c)] + [len(row[k]) for row in cells])) for k, c in enumerate(columns)]
     out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
     for row in cells:
         out.write("  ".join(v[:w].ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")
+
+
+class _Best:
+    """The `size` best-scored rows seen (a min-heap): all a bounded contact sheet needs."""
+
+    def __init__(self, size: int):
+        self.size, self.heap, self.count = max(0, size), [], 0
+
+    def add(self, score: float, source: str, caption: Optional[str]) -> None:
+        import heapq
+        if not math.isfinite(score):
+            return
+        self.count += 1
+        entry = (score, -self.count, source, caption)  # ties: the earlier input wins
+        if len(self.heap) < self.size:
+            heapq.heappush(self.heap, entry)
+        elif self.heap and entry > self.heap[0]:
+            heapq.heapreplace(self.heap, entry)
+
+
+def _write_contact_sheet(best: _Best, path: str, with_captions: bool) -> None:
+    from vila_tf import contact_sheet
+    from vila_tf.atomic import atomic_file
+    images = []
+    for _, _, source, _ in best.heap:
+        try:  # only the drawn images are read again, at the end
+            with open(source, "rb") as f:
+                images.append(f.read())
+        except OSError:
+            images.append(b"")  # drawn as an empty box
+    sheet = contact_sheet.render(images, [e[0] for e in best.heap],
+                                 [e[3] for e in best.heap] if with_captions else None,
+                                 [os.path.basename(e[2]) for e in best.heap])
+    with atomic_file(path, "wb") as f:
+        sheet.save(f, format="PNG")
+    print(f"vila-tf: contact sheet of {len(best.heap)} images"
+          + (f" (the best of {best.count})" if best.count > len(best.heap) else "") + f" -> {path}", file=sys.stderr)
 
 
 def _info(model) -> int:
@@ -131,58 +186,146 @@ def _info(model) -> int:
     return EXIT_OK
 
 
+def _format(args) -> str:
+    if args.format:
+        return args.format
+    if args.output:
+        if args.output.lower().endswith((".jsonl", ".json")):
+            return "jsonl"
+        return "jsonl" if args.command == "embed" else "csv"
+    return "jsonl" if args.command == "embed" else ("table" if sys.stdout.isatty() else "csv")
+
+
+class _Skipper:
+    """--resume: passes on the inputs that have no row in the output yet.
+
+    The rows of an interrupted run are a prefix of the inputs, in order; while the inputs match
+    them one by one they are skipped in constant memory, and the finished file is in the order of
+    an uninterrupted run. If they stop matching (inputs added or removed since), every source
+    with a row is looked up in a set instead, and the missing inputs are appended in input order.
+    """
+
+    def __init__(self, path: str, fmt: str, cols: list[str], command: str, best: Optional[_Best]):
+        from vila_tf import results_file
+        self.path, self.fmt, self.cols, self.best = path, fmt, cols, best
+        self.rows = results_file.read_rows(path, fmt, cols)
+        self.value_column = results_file.VALUE_COLUMN[command]
+        self.skipped = self.failed = 0
+        self.done: Optional[dict] = None  # source -> row, once the inputs stopped matching the rows
+
+    def _count(self, row: dict) -> None:
+        self.skipped += 1
+        self.failed += "error" in row
+        if self.best is not None and "error" not in row:
+            self.best.add(float(row[self.value_column]), row["input"], row.get("caption"))
+
+    def filter(self, items):
+        from vila_tf import results_file
+        for item in items:
+            if self.done is None:
+                row = next(self.rows, None)
+                if row is not None and row.get("input") == item.source:
+                    self._count(row)
+                    continue
+                # Every earlier row matched (the rest is new), or the inputs changed since: look
+                # rows up by source from here on (the rows' sources in memory, not their values).
+                self.done = {}
+                if row is not None:
+                    keep = ("input", "error", self.value_column, "caption") if self.best is not None else \
+                        ("input", "error")
+                    for r in results_file.read_rows(self.path, self.fmt, self.cols):
+                        self.done[r.get("input")] = {k: r[k] for k in keep if k in r}
+            row = self.done.pop(item.source, None)
+            if row is not None:
+                self._count(row)
+                continue
+            yield item
+
+
 def _run(args) -> int:
     import vila_tf
-    from vila_tf.atomic import atomic_file
-    from vila_tf import inputs as inputs_lib
     try:
-        model = vila_tf.load(args.model, device=getattr(args, "device", None))
+        model = vila_tf.load(args.model, device=getattr(args, "device", None),
+                             max_workers=getattr(args, "decode_threads", None))
     except (FileNotFoundError, OSError, ValueError) as e:
         print(f"vila-tf: cannot load model: {e}", file=sys.stderr)
         return EXIT_ERROR
     if args.command == "info":
         return _info(model)
-    if not 1 <= args.batch_size:
-        print("vila-tf: --batch-size must be >= 1", file=sys.stderr)
+    try:
+        return _score_all(args, model)
+    finally:
+        model.close()  # queued decodes are cancelled, so an interrupted run exits at once
+
+
+def _score_all(args, model) -> int:
+    from vila_tf import inputs as inputs_lib, results_file
+    for flag in ("batch_size", "batches_ahead", "decode_threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            print(f"vila-tf: --{flag.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return EXIT_ERROR
+    fmt = _format(args)
+    if args.resume and (not args.output or fmt == "table"):
+        print("vila-tf: --resume needs --output FILE in csv or jsonl format", file=sys.stderr)
         return EXIT_ERROR
-    items = inputs_lib.expand(args.inputs)
-    progress = Progress(len(items), args.command, args.progress or sys.stderr.isatty())
-    method = {"score": model.score, "zero-shot": model.zero_shot, "caption": model.caption,
-              "embed": model.image_embedding}[args.command]
-    values, errors, captions = [], [], [] if getattr(args, "with_captions", False) else None
-    chunk = max(1, min(args.batch_size, 32)) * 4  # several batches per progress step
-    progress.update(0)
-    for start in range(0, len(items), chunk):
-        part = items[start:start + chunk]
-        v, errs = method(part, batch_size=args.batch_size, return_errors=True)
-        values.extend(list(v))
-        errors.extend(e._replace(index=e.index + start, source=part[e.index].source) for e in errs)
-        if captions is not None:
-            captions.extend(model.caption(part, batch_size=args.batch_size))
-        progress.update(start + len(part))
-    fmt = args.format or ("jsonl" if args.command == "embed" else ("table" if sys.stdout.isatty() and not args.output
-                                                                   else "csv"))
-    rows = _rows(args.command, [it.source for it in items], values, captions, errors)
+    with_captions = bool(getattr(args, "with_captions", False))
+    cols = results_file.columns(args.command, with_captions)
+    best = _Best(args.contact_sheet_max) if getattr(args, "contact_sheet", None) else None
+    items = inputs_lib.iter_items(args.inputs)
+    skipper = None
+    if args.resume:
+        try:
+            kept = results_file.repair(args.output, fmt, cols)
+        except results_file.ResumeError as e:
+            print(f"vila-tf: --resume: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        skipper = _Skipper(args.output, fmt, cols, args.command, best)
+        items = skipper.filter(items)
+        print(f"vila-tf: resuming {args.output}: {kept} rows already there", file=sys.stderr)
+    progress = Progress(args.command, args.progress or sys.stderr.isatty())
+    progress.count_in_background(args.inputs)
+    table: Optional[list] = [] if fmt == "table" else None
     if args.output:
-        # Atomic: an interrupted run leaves the previous file (or none), never a truncated one.
-        with atomic_file(args.output, "w", encoding="utf-8", newline="") as f:
-            _write(rows, fmt, f)
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        fresh = not (args.resume and os.path.exists(args.output) and os.path.getsize(args.output) > 0)
+        out = open(args.output, "w" if not args.resume else "a", encoding="utf-8", newline="")
     else:
-        _write(rows, fmt, sys.stdout)
-    for e in errors:
-        print(f"vila-tf: {e.source}: {e.reason}", file=sys.stderr)
-    if getattr(args, "contact_sheet", None):
-        from vila_tf import contact_sheet
-        ok = [i for i, it in enumerate(items) if it.data is not None and math.isfinite(values[i])]
-        sheet = contact_sheet.render([items[i].data for i in ok], [values[i] for i in ok],
-                                     [captions[i] for i in ok] if captions is not None else None,
-                                     [os.path.basename(items[i].source) for i in ok])
-        with atomic_file(args.contact_sheet, "wb") as f:
-            sheet.save(f, format="PNG")
-        print(f"vila-tf: contact sheet of {len(ok)} images -> {args.contact_sheet}", file=sys.stderr)
-    if errors:
-        print(f"vila-tf: {len(errors)} of {len(items)} inputs failed", file=sys.stderr)
-    return EXIT_SOME_FAILED if errors else EXIT_OK
+        fresh, out = True, sys.stdout
+    failed = processed = 0
+    step = max(1, min(args.batch_size, 32))
+    try:
+        writer = results_file.RowWriter(out, fmt, cols, header=fresh) if table is None else None
+        tasks = (TASK[args.command], "caption") if with_captions else TASK[args.command]
+        for r in model.stream(tasks, items, batch_size=args.batch_size, batches_ahead=args.batches_ahead):
+            value, caption = r.value if with_captions and r.value is not None else (r.value, None)
+            row = results_file.make_row(args.command, r.source, value, r.error, caption, with_captions)
+            if table is not None:
+                table.append(row)
+            else:
+                writer.write(row)
+            if r.error is not None:
+                failed += 1
+                progress.message(f"vila-tf: {r.source}: {r.error}")
+            elif best is not None:
+                best.add(value, r.source, caption)
+            processed += 1
+            if processed % step == 0:  # one batch: on disk (a SIGKILL loses at most what is in flight)
+                out.flush()
+                progress.update(processed, skipper.skipped if skipper else 0)
+        if table is not None:
+            _write_table(table, out)
+        out.flush()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    skipped = skipper.skipped if skipper else 0
+    failed += skipper.failed if skipper else 0
+    progress.update(processed, skipped, final=True)
+    if best is not None:
+        _write_contact_sheet(best, args.contact_sheet, with_captions)
+    if failed:
+        print(f"vila-tf: {failed} of {processed + skipped} inputs failed", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -203,8 +346,9 @@ def main(argv: Optional[list] = None) -> int:
     try:
         return _run(args)
     except KeyboardInterrupt:
-        print("vila-tf: interrupted", file=sys.stderr)
-        return 130
+        print("\nvila-tf: interrupted (rows written so far are complete: rerun with --resume to continue)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

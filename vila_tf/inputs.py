@@ -1,14 +1,20 @@
-"""Turning what users pass (paths, folders, globs, bytes, arrays, PIL images) into items.
+"""Turning what users pass (paths, folders, globs, bytes, arrays, PIL images) into items, lazily.
 
-Each item keeps a `source` label (the path, or `<bytes 3>` / `<array 0>`) so failures and results
-can be reported against what the user gave.
+`iter_items` is a generator: it takes one input at a time from any iterable (an endless one too),
+walks folders and globs one directory at a time, and never reads a file: a path item carries the
+path, and `load` reads it later, in the decode threads. So memory never depends on how many
+inputs there are. Each item keeps a `source` label (the path, or `<bytes 3>` / `<array 0>`) so
+failures and results can be reported against what the user gave.
+
+Order: folders are walked recursively, a folder's files (sorted by name) before its sub-folders
+(sorted by name); glob matches come in the same directory-by-directory sorted order.
 """
 from __future__ import annotations
 
 import dataclasses
-import glob
+import fnmatch
 import os
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -18,29 +24,112 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 @dataclasses.dataclass(frozen=True)
 class Item:
     source: str
-    data: Any = None  # bytes, or a numpy array HWC; None when unreadable
+    data: Any = None  # bytes, or a numpy array HWC; None when unreadable or not read yet
     error: str | None = None
+    path: Optional[str] = None  # a file still to be read (by `load`, in a decode thread)
 
 
 def _is_glob(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
-def _image_files(folder: str) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        out += [os.path.join(dirpath, f) for f in sorted(filenames)
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
-    return out
+# -- walking folders and globs, lazily ----------------------------------------------------------
 
-
-def _read(path: str) -> Item:
+def _sorted_entries(folder: str) -> tuple[list[str], list[str]]:
+    """(file names, sub-folder names) of one folder, sorted; names only, never contents."""
+    files, dirs = [], []
     try:
-        with open(path, "rb") as f:
-            return Item(path, f.read())
+        with os.scandir(folder) as it:
+            for e in it:
+                try:
+                    (dirs if e.is_dir() else files).append(e.name)
+                except OSError:
+                    files.append(e.name)  # reported when read
+    except OSError:
+        pass
+    return sorted(files), sorted(dirs)
+
+
+def walk_files(folder: str) -> Iterator[str]:
+    """Every file under `folder`, recursively: a folder's files (sorted) before its sub-folders
+    (sorted). One folder's names are in memory at a time. Hidden files and folders are left out."""
+    files, dirs = _sorted_entries(folder)
+    for name in files:
+        if not name.startswith("."):
+            yield os.path.join(folder, name)
+    for name in dirs:
+        if not name.startswith("."):
+            yield from walk_files(os.path.join(folder, name))
+
+
+def is_image_name(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def image_files(folder: str) -> Iterator[str]:
+    """The image files of a folder walk (by extension), in walk order."""
+    return (p for p in walk_files(folder) if is_image_name(p))
+
+
+def iglob_sorted(pattern: str) -> Iterator[str]:
+    """Files matching a glob pattern (`**` spans folders), lazily, directory by directory in
+    sorted order. As `glob`: `*` never matches a leading '.', and `**` skips hidden folders."""
+    head, parts = pattern, []
+    while head and _is_glob(head):
+        head, tail = os.path.split(head)
+        parts.insert(0, tail)
+        if not tail:  # a trailing or doubled separator
+            parts.pop(0)
+    base = head or os.curdir
+
+    def strip(p):  # no './' in front when the pattern had none
+        return p[len(os.curdir) + 1:] if not head and p.startswith(os.curdir + os.sep) else p
+
+    def match(folder: str, k: int) -> Iterator[str]:
+        if k == len(parts):
+            if os.path.isfile(folder):
+                yield strip(folder)
+            return
+        part = parts[k]
+        if part == "**":
+            files, dirs = _sorted_entries(folder)
+            if k + 1 == len(parts):  # a trailing '**': every file below
+                yield from (strip(os.path.join(folder, f)) for f in files if not f.startswith("."))
+            else:
+                yield from match(folder, k + 1)  # zero folders
+            for d in dirs:
+                if not d.startswith("."):
+                    yield from match(os.path.join(folder, d), k)
+            return
+        if not _is_glob(part):
+            yield from match(os.path.join(folder, part), k + 1)
+            return
+        files, dirs = _sorted_entries(folder)
+        names = sorted(files + dirs) if k + 1 < len(parts) else files
+        for name in names:
+            if name.startswith(".") and not part.startswith("."):
+                continue
+            if fnmatch.fnmatchcase(name, part):
+                yield from match(os.path.join(folder, name), k + 1)
+
+    return match(base, 0)
+
+
+# -- items -----------------------------------------------------------------------------------------
+
+def load(item: Item) -> Item:
+    """The item with its file read (a path item), or the item itself."""
+    if item.path is None or item.data is not None or item.error:
+        return item
+    try:
+        with open(item.path, "rb") as f:
+            return Item(item.source, f.read())
     except OSError as e:
-        return Item(path, error=f"cannot read: {e.strerror or e}")
+        return Item(item.source, error=f"cannot read: {e.strerror or e}")
+
+
+def _file(path: str) -> Item:
+    return Item(path, path=path)
 
 
 def _from_array(arr: np.ndarray, source: str) -> Item:
@@ -61,42 +150,61 @@ def _from_array(arr: np.ndarray, source: str) -> Item:
     return Item(source, error=f"unsupported image array dtype {arr.dtype} (use uint8, or float in [0, 1])")
 
 
-def expand(inputs: Union[Any, Iterable[Any]]) -> list[Item]:
-    """Flattens user inputs into items, in order. Folders are walked (sorted, recursively, image
-    extensions only), glob patterns are expanded (sorted); a pattern or folder that matches
-    nothing becomes one failed item, so nothing the user named disappears silently."""
-    if isinstance(inputs, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)) or _is_pil(inputs):
+def _path_items(path: str) -> Iterator[Item]:
+    if os.path.isdir(path):
+        empty = True
+        for f in image_files(path):
+            empty = False
+            yield _file(f)
+        if empty:
+            yield Item(path, error="folder holds no image files")
+    elif _is_glob(path) and not os.path.exists(path):
+        empty = True
+        for f in iglob_sorted(path):
+            empty = False
+            yield _file(f)
+        if empty:
+            yield Item(path, error="pattern matches no files")
+    else:
+        yield _file(path) if os.path.exists(path) else Item(path, error="no such file")
+
+
+def is_single(inputs) -> bool:
+    """One input given bare rather than in a list."""
+    return isinstance(inputs, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)) or _is_pil(inputs)
+
+
+def iter_items(inputs: Union[Any, Iterable[Any]]) -> Iterator[Item]:
+    """User inputs as items, in order, one at a time. Folders are walked (recursively, image
+    extensions only), glob patterns are matched (both in sorted order, lazily); a pattern or
+    folder that matches nothing becomes one failed item, so nothing the user named disappears
+    silently. Path items are not read here (see `load`)."""
+    if is_single(inputs):
         inputs = [inputs]
-    items: list[Item] = []
     counters = {"bytes": 0, "array": 0, "image": 0}
     for x in inputs:
-        if isinstance(x, Item):  # already expanded (e.g. by the CLI, to report progress)
-            items.append(x)
+        if isinstance(x, Item):  # already expanded
+            yield x
         elif isinstance(x, (bytes, bytearray, memoryview)):
-            items.append(Item(f"<bytes {counters['bytes']}>", bytes(x)))
+            yield Item(f"<bytes {counters['bytes']}>", bytes(x))
             counters["bytes"] += 1
         elif isinstance(x, np.ndarray):
-            batch = x if x.ndim == 4 else [x]
-            for a in batch:
-                items.append(_from_array(np.asarray(a), f"<array {counters['array']}>"))
+            for a in (x if x.ndim == 4 else [x]):
+                yield _from_array(np.asarray(a), f"<array {counters['array']}>")
                 counters["array"] += 1
         elif _is_pil(x):
             src = getattr(x, "filename", "") or f"<image {counters['image']}>"
             counters["image"] += 1
-            items.append(_from_array(np.asarray(x.convert("RGB")), src))
+            yield _from_array(np.asarray(x.convert("RGB")), src)
         elif isinstance(x, (str, os.PathLike)):
-            path = os.fspath(x)
-            if os.path.isdir(path):
-                files = _image_files(path)
-                items += [_read(f) for f in files] or [Item(path, error="folder holds no image files")]
-            elif _is_glob(path) and not os.path.exists(path):
-                files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
-                items += [_read(f) for f in files] or [Item(path, error="pattern matches no files")]
-            else:
-                items.append(_read(path) if os.path.exists(path) else Item(path, error="no such file"))
+            yield from _path_items(os.fspath(x))
         else:
-            items.append(Item(repr(x)[:60], error=f"unsupported input type {type(x).__name__}"))
-    return items
+            yield Item(repr(x)[:60], error=f"unsupported input type {type(x).__name__}")
+
+
+def expand(inputs: Union[Any, Iterable[Any]]) -> list[Item]:
+    """All items as a list, their files read (memory grows with the inputs: prefer iter_items)."""
+    return [load(it) for it in iter_items(inputs)]
 
 
 def _is_pil(x) -> bool:

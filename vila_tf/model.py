@@ -6,11 +6,15 @@
     captions = model.caption(pil_images)                            # list of str
     emb = model.image_embedding(np.stack(arrays))                   # float32 [N, D], l2-normalized
 
-Images are decoded and resized here, one at a time and in parallel, with the exact code the
-SavedModel runs in-graph (`vila_tf.preprocessing`), then scored in batches through the pixel
-signatures. A bad image (unreadable, empty, truncated, not an image, over the pixel limit) fails
-alone: its row is NaN (None for captions), a warning names it, and `return_errors=True` returns
-the failures too; every other image is still scored.
+    for r in model.stream("score", photo_generator()):           # results as they come, any number
+        print(r.index, r.source, r.value, r.error)                  # of inputs, in bounded memory
+
+Everything is a collector over `stream`: images are read and decoded by a thread pool, with the
+exact code the SavedModel runs in-graph (`vila_tf.preprocessing`), a few batches ahead of the
+model (`vila_tf.pipeline`), then scored in batches through the pixel signatures. A bad image
+(unreadable, empty, truncated, not an image, over the pixel limit) fails alone: its row is NaN
+(None for captions, value None in `stream`), a warning names it, and `return_errors=True` returns
+the failures too; every other image is still scored. See docs/streaming.md.
 
 Batches are padded up to the buckets of `vila_tf.buckets` (1, 4, 8, 16, 32) and longer inputs are
 split into chunks of 32: each distinct batch size is one XLA compilation of a 303 M parameter
@@ -31,13 +35,13 @@ import os
 import re
 import threading
 import warnings
-from typing import Any, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops of the graph)
 
-from vila_tf import buckets, inputs as inputs_lib, preprocessing
+from vila_tf import buckets, inputs as inputs_lib, pipeline, preprocessing
 from vila_tf.signatures import METADATA_RELATIVE
 
 log = logging.getLogger("vila_tf")
@@ -51,6 +55,23 @@ class ImageError(NamedTuple):
     index: int  # position in the (expanded) inputs
     source: str  # path, or <bytes i> / <array i> / <image i>
     reason: str
+
+
+class Result(NamedTuple):
+    """One input's result from `VilaModel.stream`."""
+    index: int  # position in the (expanded) inputs
+    source: str  # path, or <bytes i> / <array i> / <image i>
+    value: Any  # float, str or float32 [D]; None when the input failed
+    error: Optional[str]  # why it failed; None when it worked
+
+
+# task -> (pixel signature, its output, one output row -> the result's value)
+TASKS = {
+    "score": ("score_pixels", "predictions", lambda v: float(v[0])),
+    "zero_shot": ("zero_shot_pixels", "zero_shot_score", float),
+    "caption": ("caption_pixels", "caption", lambda v: v.decode("utf-8", "replace")),
+    "image_embedding": ("image_embedding_pixels", "image_embedding", lambda v: np.array(v)),  # a copy, not a view of the batch
+}
 
 
 def resolve_savedmodel(path: str) -> str:
@@ -129,7 +150,19 @@ class VilaModel:
         return tf.device(self.device) if self.device else contextlib.nullcontext()
 
     # -- preprocessing -----------------------------------------------------------------------------
+    def _warm_up(self) -> None:
+        """Traces the decode functions once, before the threads call them (not once per thread)."""
+        if self._decode.experimental_get_tracing_count() and self._resize.experimental_get_tracing_count():
+            return
+        with self._trace_lock, self._on_device():
+            if not self._decode.experimental_get_tracing_count():
+                self._decode(tf.io.encode_png(tf.zeros([2, 2, 3], tf.uint8)))
+            if not self._resize.experimental_get_tracing_count():
+                self._resize(tf.zeros([2, 2, 3], tf.float32))
+
     def _pixels(self, item: inputs_lib.Item) -> tuple[Optional[np.ndarray], Optional[str]]:
+        """One item -> (float32 [224, 224, 3], None) or (None, why it failed). Runs in a decode thread."""
+        item = inputs_lib.load(item)
         if item.error:
             return None, item.error
         try:
@@ -143,42 +176,42 @@ class VilaModel:
 
     def preprocess(self, images, return_errors: bool = False):
         """float32 [N, 224, 224, 3] of the release's preprocessing (NaN rows for failed images)."""
-        pixels, errors = self._prepare(images)
-        out = np.full((len(pixels), preprocessing.IMAGE_SIZE, preprocessing.IMAGE_SIZE, 3), np.nan, np.float32)
-        for i, p in enumerate(pixels):
+        self._warm_up()
+        results = list(self._pool.map(self._pixels, inputs_lib.iter_items(images)))
+        out = np.full((len(results), preprocessing.IMAGE_SIZE, preprocessing.IMAGE_SIZE, 3), np.nan, np.float32)
+        for i, (p, _) in enumerate(results):
             if p is not None:
                 out[i] = p
+        errors = []
+        if any(err for _, err in results):  # sources only when needed: a second, lazy pass
+            for i, it in enumerate(inputs_lib.iter_items(images)):
+                if results[i][1]:
+                    errors.append(ImageError(i, it.source, results[i][1]))
         return self._finish(out, errors, return_errors)
 
-    def _prepare(self, images) -> tuple[list, list[ImageError]]:
-        items = inputs_lib.expand(images)
-        if items and self._decode.experimental_get_tracing_count() == 0:
-            with self._trace_lock:  # trace once, not once per thread
-                self._pixels(items[0])
-        results = list(self._pool.map(self._pixels, items))
-        errors = [ImageError(i, it.source, err) for i, (it, (_, err)) in enumerate(zip(items, results)) if err]
-        return [p for p, _ in results], errors
-
     # -- batching --------------------------------------------------------------------------------
-    def _run_batches(self, signature: str, arrays: list, batch_size: int) -> dict:
-        """Runs `signature` over the non-None entries of `arrays`, in bucket-padded batches."""
+    def _run_batch(self, signature: str, arrays: list) -> dict:
+        """`signature` on one batch (at most MAX_BATCH arrays), padded to its bucket: {output: numpy [B, ...]}."""
         fn = self.signatures[signature]
         key = next(iter(fn.structured_input_signature[1]))
+        batch = np.stack(arrays)
+        size = buckets.bucket_for(len(arrays))
+        if size > len(arrays):
+            pad = np.zeros((size - len(arrays),) + batch.shape[1:], batch.dtype) if batch.dtype != object \
+                else np.array([b""] * (size - len(arrays)), dtype=object)
+            batch = np.concatenate([batch, pad])
+        with self._on_device():
+            result = fn(**{key: tf.constant(batch)})
+        return {k: v.numpy()[: len(arrays)] for k, v in result.items()}
+
+    def _run_batches(self, signature: str, arrays: list, batch_size: int) -> dict:
+        """Runs `signature` over the non-None entries of `arrays`, in bucket-padded batches."""
         good = [i for i, a in enumerate(arrays) if a is not None]
         step = max(1, min(batch_size, buckets.MAX_BATCH))
         outputs: dict = {}
         for start in range(0, len(good), step):
             idx = good[start:start + step]
-            batch = np.stack([arrays[i] for i in idx])
-            size = buckets.bucket_for(len(idx))
-            if size > len(idx):
-                pad = np.zeros((size - len(idx),) + batch.shape[1:], batch.dtype) if batch.dtype != object \
-                    else np.array([b""] * (size - len(idx)), dtype=object)
-                batch = np.concatenate([batch, pad])
-            with self._on_device():
-                result = fn(**{key: tf.constant(batch)})
-            for k, v in result.items():
-                v = v.numpy()[: len(idx)]
+            for k, v in self._run_batch(signature, [arrays[i] for i in idx]).items():
                 if k not in outputs:
                     outputs[k] = np.zeros((len(arrays),) + v.shape[1:], v.dtype)
                     if v.dtype.kind == "f":
@@ -191,40 +224,81 @@ class VilaModel:
             warnings.warn(f"{e.source}: {e.reason}", RuntimeWarning, stacklevel=3)
         return (values, errors) if return_errors else values
 
-    def _image_call(self, images, signature: str, key: str, batch_size: int, return_errors: bool):
-        pixels, errors = self._prepare(images)
-        out = self._run_batches(signature, pixels, batch_size)
-        values = out.get(key)
-        if values is None:  # nothing scored: shape the empty/failed result from the signature
-            dims = self.signatures[signature].structured_outputs[key].shape[1:]
-            values = np.full((len(pixels),) + tuple(d or 0 for d in dims), np.nan, np.float32)
-        return self._finish(values, errors, return_errors)
+    # -- streaming ---------------------------------------------------------------------------------
+    def stream(self, task, inputs, batch_size: int = buckets.MAX_BATCH,
+               batches_ahead: int = pipeline.DEFAULT_BATCHES_AHEAD) -> Iterator[Result]:
+        """Results in input order, while later inputs are still being read: `Result(index, source,
+        value, error)`, value a float ("score", "zero_shot"), a str ("caption") or a float32 [D]
+        row ("image_embedding"), and None with the reason in `error` for an input that failed.
 
-    # -- the heads ---------------------------------------------------------------------------------
+        `inputs`: anything `score` takes, or any iterable or generator (an endless one too).
+        `task` may also be a tuple of tasks: each image is then decoded once and `value` is a tuple.
+        While the model runs a batch, the decode threads (`vila_tf.load(..., max_workers=)`) read
+        and decode up to `batches_ahead` further batches, never more: memory is bounded by
+        (batches_ahead + 2) * batch_size decoded images, whatever the number of inputs.
+        """
+        tasks = (task,) if isinstance(task, str) else tuple(task)
+        for t in tasks:
+            if t not in TASKS:
+                raise ValueError(f"unknown task {t!r}: one of {', '.join(TASKS)}")
+        step = max(1, min(int(batch_size), buckets.MAX_BATCH))
+        self._warm_up()
+        batches = pipeline.decoded_batches(inputs_lib.iter_items(inputs), self._pixels, self._pool, step,
+                                           batches_ahead)
+        try:
+            for batch in batches:
+                good = [d for d in batch if d.error is None]
+                per_task = []
+                for t in tasks:
+                    signature, key, convert = TASKS[t]
+                    out = self._run_batch(signature, [d.pixels for d in good])[key] if good else []
+                    per_task.append({d.index: convert(v) for d, v in zip(good, out)})
+                for d in batch:
+                    if d.error is not None:
+                        value = None
+                    else:
+                        values = tuple(p[d.index] for p in per_task)
+                        value = values if len(tasks) > 1 or not isinstance(task, str) else values[0]
+                    yield Result(d.index, d.source, value, d.error)
+        finally:
+            batches.close()
+
+    def _collect(self, task: str, images, batch_size: int) -> tuple[list, list[ImageError]]:
+        values, errors = [], []
+        for r in self.stream(task, images, batch_size):
+            values.append(r.value)
+            if r.error is not None:
+                errors.append(ImageError(r.index, r.source, r.error))
+        return values, errors
+
+    def _image_call(self, images, task: str, batch_size: int, return_errors: bool):
+        values, errors = self._collect(task, images, batch_size)
+        signature, key, _ = TASKS[task]
+        dims = tuple(d or 0 for d in self.signatures[signature].structured_outputs[key].shape[1:])
+        if task == "score":
+            dims = ()  # the [B, 1] predictions as one float per image
+        out = np.full((len(values),) + dims, np.nan, np.float32)
+        for i, v in enumerate(values):
+            if v is not None:
+                out[i] = v
+        return self._finish(out, errors, return_errors)
+
+    # -- the heads (collectors over `stream`) ------------------------------------------------------
     def score(self, images, batch_size: int = buckets.MAX_BATCH, return_errors: bool = False):
         """Aesthetic score per image, float32 [N] (VILA-R; the zero-shot score for a pretrain model)."""
-        result = self._image_call(images, "score_pixels", "predictions", batch_size, return_errors)
-        if return_errors:
-            return result[0][:, 0], result[1]
-        return result[:, 0]
+        return self._image_call(images, "score", batch_size, return_errors)
 
     def zero_shot(self, images, batch_size: int = buckets.MAX_BATCH, return_errors: bool = False):
         """Zero-shot quality score per image from the release's good/bad prompt pairs, float32 [N]."""
-        return self._image_call(images, "zero_shot_pixels", "zero_shot_score", batch_size, return_errors)
+        return self._image_call(images, "zero_shot", batch_size, return_errors)
 
     def image_embedding(self, images, batch_size: int = buckets.MAX_BATCH, return_errors: bool = False):
         """l2-normalized contrastive image embeddings, float32 [N, D]."""
-        return self._image_call(images, "image_embedding_pixels", "image_embedding", batch_size, return_errors)
+        return self._image_call(images, "image_embedding", batch_size, return_errors)
 
     def caption(self, images, batch_size: int = buckets.MAX_BATCH, return_errors: bool = False):
         """Greedy aesthetic comment per image: list of str (None for failed images)."""
-        pixels, errors = self._prepare(images)
-        out = self._run_batches("caption_pixels", pixels, batch_size)
-        texts = [None] * len(pixels)
-        if "caption" in out:
-            for i, p in enumerate(pixels):
-                if p is not None:
-                    texts[i] = out["caption"][i].decode("utf-8", "replace")
+        texts, errors = self._collect("caption", images, batch_size)
         return self._finish(texts, errors, return_errors)
 
     def text_embedding(self, texts: Sequence[str] | str, batch_size: int = buckets.MAX_BATCH) -> np.ndarray:
@@ -241,7 +315,7 @@ class VilaModel:
         return self.image_embedding(images, batch_size) @ self.text_embedding(texts, batch_size).T
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def load(path: str, device: Optional[str] = None, max_workers: Optional[int] = None) -> VilaModel:
