@@ -2,12 +2,31 @@ import contextlib
 import fcntl
 import os
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
 
 import tiny_models
 from tiny_models import DATA, FIXTURE_OVERRIDES, FIXTURES  # noqa: F401  (re-exported for the tests)
+
+
+def pytest_configure(config):
+    """One XLA compilation cache for the whole run, shared by the xdist workers and every
+    subprocess they start (the variable is inherited): each signature is compiled once per shape
+    instead of once per process, which was most of the suite's time. A fresh folder per run, so a
+    cache written on another machine (other CPU features) is never read."""
+    if hasattr(config, "workerinput") or "--tf_xla_persistent_cache_directory" in os.environ.get("TF_XLA_FLAGS", ""):
+        return  # an xdist worker: the controller has set it up
+    cache = tempfile.mkdtemp(prefix="vila-tf-xla-cache-")
+    config._vila_xla_cache = cache
+    os.environ["TF_XLA_FLAGS"] = (os.environ.get("TF_XLA_FLAGS", "") + f" --tf_xla_persistent_cache_directory={cache}").strip()
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_vila_xla_cache", None)
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def fixture_dir(name):
