@@ -9,7 +9,7 @@ The pipeline:
              -> ReadMatches -> (path, bytes)                       an unreadable file -> an error record
              -> RunInference(KeyedModelHandler(VilaModelHandler))  a bad image -> an error record
              -> PREFIX-results-*.jsonl   {"input": path, "score": 0.63}
-                PREFIX-errors-*.jsonl    {"input": path, "error": "not a JPEG, PNG, GIF or BMP image ..."}
+                PREFIX-errors-*.jsonl    {"input": path, "error": "not a JPEG, PNG, GIF, BMP, WebP, ... image"}
 
 Decoding, batching (padded to the export's buckets) and per-image failures are `vila_tf.VilaModel`'s;
 this module only moves bytes and records. Each worker process loads one copy of the model (Beam's
@@ -145,7 +145,7 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
     """
 
     def __init__(self, model_path: str, task: str = "score", batch_size: int = buckets.MAX_BATCH,
-                 device: Optional[str] = None):
+                 device: Optional[str] = None, exif_orientation: bool = True):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         if batch_size not in buckets.BUCKETS:
@@ -154,6 +154,7 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
         # shared by that process's threads (VilaModel is thread-safe).
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
         self.model_path, self.task, self.batch_size, self.device = model_path, task, batch_size, device
+        self.exif_orientation = exif_orientation  # False: photos as stored, as the release scored them
 
     def load_model(self):
         from vila_tf import model as model_lib  # TensorFlow is imported on the workers only
@@ -162,7 +163,7 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
         warnings.filterwarnings("ignore", message=r"<bytes \d+>: ", category=RuntimeWarning, module=r"vila_tf\.")
         path = fetch_savedmodel(self.model_path) if _is_remote(self.model_path) else self.model_path
         log.info("vila_tf.beam: process %d loads %s", os.getpid(), path)
-        return model_lib.load(path, device=self.device)
+        return model_lib.load(path, device=self.device, exif_orientation=self.exif_orientation)
 
     def run_inference(self, batch: Sequence[bytes], model, inference_args: Optional[dict] = None
                       ) -> Iterable[PredictionResult]:
@@ -259,9 +260,9 @@ class RunVila(beam.PTransform):
     """(path, image bytes) -> result records, with the images the model could not read in `errors`."""
 
     def __init__(self, model_path: str, task: str = "score", batch_size: int = buckets.MAX_BATCH,
-                 device: Optional[str] = None):
+                 device: Optional[str] = None, exif_orientation: bool = True):
         super().__init__()
-        self.handler = KeyedModelHandler(VilaModelHandler(model_path, task, batch_size, device))
+        self.handler = KeyedModelHandler(VilaModelHandler(model_path, task, batch_size, device, exif_orientation))
 
     def expand(self, images):
         return (images
@@ -283,10 +284,10 @@ class WriteJsonLines(beam.PTransform):
 
 
 def build(pipeline: beam.Pipeline, model_path: str, task: str, patterns: Sequence[str], output: str,
-          batch_size: int = buckets.MAX_BATCH, device: Optional[str] = None) -> None:
+          batch_size: int = buckets.MAX_BATCH, device: Optional[str] = None, exif_orientation: bool = True) -> None:
     """Adds the whole job to `pipeline`: PATTERNS -> OUTPUT-results-*.jsonl and OUTPUT-errors-*.jsonl."""
     files = pipeline | "Patterns" >> beam.Create(list(patterns)) | "ReadImages" >> ReadImages()
-    scored = files.images | "RunVila" >> RunVila(model_path, task, batch_size, device)
+    scored = files.images | "RunVila" >> RunVila(model_path, task, batch_size, device, exif_orientation)
     _ = scored[RESULTS] | "WriteResults" >> WriteJsonLines(f"{output}-{RESULTS}")
     _ = ((files[ERRORS], scored[ERRORS]) | "AllErrors" >> beam.Flatten()
          | "WriteErrors" >> WriteJsonLines(f"{output}-{ERRORS}"))
@@ -317,6 +318,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=buckets.MAX_BATCH, choices=buckets.BUCKETS,
                    help=f"images per model call (default {buckets.MAX_BATCH})")
     p.add_argument("--device", help="e.g. GPU:0 on GPU workers (default: TensorFlow's choice)")
+    p.add_argument("--release-exact-orientation", action="store_true",
+                   help="score photos as stored, ignoring their EXIF orientation, exactly as the release did")
     p.add_argument("--detach", action="store_true",
                    help="return once a remote runner has accepted the job instead of waiting for it")
     return p
@@ -387,7 +390,8 @@ def _counter(result, name: str) -> Optional[int]:
 
 def run(args: argparse.Namespace, options: PipelineOptions) -> int:
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, args.model, args.task, args.input, args.output, args.batch_size, args.device)
+    build(pipeline, args.model, args.task, args.input, args.output, args.batch_size, args.device,
+          exif_orientation=not getattr(args, "release_exact_orientation", False))
     start = time.time()
     result = pipeline.run()
     if args.detach:

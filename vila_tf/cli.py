@@ -6,7 +6,8 @@
   vila-tf info MODEL
 
 Exit codes: 0 every input processed, 1 some inputs failed (reported on stderr and in the output
-with their reason), 2 usage or model error.
+with their reason), 2 usage or model error. Files of a folder or glob that are not images are not
+scored and do not fail the run: one summary line on stderr lists them (docs/formats.md).
 """
 from __future__ import annotations
 
@@ -67,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--batch-size", type=int, default=32, help="images per model call (at most 32)")
         c.add_argument("--device", help="e.g. GPU:0 (default: CPU)")
         c.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+        c.add_argument("--release-exact-orientation", action="store_true",
+                       help="score photos as stored, ignoring their EXIF orientation, exactly as the release did "
+                            "(default: turned upright as photo viewers show them)")
         if name == "score":
             c.add_argument("--contact-sheet", metavar="PNG", help="write thumbnails sorted by score to this PNG")
             c.add_argument("--with-captions", action="store_true", help="also caption each image")
@@ -136,7 +140,8 @@ def _run(args) -> int:
     from vila_tf.atomic import atomic_file
     from vila_tf import inputs as inputs_lib
     try:
-        model = vila_tf.load(args.model, device=getattr(args, "device", None))
+        model = vila_tf.load(args.model, device=getattr(args, "device", None),
+                             exif_orientation=not getattr(args, "release_exact_orientation", False))
     except (FileNotFoundError, OSError, ValueError) as e:
         print(f"vila-tf: cannot load model: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -145,7 +150,9 @@ def _run(args) -> int:
     if not 1 <= args.batch_size:
         print("vila-tf: --batch-size must be >= 1", file=sys.stderr)
         return EXIT_ERROR
-    items = inputs_lib.expand(args.inputs)
+    from vila_tf import image_formats
+    skipped = image_formats.SkipReport()
+    items = inputs_lib.expand(args.inputs, skipped=skipped)
     progress = Progress(len(items), args.command, args.progress or sys.stderr.isatty())
     method = {"score": model.score, "zero-shot": model.zero_shot, "caption": model.caption,
               "embed": model.image_embedding}[args.command]
@@ -180,6 +187,8 @@ def _run(args) -> int:
         with atomic_file(args.contact_sheet, "wb") as f:
             sheet.save(f, format="PNG")
         print(f"vila-tf: contact sheet of {len(ok)} images -> {args.contact_sheet}", file=sys.stderr)
+    for line in skipped.lines():
+        print(f"vila-tf: {line}", file=sys.stderr)
     if errors:
         print(f"vila-tf: {len(errors)} of {len(items)} inputs failed", file=sys.stderr)
     return EXIT_SOME_FAILED if errors else EXIT_OK

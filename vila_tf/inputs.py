@@ -8,11 +8,11 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+from vila_tf import image_formats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,12 +26,12 @@ def _is_glob(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
-def _image_files(folder: str) -> list[str]:
+def _image_files(folder: str, skipped: Optional[image_formats.SkipReport] = None) -> list[str]:
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
-        out += [os.path.join(dirpath, f) for f in sorted(filenames)
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+        # Images by content; the rest goes to `skipped` (hidden files and sidecars silently).
+        out += [p for p in (os.path.join(dirpath, f) for f in sorted(filenames)) if image_formats.keep(p, skipped)]
     return out
 
 
@@ -61,10 +61,11 @@ def _from_array(arr: np.ndarray, source: str) -> Item:
     return Item(source, error=f"unsupported image array dtype {arr.dtype} (use uint8, or float in [0, 1])")
 
 
-def expand(inputs: Union[Any, Iterable[Any]]) -> list[Item]:
-    """Flattens user inputs into items, in order. Folders are walked (sorted, recursively, image
-    extensions only), glob patterns are expanded (sorted); a pattern or folder that matches
-    nothing becomes one failed item, so nothing the user named disappears silently."""
+def expand(inputs: Union[Any, Iterable[Any]], skipped: Optional[image_formats.SkipReport] = None) -> list[Item]:
+    """Flattens user inputs into items, in order. Folders are walked (sorted, recursively) and glob
+    patterns expanded (sorted), keeping the files that are images (`image_formats.keep`): the
+    others are listed in `skipped`. A pattern or folder that matches no image becomes one failed
+    item, so nothing the user named disappears silently."""
     if isinstance(inputs, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)) or _is_pil(inputs):
         inputs = [inputs]
     items: list[Item] = []
@@ -87,11 +88,14 @@ def expand(inputs: Union[Any, Iterable[Any]]) -> list[Item]:
         elif isinstance(x, (str, os.PathLike)):
             path = os.fspath(x)
             if os.path.isdir(path):
-                files = _image_files(path)
+                files = _image_files(path, skipped)
                 items += [_read(f) for f in files] or [Item(path, error="folder holds no image files")]
             elif _is_glob(path) and not os.path.exists(path):
                 files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
-                items += [_read(f) for f in files] or [Item(path, error="pattern matches no files")]
+                matched = bool(files)
+                files = [f for f in files if image_formats.keep(f, skipped)]
+                items += [_read(f) for f in files] or [
+                    Item(path, error="pattern matches no image files" if matched else "pattern matches no files")]
             else:
                 items.append(_read(path) if os.path.exists(path) else Item(path, error="no such file"))
         else:

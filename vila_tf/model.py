@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops of the graph)
 
-from vila_tf import buckets, inputs as inputs_lib, preprocessing
+from vila_tf import buckets, image_formats, inputs as inputs_lib, preprocessing
 from vila_tf.signatures import METADATA_RELATIVE
 
 log = logging.getLogger("vila_tf")
@@ -82,9 +82,13 @@ def _reason(err: Exception) -> str:
 class VilaModel:
     """An exported VILA model. Use `vila_tf.load`."""
 
-    def __init__(self, path: str, device: Optional[str] = None, max_workers: Optional[int] = None):
+    def __init__(self, path: str, device: Optional[str] = None, max_workers: Optional[int] = None,
+                 exif_orientation: bool = True):
         self.path = resolve_savedmodel(path)
         self.device = device
+        # True: photos turned upright by their EXIF orientation, as viewers show them; False: the
+        # stored pixels, exactly as the release scored them (docs/formats.md).
+        self.exif_orientation = exif_orientation
         self.metadata = self._read_metadata()
         self.is_demo = bool(self.metadata.get("demo_weights"))
         if self.is_demo:
@@ -98,9 +102,13 @@ class VilaModel:
         self.max_pixels = int(self.metadata.get("max_pixels", preprocessing.DEFAULT_MAX_PIXELS))
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers or min(8, os.cpu_count() or 2),
                                                            thread_name_prefix="vila_tf-decode")
+        # WebP in the graph needs a TensorFlow with its decoder; without one Pillow decodes it.
+        self._graph_webp = hasattr(tf.io, "decode_webp")
         self._decode = tf.function(
-            lambda b: preprocessing.crop_and_scale(preprocessing.decode(b, None, self.max_pixels)),
+            lambda b: preprocessing.crop_and_scale(preprocessing.decode(b, None, self.max_pixels, self._graph_webp)),
             input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+        self._decode_only = tf.function(lambda b: preprocessing.decode(b, None, self.max_pixels, self._graph_webp),
+                                        input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
         self._resize = tf.function(preprocessing.crop_and_scale,
                                    input_signature=[tf.TensorSpec([None, None, 3], tf.float32)], autograph=False)
         self._trace_lock = threading.Lock()
@@ -135,11 +143,19 @@ class VilaModel:
         try:
             with self._on_device():
                 if isinstance(item.data, bytes):
-                    return self._decode(tf.constant(item.data)).numpy(), None
+                    # Photos the graph cannot decode or must turn upright come back as pixels.
+                    pixels = image_formats.decode_on_host(
+                        item.data, self.max_pixels, self.exif_orientation,
+                        lambda b: self._decode_only(tf.constant(b)).numpy(), self._graph_webp)
+                    if pixels is None:
+                        return self._decode(tf.constant(item.data)).numpy(), None
+                    return self._resize(tf.constant(pixels.astype(np.float32))).numpy(), None
                 arr = item.data.astype(np.float32) * (255.0 if item.data.dtype != np.uint8 else 1.0)
                 return self._resize(tf.constant(arr)).numpy(), None
         except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError, tf.errors.UnknownError) as e:
             return None, _reason(e)
+        except image_formats.ImageFormatError as e:
+            return None, str(e)
 
     def preprocess(self, images, return_errors: bool = False):
         """float32 [N, 224, 224, 3] of the release's preprocessing (NaN rows for failed images)."""
@@ -151,7 +167,9 @@ class VilaModel:
         return self._finish(out, errors, return_errors)
 
     def _prepare(self, images) -> tuple[list, list[ImageError]]:
-        items = inputs_lib.expand(images)
+        skipped = image_formats.SkipReport()
+        items = inputs_lib.expand(images, skipped=skipped)
+        skipped.warn(stacklevel=5)
         if items and self._decode.experimental_get_tracing_count() == 0:
             with self._trace_lock:  # trace once, not once per thread
                 self._pixels(items[0])
@@ -244,6 +262,10 @@ class VilaModel:
         self._pool.shutdown(wait=False)
 
 
-def load(path: str, device: Optional[str] = None, max_workers: Optional[int] = None) -> VilaModel:
-    """Loads an exported VILA model (SavedModel folder or TF Serving base folder: newest version)."""
-    return VilaModel(path, device=device, max_workers=max_workers)
+def load(path: str, device: Optional[str] = None, max_workers: Optional[int] = None,
+         exif_orientation: bool = True) -> VilaModel:
+    """Loads an exported VILA model (SavedModel folder or TF Serving base folder: newest version).
+
+    `exif_orientation=False` scores photos as stored, exactly as the release did, instead of
+    turned upright by their EXIF orientation tag (docs/formats.md)."""
+    return VilaModel(path, device=device, max_workers=max_workers, exif_orientation=exif_orientation)
