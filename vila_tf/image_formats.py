@@ -131,8 +131,8 @@ class SkipReport:
         out = []
         if self.not_images:
             n = len(self.not_images)
-            out.append(f"skipped {n} file{'s' if n > 1 else ''} that {'are' if n > 1 else 'is'} not "
-                       f"image{'s' if n > 1 else ''}: {self._by_extension(self.not_images)}")
+            what = "files that are not images" if n > 1 else "file that is not an image"
+            out.append(f"skipped {n} {what}: {self._by_extension(self.not_images)}")
         if self.raw:
             n = len(self.raw)
             out.append(f"skipped {n} RAW camera file{'s' if n > 1 else ''} (not decoded: score the camera's JPEG "
@@ -255,17 +255,19 @@ def decode_host_format(data: bytes, fmt: str, max_pixels: int, apply_orientation
 
 
 def decode_on_host(data: bytes, max_pixels: int, apply_orientation: bool,
-                   graph_decode: Callable[[bytes], np.ndarray], graph_webp: bool = True) -> Optional[np.ndarray]:
+                   graph_decode: Callable[[bytes], np.ndarray], graph_webp: bool = True,
+                   source: str = "") -> Optional[np.ndarray]:
     """Encoded bytes -> uint8 [H, W, 3] for the runtime to resize, or None when the graph's decode and
     resize take the bytes exactly as the release did (a graph format with nothing to rotate, or
     bytes the graph will refuse with its own message, such as empty ones).
 
     `graph_decode(bytes) -> uint8 [H, W, 3]` is the graph's decoder (the release's pixels), used
-    before turning a photo upright. Raises ImageFormatError for an image it cannot read.
+    before turning a photo upright. `source` is the file name, if any: RAW files are TIFF-like,
+    so their name tells them apart. Raises ImageFormatError for an image it cannot read.
     """
     if not data:
         return None
-    fmt = sniff(data[:HEAD_BYTES])
+    fmt = "raw" if _extension(source) in RAW_EXTENSIONS else sniff(data[:HEAD_BYTES])
     graph = GRAPH_FORMATS if graph_webp else tuple(f for f in GRAPH_FORMATS if f != "webp")
     if fmt in graph:
         if not apply_orientation or fmt not in ("jpeg", "png", "webp"):

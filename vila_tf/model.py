@@ -146,7 +146,7 @@ class VilaModel:
                     # Photos the graph cannot decode or must turn upright come back as pixels.
                     pixels = image_formats.decode_on_host(
                         item.data, self.max_pixels, self.exif_orientation,
-                        lambda b: self._decode_only(tf.constant(b)).numpy(), self._graph_webp)
+                        lambda b: self._decode_only(tf.constant(b)).numpy(), self._graph_webp, item.source)
                     if pixels is None:
                         return self._decode(tf.constant(item.data)).numpy(), None
                     return self._resize(tf.constant(pixels.astype(np.float32))).numpy(), None
