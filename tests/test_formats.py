@@ -18,10 +18,10 @@ from vila_tf import image_formats
 pillow_heif = pytest.importorskip("pillow_heif")  # in the dev extra: `make test` has it
 pillow_heif.register_heif_opener()
 
-# AVIF and HEIC are lossy even at their best settings (4:2:0 chroma, YUV rounding): on the test
-# photo their pixels differ from the PNG's by about 2 levels on average (docs/formats.md gives
-# the score differences measured).
-LOSSY_SCORE_TOLERANCE = 0.01
+# AVIF and HEIC are lossy even at their best settings (4:2:0 chroma, YUV rounding). Measured on
+# the tiny model (scores near -0.07): within 8.4e-4 of the PNG's score, as JPEG q95 is (4e-4);
+# docs/formats.md has the table.
+LOSSY_SCORE_TOLERANCE = 1.5e-3
 
 
 def _photo(h=180, w=240, seed=0):
@@ -114,10 +114,11 @@ def test_exif_rotated_jpeg_scores_like_the_upright_photo(model, orientation):
     assert abs(default[0] - default[2]) > max(1.5e-3, 3 * abs(default[0] - default[1])), default
     model.exif_orientation = False  # the release-exact flag (`load(..., exif_orientation=False)`)
     try:
-        as_release = model.score([rotated_jpeg])[0]
+        as_release = model.score([rotated_jpeg, upright_jpeg, stored_jpeg])
     finally:
         model.exif_orientation = True
-    assert as_release == default[2]  # today's result, bit for bit: EXIF ignored
+    assert as_release[0] == as_release[2] == default[2]  # today's result: EXIF ignored
+    assert as_release[1] == default[1]
     # The turn is exact: the graph's decode of the stored pixels, turned by numpy.
     decoded = tf.io.decode_image(rotated_jpeg, 3, expand_animations=False).numpy()
     shown = image_formats.orient(decoded, orientation)
@@ -144,6 +145,7 @@ def test_orientation_of_other_formats(model, fmt):
 
 def test_serving_default_on_webp_equals_png(model):
     fn = model.signatures["serving_default"]  # the SavedModel's own signature, bytes in
+    assert model.metadata["image_formats"] == ["JPEG", "PNG", "GIF", "BMP", "WebP"]
     pixels = _photo(150, 210, seed=5)
     png = fn(image_bytes=tf.constant([_encode(pixels, "PNG")]))["predictions"].numpy()
     for webp in (_encode(pixels, "WEBP", lossless=True), _encode(pixels, "WEBP", lossless=True, save_all=True,
@@ -212,7 +214,7 @@ def test_api_warns_once_with_the_summary(model, mixed_folder):
     assert [os.path.basename(e.source) for e in errors] == ["broken.png"]
     good = [s for i, s in enumerate(scores) if i != SCORED.index("broken.png")]
     # The same photo in eight files: lossless ones identical, lossy ones (JPEG, AVIF, HEIC) close.
-    assert np.ptp(good) < LOSSY_SCORE_TOLERANCE, good
+    assert np.ptp(good) < 2 * LOSSY_SCORE_TOLERANCE, good
 
 
 def test_cli_lists_what_it_skipped_and_exit_codes(exported, mixed_folder, tmp_path, capsys):
