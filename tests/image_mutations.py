@@ -55,6 +55,12 @@ def seeds() -> dict:
     }
 
 
+def as_png(data: bytes) -> bytes:
+    """The first frame of any image Pillow reads, as an RGB PNG (alpha dropped)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return _save(img.convert("RGB"), "PNG")
+
+
 def with_declared_size(data: bytes, height: int, width: int) -> bytes:
     """Rewrites the image header's declared size (each format's own field), keeping the rest."""
     b = bytearray(data)
