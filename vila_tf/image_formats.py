@@ -177,11 +177,10 @@ def keep(path: str, report: Optional[SkipReport] = None) -> bool:
 def exif_orientation(data: bytes) -> int:
     """The EXIF orientation (1-8) of encoded JPEG / PNG / WebP bytes; 1 when there is none or it is unreadable."""
     from PIL import Image
+    # No warnings.catch_warnings here or below: it is not thread-safe, and the runtime decodes in threads.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # DecompressionBombWarning: only the header is read here
-            with Image.open(io.BytesIO(data)) as im:
-                value = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
+        with Image.open(io.BytesIO(data)) as im:
+            value = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
     except Exception:  # noqa: BLE001  (a broken EXIF block must not lose the photo: the pixels decide)
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
@@ -232,26 +231,24 @@ def decode_host_format(data: bytes, fmt: str, max_pixels: int, apply_orientation
     if fmt == "heif":
         register_heif()
     name = DISPLAY[fmt]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels is the limit here
+    try:
+        im = Image.open(io.BytesIO(data), formats=[PIL_FORMAT[fmt]])
+    except Image.DecompressionBombError as e:
+        raise ImageFormatError(f"{name} image: {e} (max_pixels is {max_pixels})") from None
+    except Exception as e:  # noqa: BLE001  (Pillow raises several types for a bad header)
+        raise ImageFormatError(f"{name} image that cannot be read: {e}") from None
+    with im:
+        width, height = im.size
+        if width * height > max_pixels:
+            raise ImageFormatError(f"header declares {height} x {width} = {width * height} pixels, more than "
+                                   f"the allowed {max_pixels} (max_pixels)")
         try:
-            im = Image.open(io.BytesIO(data), formats=[PIL_FORMAT[fmt]])
-        except Image.DecompressionBombError as e:
-            raise ImageFormatError(f"{name} image: {e} (max_pixels is {max_pixels})") from None
-        except Exception as e:  # noqa: BLE001  (Pillow raises several types for a bad header)
-            raise ImageFormatError(f"{name} image that cannot be read: {e}") from None
-        with im:
-            width, height = im.size
-            if width * height > max_pixels:
-                raise ImageFormatError(f"header declares {height} x {width} = {width * height} pixels, more than "
-                                       f"the allowed {max_pixels} (max_pixels)")
-            try:
-                im.load()
-                if apply_orientation:
-                    im = ImageOps.exif_transpose(im)
-                return _to_rgb(im)
-            except Exception as e:  # noqa: BLE001
-                raise ImageFormatError(f"{name} image that cannot be decoded: {e}") from None
+            im.load()
+            if apply_orientation:
+                im = ImageOps.exif_transpose(im)
+            return _to_rgb(im)
+        except Exception as e:  # noqa: BLE001
+            raise ImageFormatError(f"{name} image that cannot be decoded: {e}") from None
 
 
 def decode_on_host(data: bytes, max_pixels: int, apply_orientation: bool,
