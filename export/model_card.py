@@ -239,9 +239,12 @@ def _preprocessing(facts: ModelFacts) -> str:
     from vila_tf.preprocessing import PRE_CROP_SIZE
     m = facts.metadata
     size = m["config"].get("image_size", 224)
+    webp = "WebP" in m.get("image_formats", ())
     lines = [
         "- Images arrive as encoded bytes and are decoded in the graph with `tf.io.decode_image`: JPEG, "
-        "PNG (8/16-bit, gray, RGBA), GIF (first frame), BMP; always 3 channels.",
+        "PNG (8/16-bit, gray, RGBA), GIF (first frame), BMP" + (", WebP (first frame)" if webp else "")
+        + "; always 3 channels (alpha dropped). EXIF orientation is not applied: turn photos upright before "
+        "sending them, or use the `vila_tf` runtime, which does.",
         f"- Resized with TF1 `resize_bilinear` (no half-pixel centers) to {PRE_CROP_SIZE}×{PRE_CROP_SIZE}, "
         f"aspect ratio not kept, then center-cropped to {size}×{size} and scaled to [0, 1], exactly as the "
         "release's `run_vila_predict.py`. The `*_pixels` signatures take that tensor directly.",

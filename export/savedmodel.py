@@ -41,6 +41,7 @@ class ExportOptions:
     dtype: str = "float32"  # or "bfloat16": weights stored in bfloat16, computed in float32
     platforms: tuple = PLATFORMS
     max_pixels: int = preprocess.DEFAULT_MAX_PIXELS
+    webp: bool = True  # WebP decoded in the graph (False for TensorFlow releases without its decoder)
     demo: bool = False
     source: Optional[str] = None
     source_sha256: Optional[str] = None
@@ -179,7 +180,7 @@ class VilaModule(tf.Module):
         return {"text_embedding": self._text_jax(self.params, ids, paddings)}
 
     def preprocess(self, image_bytes):
-        return {"image": preprocess.preprocess_batch(image_bytes, self.options.max_pixels)}
+        return {"image": preprocess.preprocess_batch(image_bytes, self.options.max_pixels, self.options.webp)}
 
     # -- signatures ------------------------------------------------------------------------------
     def _make_signatures(self):
@@ -221,6 +222,7 @@ def metadata(module: VilaModule, extra: dict) -> dict:
         "platforms": list(opts.platforms),
         "calling_convention_version": tf_calling_convention_version(),
         "max_pixels": opts.max_pixels,
+        "image_formats": list(preprocess.graph_formats(opts.webp)),
         "text_length": TEXT_LENGTH,
         "zero_shot_prompts": [list(p) for p in heads.ZERO_SHOT_PROMPT_PAIRS],
         "signatures": list(ALL_SIGNATURES),

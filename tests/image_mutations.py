@@ -48,7 +48,17 @@ def seeds() -> dict:
         "png_16bit": png16.getvalue(),
         "gif_animated": _save(gif_frames[0], "GIF", save_all=True, append_images=gif_frames[1:], loop=0),
         "bmp": _save(rgb, "BMP"),
+        "webp_lossy": _save(rgb, "WEBP", quality=80),
+        "webp_lossless_alpha": _save(rgb.convert("RGBA"), "WEBP", lossless=True),
+        "webp_animated": _save(rgb, "WEBP", save_all=True, duration=50, quality=70,
+                               append_images=[Image.fromarray(_photo(40, 56, 1))]),
     }
+
+
+def as_png(data: bytes) -> bytes:
+    """The first frame of any image Pillow reads, as an RGB PNG (alpha dropped)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return _save(img.convert("RGB"), "PNG")
 
 
 def with_declared_size(data: bytes, height: int, width: int) -> bytes:
@@ -61,6 +71,16 @@ def with_declared_size(data: bytes, height: int, width: int) -> bytes:
         b[6:10] = struct.pack("<HH", min(width, 65535), min(height, 65535))
     elif b[:2] == b"BM":
         b[18:26] = struct.pack("<ii", width, height)
+    elif b[:4] == b"RIFF" and b[8:12] == b"WEBP" and len(b) >= 30:
+        if b[12:16] == b"VP8X":  # canvas: 24-bit sizes minus one
+            b[24:30] = (min(width, 1 << 24) - 1).to_bytes(3, "little") + (min(height, 1 << 24) - 1).to_bytes(3, "little")
+        elif b[12:16] == b"VP8L":  # 14-bit sizes minus one, then alpha and version bits
+            bits = int.from_bytes(b[21:25], "little") & ~((1 << 28) - 1)
+            bits |= (min(width, 1 << 14) - 1) | ((min(height, 1 << 14) - 1) << 14)
+            b[21:25] = bits.to_bytes(4, "little")
+        elif b[12:16] == b"VP8 ":  # 14-bit sizes, 2 scale bits kept
+            b[26:28] = ((b[26] | b[27] << 8) & 0xC000 | min(width, 0x3FFF)).to_bytes(2, "little")
+            b[28:30] = ((b[28] | b[29] << 8) & 0xC000 | min(height, 0x3FFF)).to_bytes(2, "little")
     elif b[:2] == b"\xff\xd8":
         i = 2
         while i + 9 < len(b):

@@ -86,7 +86,7 @@ def test_bytes_signatures(jaxless):
     np.testing.assert_allclose(o["batch_predictions"], np.repeat(o["scalar_predictions"], 2, 0), atol=1e-6)
     assert o["preprocessed"].shape == (1, 224, 224, 3)
     msg = str(o["bad_image_error"])
-    assert "image 0 of the batch" in msg and "not a JPEG, PNG, GIF or BMP" in msg, msg
+    assert "image 0 of the batch" in msg and "not a JPEG, PNG, GIF, BMP or WebP image" in msg, msg
 
 
 def test_variables_shared_and_not_constants(exported, jaxless):

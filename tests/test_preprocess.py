@@ -29,6 +29,8 @@ def _rng_image(h, w, c, seed, dtype=np.uint8):
 
 def _encode(kind, h, w, seed):
     buf = io.BytesIO()
+    if kind.startswith("webp"):
+        return _webp(kind, _rng_image(h, w, 4, seed))
     if kind == "png16":
         return tf.io.encode_png(_rng_image(h, w, 3, seed, np.uint16)).numpy()
     if kind == "png_gray16":
@@ -85,7 +87,8 @@ def _png_header(width, height):
 
 @pytest.mark.parametrize("data,pattern", [
     (b"", "image_bytes is empty"),
-    (b"hello world, not an image", "not a JPEG, PNG, GIF or BMP"),
+    (b"hello world, not an image", "not a JPEG, PNG, GIF, BMP or WebP image"),
+    (b"RIFF", "not a JPEG, PNG, GIF, BMP or WebP image"),
     (_png_header(20000, 20000) + b"\x00" * 100, "header declares.*20000.*x.*20000.*more than the allowed"),
 ])
 def test_bad_inputs_name_the_problem(data, pattern):
@@ -94,7 +97,7 @@ def test_bad_inputs_name_the_problem(data, pattern):
         preprocess.preprocess_batch(tf.constant([good, data]))
 
 
-@pytest.mark.parametrize("kind", ["jpeg", "png", "gif", "bmp"])
+@pytest.mark.parametrize("kind", ["jpeg", "png", "gif", "bmp", "webp_lossy", "webp_lossless", "webp_animated"])
 def test_pixel_limit_is_read_from_each_header(kind):
     d = _encode(kind, 300, 400, 3)
     preprocess.preprocess_batch(tf.constant([d]), max_pixels=300 * 400)
@@ -106,3 +109,62 @@ def test_truncated_jpeg_is_an_error():
     d = _encode("jpeg", 300, 400, 4)
     with pytest.raises(tf.errors.InvalidArgumentError):
         preprocess.preprocess_batch(tf.constant([d[: len(d) // 2]]))
+
+
+# -- WebP: decoded in the graph (not by the release), compared with the PNG of the same pixels -------
+
+def _webp(kind, rgba):
+    """WebP variants as cameras, browsers and converters write them."""
+    buf = io.BytesIO()
+    img = Image.fromarray(rgba if kind.endswith("alpha") else rgba[..., :3])
+    if kind.startswith("webp_animated"):  # VP8X + ANIM/ANMF; the second frame differs
+        img.save(buf, format="WEBP", save_all=True, lossless=kind.endswith("lossless") or "alpha" in kind,
+                 exact=True, append_images=[Image.fromarray(255 - rgba[..., :3])], duration=80)
+    elif kind.startswith("webp_lossless"):  # VP8L
+        img.save(buf, format="WEBP", lossless=True, exact=True)
+    else:  # VP8 (lossy)
+        img.save(buf, format="WEBP", quality=85)
+    return buf.getvalue()
+
+
+WEBP_KINDS = ["webp_lossy", "webp_lossless", "webp_lossless_alpha", "webp_animated", "webp_animated_lossless",
+              "webp_animated_alpha"]
+
+
+def _png_of(pixels):
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", WEBP_KINDS)
+def test_webp_equals_the_png_of_the_same_pixels(kind):
+    """The reference pixels are libwebp's through Pillow (first frame, alpha dropped as for PNG)."""
+    data = [_encode(kind, h, w, i) for i, (h, w) in enumerate(SIZES[:4])]
+    got = preprocess.preprocess_batch(tf.constant(data)).numpy()
+    for i, d in enumerate(data):
+        with Image.open(io.BytesIO(d)) as im:
+            assert im.format == "WEBP" and (im.n_frames > 1) == ("animated" in kind)
+            pixels = np.asarray(im.convert("RGB"))  # the first frame
+        np.testing.assert_array_equal(got[i], release_pipeline(_png_of(pixels)))
+
+
+def test_lossless_webp_is_the_source_pixels():
+    rgba = _rng_image(375, 500, 4, 7)
+    got = preprocess.preprocess_batch(tf.constant([_webp("webp_lossless_alpha", rgba)])).numpy()[0]
+    np.testing.assert_array_equal(got, release_pipeline(_png_of(rgba[..., :3])))
+
+
+def test_webp_can_be_left_out_of_the_graph():
+    d = _encode("webp_lossless", 50, 60, 0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"not a JPEG, PNG, GIF or BMP image \(first bytes 52 49"):
+        preprocess.preprocess_batch(tf.constant([d]), webp=False)
+    assert preprocess.graph_formats(webp=False) == ("JPEG", "PNG", "GIF", "BMP")
+
+
+@pytest.mark.parametrize("cut", [12, 16, 29, 40, 0.5])
+def test_truncated_webp_is_an_error(cut):
+    d = _encode("webp_animated", 300, 400, 4)
+    d = d[: int(len(d) * cut) if isinstance(cut, float) else cut]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        preprocess.preprocess_batch(tf.constant([d]))

@@ -9,7 +9,7 @@ The pipeline:
              -> ReadMatches -> (path, bytes)                       an unreadable file -> an error record
              -> RunInference(KeyedModelHandler(VilaModelHandler))  a bad image -> an error record
              -> PREFIX-results-*.jsonl   {"input": path, "score": 0.63}       (or .parquet: --output-format)
-                PREFIX-errors-*.jsonl    {"input": path, "error": "not a JPEG, PNG, GIF or BMP image ..."}
+                PREFIX-errors-*.jsonl    {"input": path, "error": "not a JPEG, PNG, GIF, BMP, WebP, ... image"}
 
 Datasets in shards (--input-format tfrecord|webdataset|parquet) are read by `vila_tf.beam_io`
 instead of ReadMatches, their records are named by id, and --min-score/--filtered-output writes
@@ -149,7 +149,7 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
     """
 
     def __init__(self, model_path: str, task: str = "score", batch_size: int = buckets.MAX_BATCH,
-                 device: Optional[str] = None, raw_values: bool = False):
+                 device: Optional[str] = None, raw_values: bool = False, exif_orientation: bool = True):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         if batch_size not in buckets.BUCKETS:
@@ -161,6 +161,7 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
         # raw_values: the model's float32 values (np.float32 / arrays) instead of JSON-rounded ones,
         # for writers that keep full precision (Parquet) or compare scores to a threshold.
         self.raw_values = raw_values
+        self.exif_orientation = exif_orientation  # False: photos as stored, as the release scored them
 
     def load_model(self):
         from vila_tf import model as model_lib  # TensorFlow is imported on the workers only
@@ -169,7 +170,7 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
         warnings.filterwarnings("ignore", message=r"<bytes \d+>: ", category=RuntimeWarning, module=r"vila_tf\.")
         path = fetch_savedmodel(self.model_path) if _is_remote(self.model_path) else self.model_path
         log.info("vila_tf.beam: process %d loads %s", os.getpid(), path)
-        return model_lib.load(path, device=self.device)
+        return model_lib.load(path, device=self.device, exif_orientation=self.exif_orientation)
 
     def run_inference(self, batch: Sequence[bytes], model, inference_args: Optional[dict] = None
                       ) -> Iterable[PredictionResult]:
@@ -256,9 +257,10 @@ class RunVila(beam.PTransform):
 
     def __init__(self, model_path: str, task: str = "score", batch_size: int = buckets.MAX_BATCH,
                  device: Optional[str] = None, input_format: Optional[str] = None,
-                 min_score: Optional[float] = None, id_field: str = "input"):
+                 min_score: Optional[float] = None, id_field: str = "input", exif_orientation: bool = True):
         super().__init__()
-        self.handler = KeyedModelHandler(VilaModelHandler(model_path, task, batch_size, device, raw_values=True))
+        self.handler = KeyedModelHandler(VilaModelHandler(model_path, task, batch_size, device, raw_values=True,
+                                                          exif_orientation=exif_orientation))
         self.judge = beam_io.Judge(TASKS[task].field, input_format, min_score, id_field)
 
     def expand(self, images):
@@ -274,7 +276,7 @@ def build(pipeline: beam.Pipeline, model_path: str, task: str, patterns: Sequenc
           batch_size: int = buckets.MAX_BATCH, device: Optional[str] = None, *, input_format: str = "files",
           image_key: Optional[str] = None, id_key: Optional[str] = None, output_format: str = "jsonl",
           min_score: Optional[float] = None, filtered_output: Optional[str] = None,
-          embedding_size: Optional[int] = None) -> None:
+          embedding_size: Optional[int] = None, exif_orientation: bool = True) -> None:
     """Adds the whole job to `pipeline`: PATTERNS -> OUTPUT-results-*.jsonl|parquet, OUTPUT-errors-*.jsonl,
     and with `filtered_output`, the records scoring >= `min_score` in the input's format (datasets only)."""
     field = TASKS[task].field
@@ -296,7 +298,7 @@ def build(pipeline: beam.Pipeline, model_path: str, task: str, patterns: Sequenc
                                                                  parquet_schema)
         images, read_errors, id_field = read[beam_io.IMAGES], read[ERRORS], "id"
     judged = images | "RunVila" >> RunVila(model_path, task, batch_size, device, input_format,
-                                           min_score if keep else None, id_field)
+                                           min_score if keep else None, id_field, exif_orientation)
     if output_format == "parquet":
         _ = judged[RESULTS] | "WriteResults" >> beam_io.WriteParquetResults(f"{output}-{RESULTS}", field,
                                                                              embedding_size, id_field)
@@ -358,6 +360,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=buckets.MAX_BATCH, choices=buckets.BUCKETS,
                    help=f"images per model call (default {buckets.MAX_BATCH})")
     p.add_argument("--device", help="e.g. GPU:0 on GPU workers (default: TensorFlow's choice)")
+    p.add_argument("--release-exact-orientation", action="store_true",
+                   help="score photos as stored, ignoring their EXIF orientation, exactly as the release did")
     p.add_argument("--detach", action="store_true",
                    help="return once a remote runner has accepted the job instead of waiting for it")
     return p
@@ -481,7 +485,7 @@ def run(args: argparse.Namespace, options: PipelineOptions) -> int:
     build(pipeline, args.model, args.task, args.input, args.output, args.batch_size, args.device,
           input_format=args.input_format, image_key=args.image_key, id_key=args.id_key,
           output_format=args.output_format, min_score=args.min_score, filtered_output=args.filtered_output,
-          embedding_size=embedding_size)
+          embedding_size=embedding_size, exif_orientation=not getattr(args, "release_exact_orientation", False))
     results = f"{args.output}-{RESULTS}-*.{args.output_format}"
     filtered = f"{args.filtered_output}-*.{_FILTERED_ENDING.get(args.input_format)}"
     start = time.time()

@@ -10,7 +10,8 @@ run into the same --output (docs/streaming.md).
 
 Exit codes: 0 every input processed, 1 some inputs failed (reported on stderr and in the output
 with their reason; with --resume, rows kept from the interrupted run count too), 2 usage or
-model error, 130 interrupted by Ctrl-C.
+model error, 130 interrupted by Ctrl-C. Files of a folder or glob that are not images are not
+scored and do not fail the run: one summary line on stderr lists them (docs/formats.md).
 """
 from __future__ import annotations
 
@@ -111,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--batches-ahead", type=int, default=2, metavar="N",
                        help="batches decoded ahead of the model, at most (default 2)")
         c.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+        c.add_argument("--release-exact-orientation", action="store_true",
+                       help="score photos as stored, ignoring their EXIF orientation, exactly as the release did "
+                            "(default: turned upright as photo viewers show them)")
         if name == "score":
             c.add_argument("--contact-sheet", metavar="PNG", help="write thumbnails sorted by score to this PNG")
             c.add_argument("--contact-sheet-max", metavar="N", type=int, default=CONTACT_SHEET_MAX,
@@ -246,7 +250,8 @@ def _run(args) -> int:
     import vila_tf
     try:
         model = vila_tf.load(args.model, device=getattr(args, "device", None),
-                             max_workers=getattr(args, "decode_threads", None))
+                             max_workers=getattr(args, "decode_threads", None),
+                             exif_orientation=not getattr(args, "release_exact_orientation", False))
     except (FileNotFoundError, OSError, ValueError) as e:
         print(f"vila-tf: cannot load model: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -259,7 +264,7 @@ def _run(args) -> int:
 
 
 def _score_all(args, model) -> int:
-    from vila_tf import inputs as inputs_lib, results_file
+    from vila_tf import image_formats, inputs as inputs_lib, results_file
     for flag in ("batch_size", "batches_ahead", "decode_threads"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             print(f"vila-tf: --{flag.replace('_', '-')} must be >= 1", file=sys.stderr)
@@ -271,7 +276,9 @@ def _score_all(args, model) -> int:
     with_captions = bool(getattr(args, "with_captions", False))
     cols = results_file.columns(args.command, with_captions)
     best = _Best(args.contact_sheet_max) if getattr(args, "contact_sheet", None) else None
-    items = inputs_lib.iter_items(args.inputs)
+    # Files of folder/glob walks that are not images: listed in one summary line at the end.
+    skipped_files = image_formats.SkipReport()
+    items = inputs_lib.iter_items(args.inputs, skipped_files)
     skipper = None
     if args.resume:
         try:
@@ -323,6 +330,8 @@ def _score_all(args, model) -> int:
     progress.update(processed, skipped, final=True)
     if best is not None:
         _write_contact_sheet(best, args.contact_sheet, with_captions)
+    for line in skipped_files.lines():
+        print(f"vila-tf: {line}", file=sys.stderr)
     if failed:
         print(f"vila-tf: {failed} of {processed + skipped} inputs failed", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK

@@ -7,7 +7,9 @@ import textwrap
 from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from vila_tf import image_formats
 
 THUMB = 192  # thumbnail box, pixels
 PAD = 8
@@ -31,8 +33,11 @@ def _thumbnail(data) -> Image.Image:
         arr = data if data.dtype == np.uint8 else (np.clip(data, 0, 1) * 255).astype(np.uint8)
         img = Image.fromarray(arr)
     else:
+        if image_formats.sniff(data[:image_formats.HEAD_BYTES]) == "heif":
+            image_formats.register_heif()
         img = Image.open(io.BytesIO(data))
         img.seek(0)
+        img = ImageOps.exif_transpose(img)  # upright, as a photo viewer shows it
     img = img.convert("RGB")
     img.thumbnail((THUMB, THUMB))
     return img

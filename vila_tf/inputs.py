@@ -1,9 +1,10 @@
 """Turning what users pass (paths, folders, globs, bytes, arrays, PIL images) into items, lazily.
 
 `iter_items` is a generator: it takes one input at a time from any iterable (an endless one too),
-walks folders and globs one directory at a time, and never reads a file: a path item carries the
-path, and `load` reads it later, in the decode threads. So memory never depends on how many
-inputs there are. Each item keeps a `source` label (the path, or `<bytes 3>` / `<array 0>`) so
+walks folders and globs one directory at a time, and never reads a file's contents: a path item
+carries the path, and `load` reads it later, in the decode threads (a walked file whose name is
+not an image's has its first bytes sniffed, `image_formats.keep`). So memory never depends on how
+many inputs there are. Each item keeps a `source` label (the path, or `<bytes 3>` / `<array 0>`) so
 failures and results can be reported against what the user gave.
 
 Order: folders are walked recursively, a folder's files (sorted by name) before its sub-folders
@@ -18,7 +19,7 @@ from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+from vila_tf import image_formats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +63,11 @@ def walk_files(folder: str) -> Iterator[str]:
             yield from walk_files(os.path.join(folder, name))
 
 
-def is_image_name(path: str) -> bool:
-    return path.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def image_files(folder: str) -> Iterator[str]:
-    """The image files of a folder walk (by extension), in walk order."""
-    return (p for p in walk_files(folder) if is_image_name(p))
+def image_files(folder: str, skipped: Optional[image_formats.SkipReport] = None) -> Iterator[str]:
+    """The files of a folder walk that are images (`image_formats.keep`: by name, else by content),
+    in walk order; the others are added to `skipped` as the walk meets them (hidden files and
+    sidecars silently)."""
+    return (p for p in walk_files(folder) if image_formats.keep(p, skipped))
 
 
 def iglob_sorted(pattern: str) -> Iterator[str]:
@@ -150,21 +149,23 @@ def _from_array(arr: np.ndarray, source: str) -> Item:
     return Item(source, error=f"unsupported image array dtype {arr.dtype} (use uint8, or float in [0, 1])")
 
 
-def _path_items(path: str) -> Iterator[Item]:
+def _path_items(path: str, skipped: Optional[image_formats.SkipReport]) -> Iterator[Item]:
     if os.path.isdir(path):
         empty = True
-        for f in image_files(path):
+        for f in image_files(path, skipped):
             empty = False
             yield _file(f)
         if empty:
             yield Item(path, error="folder holds no image files")
     elif _is_glob(path) and not os.path.exists(path):
-        empty = True
+        matched = kept = False
         for f in iglob_sorted(path):
-            empty = False
-            yield _file(f)
-        if empty:
-            yield Item(path, error="pattern matches no files")
+            matched = True
+            if image_formats.keep(f, skipped):
+                kept = True
+                yield _file(f)
+        if not kept:
+            yield Item(path, error="pattern matches no image files" if matched else "pattern matches no files")
     else:
         yield _file(path) if os.path.exists(path) else Item(path, error="no such file")
 
@@ -174,11 +175,13 @@ def is_single(inputs) -> bool:
     return isinstance(inputs, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)) or _is_pil(inputs)
 
 
-def iter_items(inputs: Union[Any, Iterable[Any]]) -> Iterator[Item]:
-    """User inputs as items, in order, one at a time. Folders are walked (recursively, image
-    extensions only), glob patterns are matched (both in sorted order, lazily); a pattern or
-    folder that matches nothing becomes one failed item, so nothing the user named disappears
-    silently. Path items are not read here (see `load`)."""
+def iter_items(inputs: Union[Any, Iterable[Any]],
+               skipped: Optional[image_formats.SkipReport] = None) -> Iterator[Item]:
+    """User inputs as items, in order, one at a time. Folders are walked (recursively) and glob
+    patterns matched (both in sorted order, lazily), keeping the files that are images
+    (`image_formats.keep`): the others are added to `skipped` as the walk meets them. A pattern
+    or folder that matches no image becomes one failed item, so nothing the user named
+    disappears silently. Path items are not read here (see `load`)."""
     if is_single(inputs):
         inputs = [inputs]
     counters = {"bytes": 0, "array": 0, "image": 0}
@@ -197,14 +200,14 @@ def iter_items(inputs: Union[Any, Iterable[Any]]) -> Iterator[Item]:
             counters["image"] += 1
             yield _from_array(np.asarray(x.convert("RGB")), src)
         elif isinstance(x, (str, os.PathLike)):
-            yield from _path_items(os.fspath(x))
+            yield from _path_items(os.fspath(x), skipped)
         else:
             yield Item(repr(x)[:60], error=f"unsupported input type {type(x).__name__}")
 
 
-def expand(inputs: Union[Any, Iterable[Any]]) -> list[Item]:
+def expand(inputs: Union[Any, Iterable[Any]], skipped: Optional[image_formats.SkipReport] = None) -> list[Item]:
     """All items as a list, their files read (memory grows with the inputs: prefer iter_items)."""
-    return [load(it) for it in iter_items(inputs)]
+    return [load(it) for it in iter_items(inputs, skipped)]
 
 
 def _is_pil(x) -> bool:

@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops of the graph)
 
-from vila_tf import buckets, inputs as inputs_lib, pipeline, preprocessing
+from vila_tf import buckets, image_formats, inputs as inputs_lib, pipeline, preprocessing
 from vila_tf.signatures import METADATA_RELATIVE
 
 log = logging.getLogger("vila_tf")
@@ -103,9 +103,13 @@ def _reason(err: Exception) -> str:
 class VilaModel:
     """An exported VILA model. Use `vila_tf.load`."""
 
-    def __init__(self, path: str, device: Optional[str] = None, max_workers: Optional[int] = None):
+    def __init__(self, path: str, device: Optional[str] = None, max_workers: Optional[int] = None,
+                 exif_orientation: bool = True):
         self.path = resolve_savedmodel(path)
         self.device = device
+        # True: photos turned upright by their EXIF orientation, as viewers show them; False: the
+        # stored pixels, exactly as the release scored them (docs/formats.md).
+        self.exif_orientation = exif_orientation
         self.metadata = self._read_metadata()
         self.is_demo = bool(self.metadata.get("demo_weights"))
         if self.is_demo:
@@ -119,9 +123,13 @@ class VilaModel:
         self.max_pixels = int(self.metadata.get("max_pixels", preprocessing.DEFAULT_MAX_PIXELS))
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers or min(8, os.cpu_count() or 2),
                                                            thread_name_prefix="vila_tf-decode")
+        # WebP in the graph needs a TensorFlow with its decoder; without one Pillow decodes it.
+        self._graph_webp = hasattr(tf.io, "decode_webp")
         self._decode = tf.function(
-            lambda b: preprocessing.crop_and_scale(preprocessing.decode(b, None, self.max_pixels)),
+            lambda b: preprocessing.crop_and_scale(preprocessing.decode(b, None, self.max_pixels, self._graph_webp)),
             input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+        self._decode_only = tf.function(lambda b: preprocessing.decode(b, None, self.max_pixels, self._graph_webp),
+                                        input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
         self._resize = tf.function(preprocessing.crop_and_scale,
                                    input_signature=[tf.TensorSpec([None, None, 3], tf.float32)], autograph=False)
         self._trace_lock = threading.Lock()
@@ -168,16 +176,26 @@ class VilaModel:
         try:
             with self._on_device():
                 if isinstance(item.data, bytes):
-                    return self._decode(tf.constant(item.data)).numpy(), None
+                    # Photos the graph cannot decode or must turn upright come back as pixels.
+                    pixels = image_formats.decode_on_host(
+                        item.data, self.max_pixels, self.exif_orientation,
+                        lambda b: self._decode_only(tf.constant(b)).numpy(), self._graph_webp, item.source)
+                    if pixels is None:
+                        return self._decode(tf.constant(item.data)).numpy(), None
+                    return self._resize(tf.constant(pixels.astype(np.float32))).numpy(), None
                 arr = item.data.astype(np.float32) * (255.0 if item.data.dtype != np.uint8 else 1.0)
                 return self._resize(tf.constant(arr)).numpy(), None
         except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError, tf.errors.UnknownError) as e:
             return None, _reason(e)
+        except image_formats.ImageFormatError as e:
+            return None, str(e)
 
     def preprocess(self, images, return_errors: bool = False):
         """float32 [N, 224, 224, 3] of the release's preprocessing (NaN rows for failed images)."""
         self._warm_up()
-        results = list(self._pool.map(self._pixels, inputs_lib.iter_items(images)))
+        skipped = image_formats.SkipReport()
+        results = list(self._pool.map(self._pixels, inputs_lib.iter_items(images, skipped)))
+        skipped.warn(stacklevel=3)
         out = np.full((len(results), preprocessing.IMAGE_SIZE, preprocessing.IMAGE_SIZE, 3), np.nan, np.float32)
         for i, (p, _) in enumerate(results):
             if p is not None:
@@ -226,7 +244,8 @@ class VilaModel:
 
     # -- streaming ---------------------------------------------------------------------------------
     def stream(self, task, inputs, batch_size: int = buckets.MAX_BATCH,
-               batches_ahead: int = pipeline.DEFAULT_BATCHES_AHEAD) -> Iterator[Result]:
+               batches_ahead: int = pipeline.DEFAULT_BATCHES_AHEAD,
+               skipped: Optional[image_formats.SkipReport] = None) -> Iterator[Result]:
         """Results in input order, while later inputs are still being read: `Result(index, source,
         value, error)`, value a float ("score", "zero_shot"), a str ("caption") or a float32 [D]
         row ("image_embedding"), and None with the reason in `error` for an input that failed.
@@ -236,6 +255,10 @@ class VilaModel:
         While the model runs a batch, the decode threads (`vila_tf.load(..., max_workers=)`) read
         and decode up to `batches_ahead` further batches, never more: memory is bounded by
         (batches_ahead + 2) * batch_size decoded images, whatever the number of inputs.
+
+        Files of a folder or glob walk that are not images are not scored (docs/formats.md): they
+        are added to `skipped` as the walk meets them when one is given, else summarized in one
+        `SkippedFilesWarning` per kind when the stream has run to its end.
         """
         tasks = (task,) if isinstance(task, str) else tuple(task)
         for t in tasks:
@@ -243,7 +266,8 @@ class VilaModel:
                 raise ValueError(f"unknown task {t!r}: one of {', '.join(TASKS)}")
         step = max(1, min(int(batch_size), buckets.MAX_BATCH))
         self._warm_up()
-        batches = pipeline.decoded_batches(inputs_lib.iter_items(inputs), self._pixels, self._pool, step,
+        report = image_formats.SkipReport() if skipped is None else skipped
+        batches = pipeline.decoded_batches(inputs_lib.iter_items(inputs, report), self._pixels, self._pool, step,
                                            batches_ahead)
         try:
             for batch in batches:
@@ -262,13 +286,17 @@ class VilaModel:
                     yield Result(d.index, d.source, value, d.error)
         finally:
             batches.close()
+        if skipped is None:
+            report.warn(stacklevel=3)  # at the code that ran the stream to its end
 
     def _collect(self, task: str, images, batch_size: int) -> tuple[list, list[ImageError]]:
         values, errors = [], []
-        for r in self.stream(task, images, batch_size):
+        skipped = image_formats.SkipReport()
+        for r in self.stream(task, images, batch_size, skipped=skipped):
             values.append(r.value)
             if r.error is not None:
                 errors.append(ImageError(r.index, r.source, r.error))
+        skipped.warn(stacklevel=5)  # warn, _collect, _image_call / caption, score: the user's line
         return values, errors
 
     def _image_call(self, images, task: str, batch_size: int, return_errors: bool):
@@ -318,6 +346,10 @@ class VilaModel:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def load(path: str, device: Optional[str] = None, max_workers: Optional[int] = None) -> VilaModel:
-    """Loads an exported VILA model (SavedModel folder or TF Serving base folder: newest version)."""
-    return VilaModel(path, device=device, max_workers=max_workers)
+def load(path: str, device: Optional[str] = None, max_workers: Optional[int] = None,
+         exif_orientation: bool = True) -> VilaModel:
+    """Loads an exported VILA model (SavedModel folder or TF Serving base folder: newest version).
+
+    `exif_orientation=False` scores photos as stored, exactly as the release did, instead of
+    turned upright by their EXIF orientation tag (docs/formats.md)."""
+    return VilaModel(path, device=device, max_workers=max_workers, exif_orientation=exif_orientation)
