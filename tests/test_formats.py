@@ -217,6 +217,33 @@ def test_api_warns_once_with_the_summary(model, mixed_folder):
     assert np.ptp(good) < 2 * LOSSY_SCORE_TOLERANCE, good
 
 
+def test_stream_reports_skips_once_at_its_end_or_into_a_given_report(model, mixed_folder, tmp_path):
+    import itertools
+    import warnings
+    # A stream stopped early says nothing (the walk has not finished).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", image_formats.SkippedFilesWarning)
+        first = list(itertools.islice(model.stream("score", str(mixed_folder)), 2))
+    assert [os.path.basename(r.source) for r in first] == SCORED[:2]
+    # Run to its end: one warning per kind, after the last result.
+    with pytest.warns(image_formats.SkippedFilesWarning) as caught:
+        results = list(model.stream("score", [str(mixed_folder)]))
+    assert [os.path.basename(r.source) for r in results] == SCORED
+    assert [str(w.message) for w in caught if w.category is image_formats.SkippedFilesWarning] == [
+        "skipped 3 files that are not images: 2 .txt, 1 .mov",
+        "skipped 1 RAW camera file (not decoded: score the camera's JPEG or export to JPEG/TIFF): 1 .cr2"]
+    # A report of the caller's own: filled, and no warning.
+    report = image_formats.SkipReport()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", image_formats.SkippedFilesWarning)
+        assert len(list(model.stream("score", str(mixed_folder / "*.txt"), skipped=report))) == 1
+    assert sorted(map(os.path.basename, report.not_images)) == ["notes.txt", "todo.txt"]
+    # A pattern that matches files but no image, and one that matches nothing, fail differently.
+    with pytest.warns(image_formats.SkippedFilesWarning, match="skipped 2 files that are not images: 2 .txt"):
+        _, errors = model.score([str(mixed_folder / "*.txt"), str(tmp_path / "*.jpg")], return_errors=True)
+    assert [e.reason for e in errors] == ["pattern matches no image files", "pattern matches no files"]
+
+
 def test_cli_lists_what_it_skipped_and_exit_codes(exported, mixed_folder, tmp_path, capsys):
     import warnings
     from vila_tf import cli
@@ -240,6 +267,31 @@ def test_cli_lists_what_it_skipped_and_exit_codes(exported, mixed_folder, tmp_pa
     (clean / "readme.txt").write_text("hi")
     code, out, err = run(clean)
     assert code == 0 and "vila-tf: skipped 1 file that is not an image: 1 .txt" in err, err
+
+
+def test_cli_release_exact_orientation_flag(exported, model, tmp_path, capsys):
+    """The CLI's rows: turned upright by default, the stored pixels with --release-exact-orientation."""
+    import csv
+    import warnings
+    from vila_tf import cli
+    upright = _photo(240, 180, seed=3)
+    stored = image_formats.orient(upright, 8)  # shown with orientation 6
+    photo = tmp_path / "portrait.jpg"
+    photo.write_bytes(_with_orientation(stored, "JPEG", 6, quality=95))
+    expected_upright = float(model.score(str(photo))[0])
+    model.exif_orientation = False
+    try:
+        expected_stored = float(model.score(str(photo))[0])
+    finally:
+        model.exif_orientation = True
+    assert abs(expected_upright - expected_stored) > 1e-3
+    for flags, expected in [((), expected_upright), (("--release-exact-orientation",), expected_stored)]:
+        with warnings.catch_warnings():
+            code = cli.main(["score", exported["vila_r_tiny"], str(photo), "--format", "csv", *flags])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        rows = list(csv.DictReader(io.StringIO(out)))
+        assert len(rows) == 1 and abs(float(rows[0]["score"]) - expected) < 1e-5, (flags, rows)
 
 
 def test_raw_and_unsupported_files_named_directly_fail_with_the_reason(model, mixed_folder, tmp_path):

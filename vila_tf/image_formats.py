@@ -277,4 +277,3 @@ def decode_on_host(data: bytes, max_pixels: int, apply_orientation: bool,
         raise ImageFormatError(f"{UNSUPPORTED_FORMATS[fmt]} image: not supported (docs/formats.md); "
                                f"convert it to JPEG, PNG or TIFF")
     raise ImageFormatError(f"not a {READS} image (first bytes {_hex(data)})")
-
