@@ -289,14 +289,14 @@ class VilaModel:
         if skipped is None:
             report.warn(stacklevel=3)  # at the code that ran the stream to its end
 
-    def _collect(self, task: str, images, batch_size: int) -> tuple[list, list[ImageError]]:
+    def _collect(self, task: str, images, batch_size: int, stacklevel: int = 5) -> tuple[list, list[ImageError]]:
         values, errors = [], []
         skipped = image_formats.SkipReport()
         for r in self.stream(task, images, batch_size, skipped=skipped):
             values.append(r.value)
             if r.error is not None:
                 errors.append(ImageError(r.index, r.source, r.error))
-        skipped.warn(stacklevel=5)  # warn, _collect, _image_call / caption, score: the user's line
+        skipped.warn(stacklevel=stacklevel)  # warn, _collect, _image_call, score: the user's line
         return values, errors
 
     def _image_call(self, images, task: str, batch_size: int, return_errors: bool):
@@ -326,7 +326,7 @@ class VilaModel:
 
     def caption(self, images, batch_size: int = buckets.MAX_BATCH, return_errors: bool = False):
         """Greedy aesthetic comment per image: list of str (None for failed images)."""
-        texts, errors = self._collect("caption", images, batch_size)
+        texts, errors = self._collect("caption", images, batch_size, stacklevel=4)
         return self._finish(texts, errors, return_errors)
 
     def text_embedding(self, texts: Sequence[str] | str, batch_size: int = buckets.MAX_BATCH) -> np.ndarray:
