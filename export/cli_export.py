@@ -29,7 +29,7 @@ def _progress(label: str):
 
 
 def export_checkpoint(ckpt: str, spm_path: str, out: str, dtype: str = "float32", step=None,
-                      overrides: dict | None = None) -> str:
+                      overrides: dict | None = None, compute_dtype: str = "float32") -> str:
     from . import savedmodel
     if not os.path.isfile(spm_path):
         raise FileNotFoundError(f"{spm_path}: SentencePiece model not found (--spm)")
@@ -39,9 +39,11 @@ def export_checkpoint(ckpt: str, spm_path: str, out: str, dtype: str = "float32"
     _log(f"{loaded.config.model_type}: {loaded.config.num_encoder_layers} encoder layers, "
          f"{loaded.config.num_unimodal_layers}+{loaded.config.num_crossmodal_layers} decoder layers, "
          f"dims {loaded.config.model_dims}, vocab {loaded.config.vocab_size}")
-    opts = savedmodel.ExportOptions(dtype=dtype, source=os.path.abspath(loaded.source), source_sha256=sha,
-                                    source_step=loaded.step)
-    return savedmodel.write_savedmodel(loaded.params, loaded.config, spm_path, out, opts, log=_log)
+    opts = savedmodel.ExportOptions(dtype=dtype, compute_dtype=compute_dtype, source=os.path.abspath(loaded.source),
+                                    source_sha256=sha, source_step=loaded.step)
+    # The export consumes the arrays as it turns them into variables (lean export).
+    return savedmodel.write_savedmodel(loaded.params, loaded.config, spm_path, out, opts, log=_log,
+                                       consume_params=True)
 
 
 def _project_text_roots() -> list[str]:
@@ -55,7 +57,8 @@ def _project_text_roots() -> list[str]:
     return [here, os.path.dirname(os.path.abspath(vila_tf.__file__))]
 
 
-def export_demo(out: str, dtype: str = "float32", cfg: VilaConfig | None = None) -> str:
+def export_demo(out: str, dtype: str = "float32", cfg: VilaConfig | None = None,
+                compute_dtype: str = "float32") -> str:
     """The full released architecture with seeded random weights and a tokenizer trained on the
     project's own text: the whole pipeline at real size, with scores that mean nothing."""
     from . import heads, savedmodel, spm
@@ -67,8 +70,17 @@ def export_demo(out: str, dtype: str = "float32", cfg: VilaConfig | None = None)
     _log(f"trained a demo SentencePiece model on the project's text: {spm_path}")
     _log(f"initialising {cfg.model_type} parameters (seed {DEMO_SEED})")
     params = heads.init_params(cfg, DEMO_SEED)
-    opts = savedmodel.ExportOptions(dtype=dtype, demo=True, source=f"demo: random weights, seed {DEMO_SEED}")
-    return savedmodel.write_savedmodel(params, cfg, spm_path, out, opts, log=_log)
+    opts = savedmodel.ExportOptions(dtype=dtype, compute_dtype=compute_dtype, demo=True,
+                                    source=f"demo: random weights, seed {DEMO_SEED}")
+    return savedmodel.write_savedmodel(params, cfg, spm_path, out, opts, log=_log, consume_params=True)
+
+
+def _add_dtype_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="weight storage type; bfloat16 halves the size")
+    p.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="matmul/convolution dtype (float32 accumulation; norms, softmax, decode logits and "
+                        "scores stay float32): bfloat16 for GPU/TPU serving, see docs/accelerators.md")
 
 
 def cmd_export(argv, add_overrides, get_overrides) -> int:
@@ -78,11 +90,11 @@ def cmd_export(argv, add_overrides, get_overrides) -> int:
                    help="paxml checkpoint folder (e.g. vila_rank_tuned) or a converted folder")
     p.add_argument("--spm", required=True, help="SentencePiece model (spm_model/spm.model)")
     p.add_argument("--out", required=True, help="SavedModel folder to write (atomically)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="weight storage type; bfloat16 halves the size (compute stays float32)")
+    _add_dtype_args(p)
     add_overrides(p)
     args = p.parse_args(argv)
-    out = export_checkpoint(args.checkpoint, args.spm, args.out, args.dtype, args.step, get_overrides(args))
+    out = export_checkpoint(args.checkpoint, args.spm, args.out, args.dtype, args.step, get_overrides(args),
+                            args.compute_dtype)
     _log(f"wrote {out}")
     return 0
 
@@ -96,7 +108,7 @@ def cmd_all(argv) -> int:
                         "and spm_model/spm.model (the checkpoints/ folder itself, or a flat copy, also work)")
     p.add_argument("--out", default="exported")
     p.add_argument("--version", type=int, default=1)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    _add_dtype_args(p)
     args = p.parse_args(argv)
     t0 = time.time()
     written = []
@@ -108,7 +120,8 @@ def cmd_all(argv) -> int:
         for name, folder in found.models:
             out = os.path.join(args.out, name, str(args.version))
             try:
-                written.append(export_checkpoint(folder, found.spm_path, out, args.dtype))
+                written.append(export_checkpoint(folder, found.spm_path, out, args.dtype,
+                                                 compute_dtype=args.compute_dtype))
             except BaseException:
                 # The failed model left nothing (exports are atomic); say which ones are complete.
                 done = ", ".join(written) if written else "none"
@@ -119,7 +132,7 @@ def cmd_all(argv) -> int:
             _log(f"wrote {out}")
     else:
         out = os.path.join(args.out, DEMO_NAME, str(args.version))
-        written.append(export_demo(out, args.dtype))
+        written.append(export_demo(out, args.dtype, compute_dtype=args.compute_dtype))
         _log(f"wrote {out} (DEMO weights: set VILA_DIR=... to export the released checkpoints)")
     _write_serving_layout(args.out)
     for w in written:

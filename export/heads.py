@@ -28,6 +28,27 @@ ZERO_SHOT_PROMPTS = tuple(p for pair in ZERO_SHOT_PROMPT_PAIRS for p in pair)
 ZERO_SHOT_PROMPT_LEN = 4
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_params(params, compute_dtype: str = "float32"):
+    """The parameter tree as the model computes with it, whatever the storage dtype.
+
+    Matmul and convolution weights (the leaves named `w`: every FeedForward, attention projection,
+    the patch projection and the vocabulary projection) take `compute_dtype`; everything else
+    (embedding tables, layer-norm scales, biases, per-dim scales, pooling queries) is float32.
+    model.matmul reads the compute dtype off the weights, so this one cast sets it everywhere.
+    """
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute dtype {compute_dtype!r}: expected one of {', '.join(COMPUTE_DTYPES)}")
+    matmul_dtype = jnp.dtype(compute_dtype)
+
+    def cast(path, x):
+        name = getattr(path[-1], "key", None)
+        return jnp.asarray(x).astype(matmul_dtype if name == "w" else jnp.float32)
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+
 def _apply(params, cfg: VilaConfig, method, *args):
     return VilaModel(cfg).apply({"params": params}, *args, method=method)
 
