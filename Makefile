@@ -33,11 +33,15 @@ export: $(STAMP)
 	  --compute-dtype $(COMPUTE_DTYPE)
 
 # Exports the full-size demo model (float32 and bfloat16, in a temporary folder) and times it
-# against native JAX; prints the table and writes benchmarks/results.json (~20 min on 2 cores).
+# against native JAX; prints the table and writes benchmarks/results.json (~20 min on 2 cores);
+# then one more full-size export's peak memory (benchmarks/export_memory_latest.json, ~5 min) and
+# the bfloat16-compute accuracy on the fixtures' goldens (docs/accelerators.md).
 # BENCH_ARGS=--quick for a shorter run.
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py --out benchmarks/results.json $(BENCH_ARGS)
+	$(PY) benchmarks/export_memory.py --out benchmarks/export_memory_latest.json
+	$(PY) benchmarks/bfloat16_accuracy.py --out benchmarks/bfloat16_accuracy.json
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -25,24 +25,22 @@ def _cosine(a, b):
     return np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-@pytest.fixture(scope="module")
-def bf16_exported(tmp_path_factory, spm_model):
-    """Both fixtures exported with bfloat16 compute (CPU lowering only, to keep the suite fast)."""
+def _bf16_export(name, spm_model, out):
+    """A fixture exported with bfloat16 compute (CPU lowering only, to keep the suite fast)."""
     from export import checkpoint, savedmodel
-    out = {}
-    for name in ("vila_r_tiny", "vila_p_tiny"):
-        ck = checkpoint.load(os.path.join(DATA, name, "ckpt"), **FIXTURE_OVERRIDES)
-        out[name] = savedmodel.write_savedmodel(
-            ck.params, ck.config, spm_model, str(tmp_path_factory.mktemp("bf16") / name),
-            savedmodel.ExportOptions(compute_dtype="bfloat16", platforms=("cpu",)), log=lambda m: None,
-            consume_params=True)
-    return out
+    ck = checkpoint.load(os.path.join(DATA, name, "ckpt"), **FIXTURE_OVERRIDES)
+    return savedmodel.write_savedmodel(
+        ck.params, ck.config, spm_model, out, savedmodel.ExportOptions(compute_dtype="bfloat16", platforms=("cpu",)),
+        log=lambda m: None, consume_params=True)
 
 
-@pytest.mark.parametrize("name", ["vila_r_tiny", "vila_p_tiny"])
-def test_bfloat16_compute_export_within_documented_bounds(bf16_exported, name):
+# vila_r_tiny (score, embedding, caption) in the default suite; vila_p_tiny's export is slow-marked,
+# its heads are checked by default in test_bfloat16_heads_within_documented_bounds.
+@pytest.mark.parametrize("name", ["vila_r_tiny", pytest.param("vila_p_tiny", marks=pytest.mark.slow)])
+def test_bfloat16_compute_export_within_documented_bounds(tmp_path, spm_model, name):
     import tensorflow_text  # noqa: F401
-    m = tf.saved_model.load(bf16_exported[name])
+    path = _bf16_export(name, spm_model, str(tmp_path / name))
+    m = tf.saved_model.load(path)
     g = golden(name)
     image = tf.constant(g["input/image"])
     emb = m.signatures["image_embedding_pixels"](image=image)["image_embedding"].numpy()
@@ -57,21 +55,26 @@ def test_bfloat16_compute_export_within_documented_bounds(bf16_exported, name):
     if name == "vila_r_tiny":
         score = m.signatures["score_pixels"](image=image)["predictions"].numpy()
         assert np.abs(score - g["pred/quality_scores"]).max() <= BF16_SCORE_ABS
-    meta = json.load(open(os.path.join(bf16_exported[name], "assets.extra", "vila_tf.json")))
+    meta = json.load(open(os.path.join(path, "assets.extra", "vila_tf.json")))
     assert meta["dtype"] == "float32" and meta["compute_dtype"] == "bfloat16"
 
 
 @pytest.mark.parametrize("name", ["vila_r_tiny", "vila_p_tiny"])
-def test_bfloat16_text_embedding_within_documented_bounds(name):
-    """The text tower on the golden token ids (the signature tokenizes strings with another model)."""
+def test_bfloat16_heads_within_documented_bounds(name):
+    """The functions the export lowers, with bfloat16 compute: the text tower on the golden token ids
+    (the signature tokenizes strings with another SentencePiece model), image embedding, caption."""
     from export import checkpoint, heads
     ck = checkpoint.load(os.path.join(DATA, name, "ckpt"), **FIXTURE_OVERRIDES)
     g = golden(name)
-    got = np.asarray(heads.text_embedding(heads.compute_params(ck.params, "bfloat16"), ck.config,
-                                          g["input/ids"][:, 0], g["input/paddings"][:, 0]))
+    p = heads.compute_params(ck.params, "bfloat16")
+    got = np.asarray(heads.text_embedding(p, ck.config, g["input/ids"][:, 0], g["input/paddings"][:, 0]))
     want = g["text_only/contrastive_txt_embed_norm"]
     assert np.abs(got - want).max() <= BF16_EMBEDDING_ABS
     assert _cosine(got, want).min() >= BF16_EMBEDDING_COSINE
+    emb = np.asarray(heads.image_embedding(p, ck.config, g["input/image"]))
+    assert np.abs(emb - g["pred/contrastive_img_embed_norm"]).max() <= BF16_EMBEDDING_ABS
+    ids, lengths, _ = heads.caption(p, ck.config, g["input/image"])
+    np.testing.assert_array_equal(np.asarray(ids), g["decode/hyp"][:, 0])
 
 
 def test_compute_params_casts_only_matmul_weights():
@@ -122,15 +125,16 @@ def test_bundle_holds_the_savedmodels_outputs(bundle, exported):
 
 
 def test_bundle_round_trip_without_tensorflow(bundle, tmp_path):
-    r, res = _run_runner(bundle, "--batch-sizes", "1,2", "--repeats", "1")
+    # Batch 2 is the samples' batch: one compilation per function serves the check and the timing.
+    r, res = _run_runner(bundle, "--batch-sizes", "2", "--repeats", "1")
     assert r.returncode == 0, r.stderr[-3000:]
     assert res["passed"] is True and res["backend"] == "cpu" and res["weights"] == "bundle"
     assert set(res["functions"]) == {"score", "image_embedding", "zero_shot", "caption", "text_embedding"}
     for name, f in res["functions"].items():
         assert f["check"]["passed"] is True, (name, f["check"])
-        assert [t["batch"] for t in f["timings"]] == [1, 2] and all(t["seconds"] > 0 for t in f["timings"])
+        assert [t["batch"] for t in f["timings"]] == [2] and all(t["seconds"] > 0 for t in f["timings"])
     assert all(o["agreement"] == 1.0 for o in res["functions"]["caption"]["check"]["outputs"])
-    assert res["functions"]["caption"]["timings"][1]["tokens_per_s"] > 0
+    assert res["functions"]["caption"]["timings"][0]["tokens_per_s"] > 0
 
 
 def test_runner_catches_a_wrong_output(bundle, tmp_path):
@@ -142,6 +146,6 @@ def test_runner_catches_a_wrong_output(bundle, tmp_path):
     z = dict(np.load(path))
     z["output_0"] = z["output_0"] + 1e-3
     np.savez(path, **z)
-    r, res = _run_runner(bad, "--functions", "score", "--batch-sizes", "1", "--repeats", "1")
+    r, res = _run_runner(bad, "--functions", "score", "--batch-sizes", "2", "--repeats", "1")
     assert r.returncode == 1 and res["passed"] is False
     assert res["functions"]["score"]["check"]["outputs"][0]["max_abs_error"] == pytest.approx(1e-3, rel=1e-2)
