@@ -28,11 +28,23 @@ def _progress(label: str):
     return report
 
 
+def _return_freed_memory_to_the_os() -> None:
+    """glibc keeps freed blocks of up to 32 MB in per-thread arenas, where TensorFlow's allocations
+    (other threads) cannot reuse JAX's freed ones: the export's RSS would hold both. A fixed 1 MB
+    mmap threshold makes every array-sized block an mmap that free() returns at once."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def export_checkpoint(ckpt: str, spm_path: str, out: str, dtype: str = "float32", step=None,
                       overrides: dict | None = None, compute_dtype: str = "float32") -> str:
     from . import savedmodel
     if not os.path.isfile(spm_path):
         raise FileNotFoundError(f"{spm_path}: SentencePiece model not found (--spm)")
+    _return_freed_memory_to_the_os()
     _log(f"reading {ckpt}")
     loaded = checkpoint.load(ckpt, step, _progress("reading"), **(overrides or {}))
     sha = loaded.sha256 or (checkpoint.file_sha256(loaded.source) if os.path.isfile(loaded.source) else None)
@@ -63,6 +75,7 @@ def export_demo(out: str, dtype: str = "float32", cfg: VilaConfig | None = None,
     project's own text: the whole pipeline at real size, with scores that mean nothing."""
     from . import heads, savedmodel, spm
     cfg = cfg or VilaConfig()
+    _return_freed_memory_to_the_os()
     _log("DEMO export: random weights of the released architecture; its scores mean nothing")
     spm_dir = os.path.join(os.path.dirname(os.path.abspath(out)), ".demo_spm")
     sentences = [line for root in _project_text_roots() for line in spm.repo_sentences(root)]

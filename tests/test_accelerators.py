@@ -62,18 +62,25 @@ def test_bfloat16_compute_export_within_documented_bounds(tmp_path, spm_model, n
 @pytest.mark.parametrize("name", ["vila_r_tiny", "vila_p_tiny"])
 def test_bfloat16_heads_within_documented_bounds(name):
     """The functions the export lowers, with bfloat16 compute: the text tower on the golden token ids
-    (the signature tokenizes strings with another SentencePiece model), image embedding, caption."""
+    (the signature tokenizes strings with another SentencePiece model); for vila_p_tiny, whose
+    export is slow-marked, also the image embedding and the caption."""
     from export import checkpoint, heads
     ck = checkpoint.load(os.path.join(DATA, name, "ckpt"), **FIXTURE_OVERRIDES)
     g = golden(name)
+    import functools
+
+    import jax
     p = heads.compute_params(ck.params, "bfloat16")
-    got = np.asarray(heads.text_embedding(p, ck.config, g["input/ids"][:, 0], g["input/paddings"][:, 0]))
+    jit = lambda f: jax.jit(functools.partial(f, cfg=ck.config))
+    got = np.asarray(jit(heads.text_embedding)(p, ids=g["input/ids"][:, 0], paddings=g["input/paddings"][:, 0]))
     want = g["text_only/contrastive_txt_embed_norm"]
     assert np.abs(got - want).max() <= BF16_EMBEDDING_ABS
     assert _cosine(got, want).min() >= BF16_EMBEDDING_COSINE
-    emb = np.asarray(heads.image_embedding(p, ck.config, g["input/image"]))
+    if name == "vila_r_tiny":
+        return  # its image side is checked on the exported SavedModel above
+    emb = np.asarray(jit(heads.image_embedding)(p, images=g["input/image"]))
     assert np.abs(emb - g["pred/contrastive_img_embed_norm"]).max() <= BF16_EMBEDDING_ABS
-    ids, lengths, _ = heads.caption(p, ck.config, g["input/image"])
+    ids, lengths, _ = jit(heads.caption)(p, images=g["input/image"])
     np.testing.assert_array_equal(np.asarray(ids), g["decode/hyp"][:, 0])
 
 
