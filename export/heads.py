@@ -5,7 +5,6 @@ Every function takes the parameter tree (the `params` collection) first; images 
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 
 import jax

@@ -16,7 +16,6 @@ import time
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 from jax.experimental import jax2tf

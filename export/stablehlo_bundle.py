@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import os
-from typing import Optional
 
 import numpy as np
 
@@ -187,7 +186,6 @@ def write_bundle(savedmodel_dir: str, out_dir: str, max_weight_bytes: int = DEFA
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the SentencePiece ops of the graph)
     from tensorflow.compiler.tf2xla.ops import gen_xla_ops
-    from jax import export as jax_export
 
     meta_path = os.path.join(savedmodel_dir, METADATA_RELATIVE)
     if not os.path.isfile(meta_path):
