@@ -7,6 +7,7 @@ VILA_DIR ?=
 OUT ?= exported
 VERSION ?= 1
 DTYPE ?= float32
+COMPUTE_DTYPE ?= float32
 
 .PHONY: venv test test-slow export bench clean
 
@@ -28,14 +29,19 @@ test-slow: $(STAMP)
 
 # Exports every released checkpoint under VILA_DIR, or the full-size demo model without it.
 export: $(STAMP)
-	$(PY) -m export all --vila-dir '$(VILA_DIR)' --out '$(OUT)' --version $(VERSION) --dtype $(DTYPE)
+	$(PY) -m export all --vila-dir '$(VILA_DIR)' --out '$(OUT)' --version $(VERSION) --dtype $(DTYPE) \
+	  --compute-dtype $(COMPUTE_DTYPE)
 
 # Exports the full-size demo model (float32 and bfloat16, in a temporary folder) and times it
-# against native JAX; prints the table and writes benchmarks/results.json (~20 min on 2 cores).
+# against native JAX; prints the table and writes benchmarks/results.json (~20 min on 2 cores);
+# then one more full-size export's peak memory (benchmarks/export_memory_latest.json, ~5 min) and
+# the bfloat16-compute accuracy on the fixtures' goldens (docs/accelerators.md).
 # BENCH_ARGS=--quick for a shorter run.
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py --out benchmarks/results.json $(BENCH_ARGS)
+	$(PY) benchmarks/export_memory.py --out benchmarks/export_memory_latest.json
+	$(PY) benchmarks/bfloat16_accuracy.py --out benchmarks/bfloat16_accuracy.json
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
