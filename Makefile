@@ -7,6 +7,8 @@ VILA_DIR ?=
 OUT ?= exported
 VERSION ?= 1
 DTYPE ?= float32
+# TARGET_TF=X.Y: an export that runs on TensorFlow / TF Serving X.Y and newer (docs/compatibility.md).
+TARGET_TF ?=
 
 .PHONY: venv test test-slow export bench clean
 
@@ -28,7 +30,8 @@ test-slow: $(STAMP)
 
 # Exports every released checkpoint under VILA_DIR, or the full-size demo model without it.
 export: $(STAMP)
-	$(PY) -m export all --vila-dir '$(VILA_DIR)' --out '$(OUT)' --version $(VERSION) --dtype $(DTYPE)
+	$(PY) -m export all --vila-dir '$(VILA_DIR)' --out '$(OUT)' --version $(VERSION) --dtype $(DTYPE) \
+	  $(if $(TARGET_TF),--target-tensorflow $(TARGET_TF))
 
 # Exports the full-size demo model (float32 and bfloat16, in a temporary folder) and times it
 # against native JAX; prints the table and writes benchmarks/results.json (~20 min on 2 cores).

@@ -29,7 +29,7 @@ def _progress(label: str):
 
 
 def export_checkpoint(ckpt: str, spm_path: str, out: str, dtype: str = "float32", step=None,
-                      overrides: dict | None = None) -> str:
+                      overrides: dict | None = None, target_tensorflow: str | None = None) -> str:
     from . import savedmodel
     if not os.path.isfile(spm_path):
         raise FileNotFoundError(f"{spm_path}: SentencePiece model not found (--spm)")
@@ -40,7 +40,7 @@ def export_checkpoint(ckpt: str, spm_path: str, out: str, dtype: str = "float32"
          f"{loaded.config.num_unimodal_layers}+{loaded.config.num_crossmodal_layers} decoder layers, "
          f"dims {loaded.config.model_dims}, vocab {loaded.config.vocab_size}")
     opts = savedmodel.ExportOptions(dtype=dtype, source=os.path.abspath(loaded.source), source_sha256=sha,
-                                    source_step=loaded.step)
+                                    source_step=loaded.step, target_tensorflow=target_tensorflow)
     return savedmodel.write_savedmodel(loaded.params, loaded.config, spm_path, out, opts, log=_log)
 
 
@@ -55,7 +55,8 @@ def _project_text_roots() -> list[str]:
     return [here, os.path.dirname(os.path.abspath(vila_tf.__file__))]
 
 
-def export_demo(out: str, dtype: str = "float32", cfg: VilaConfig | None = None) -> str:
+def export_demo(out: str, dtype: str = "float32", cfg: VilaConfig | None = None,
+                target_tensorflow: str | None = None) -> str:
     """The full released architecture with seeded random weights and a tokenizer trained on the
     project's own text: the whole pipeline at real size, with scores that mean nothing."""
     from . import heads, savedmodel, spm
@@ -67,8 +68,24 @@ def export_demo(out: str, dtype: str = "float32", cfg: VilaConfig | None = None)
     _log(f"trained a demo SentencePiece model on the project's text: {spm_path}")
     _log(f"initialising {cfg.model_type} parameters (seed {DEMO_SEED})")
     params = heads.init_params(cfg, DEMO_SEED)
-    opts = savedmodel.ExportOptions(dtype=dtype, demo=True, source=f"demo: random weights, seed {DEMO_SEED}")
+    opts = savedmodel.ExportOptions(dtype=dtype, demo=True, source=f"demo: random weights, seed {DEMO_SEED}",
+                                    target_tensorflow=target_tensorflow)
     return savedmodel.write_savedmodel(params, cfg, spm_path, out, opts, log=_log)
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target-tensorflow", metavar="X.Y", default=None,
+                   help="lower for TensorFlow / TF Serving X.Y and newer (default: this TensorFlow); "
+                        "docs/compatibility.md lists the reachable releases and what old targets lose")
+
+
+def _check_target(p: argparse.ArgumentParser, release: str | None) -> None:
+    if release:
+        from . import tf_targets
+        try:
+            tf_targets.target(release)
+        except ValueError as e:
+            p.error(str(e))
 
 
 def cmd_export(argv, add_overrides, get_overrides) -> int:
@@ -80,9 +97,12 @@ def cmd_export(argv, add_overrides, get_overrides) -> int:
     p.add_argument("--out", required=True, help="SavedModel folder to write (atomically)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="weight storage type; bfloat16 halves the size (compute stays float32)")
+    _add_target(p)
     add_overrides(p)
     args = p.parse_args(argv)
-    out = export_checkpoint(args.checkpoint, args.spm, args.out, args.dtype, args.step, get_overrides(args))
+    _check_target(p, args.target_tensorflow)
+    out = export_checkpoint(args.checkpoint, args.spm, args.out, args.dtype, args.step, get_overrides(args),
+                            args.target_tensorflow)
     _log(f"wrote {out}")
     return 0
 
@@ -97,7 +117,9 @@ def cmd_all(argv) -> int:
     p.add_argument("--out", default="exported")
     p.add_argument("--version", type=int, default=1)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    _add_target(p)
     args = p.parse_args(argv)
+    _check_target(p, args.target_tensorflow)
     t0 = time.time()
     written = []
     if args.vila_dir:
@@ -108,7 +130,8 @@ def cmd_all(argv) -> int:
         for name, folder in found.models:
             out = os.path.join(args.out, name, str(args.version))
             try:
-                written.append(export_checkpoint(folder, found.spm_path, out, args.dtype))
+                written.append(export_checkpoint(folder, found.spm_path, out, args.dtype,
+                                                 target_tensorflow=args.target_tensorflow))
             except BaseException:
                 # The failed model left nothing (exports are atomic); say which ones are complete.
                 done = ", ".join(written) if written else "none"
@@ -119,7 +142,7 @@ def cmd_all(argv) -> int:
             _log(f"wrote {out}")
     else:
         out = os.path.join(args.out, DEMO_NAME, str(args.version))
-        written.append(export_demo(out, args.dtype))
+        written.append(export_demo(out, args.dtype, target_tensorflow=args.target_tensorflow))
         _log(f"wrote {out} (DEMO weights: set VILA_DIR=... to export the released checkpoints)")
     _write_serving_layout(args.out)
     for w in written:
