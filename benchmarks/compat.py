@@ -225,9 +225,10 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=None, help="keep the exports and outputs here (default: a temporary folder)")
     args = p.parse_args(argv)
     releases = [tf_targets.release_of(r) for r in args.releases.split(",") if r]
-    targets = {"oldest": [min(tf_targets.TARGETS, key=tf_targets.release_key)],
-               "all": sorted(tf_targets.TARGETS, key=tf_targets.release_key)}.get(
-        args.targets, [tf_targets.release_of(t) for t in args.targets.split(",") if t])
+    if args.targets in ("oldest", "all"):
+        targets = sorted(tf_targets.TARGETS, key=tf_targets.release_key)[:1 if args.targets == "oldest" else None]
+    else:
+        targets = [tf_targets.target(t).release for t in args.targets.split(",") if t]
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="vila_compat_") as tmp:
         work = args.work or tmp

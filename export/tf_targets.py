@@ -12,7 +12,9 @@ portable artifact. Three things decide the oldest TensorFlow (and TF Serving) th
 
 `TARGETS` holds, per release, the values measured in that release by `make compat`
 (`benchmarks/compat.py`, which also prints them): `tfxla.call_module_maximum_supported_version()`,
-`stablehlo.get_current_version()` and whether `tf.io.decode_webp` exists. See docs/compatibility.md.
+`stablehlo.get_current_version()`, the newest of the probed StableHLO versions that it loads and
+runs, and whether `tf.io.decode_webp` exists. A target export is serialized for the reported version
+(the reader's own), never more. See docs/compatibility.md.
 """
 from __future__ import annotations
 
@@ -26,18 +28,19 @@ from typing import Iterable, Optional
 class TargetTF:
     release: str  # "2.16"
     calling_convention: int  # newest XlaCallModule calling convention version it runs
-    stablehlo: str  # newest StableHLO portable-artifact version it reads
+    stablehlo: str  # the StableHLO version its own StableHLO reports: what a target export is serialized for
+    reads_stablehlo: str  # the newest version of the probed ones it loads and runs (>= stablehlo)
     decode_webp: bool  # has the DecodeWebP op (tf.io.decode_webp)
 
 
 # Measured by `make compat` in each release's own virtual environment (docs/compatibility.md).
 TARGETS = {t.release: t for t in (
-    TargetTF("2.16", 9, "0.17.7", False),
-    TargetTF("2.17", 9, "1.1.1", False),
-    TargetTF("2.18", 9, "1.7.3", False),
-    TargetTF("2.19", 9, "1.9.1", False),
-    TargetTF("2.20", 10, "1.15.0", True),
-    TargetTF("2.21", 10, "1.17.0", True),
+    TargetTF("2.16", 9, "0.17.7", "1.1.1", False),
+    TargetTF("2.17", 9, "1.1.1", "1.1.1", False),
+    TargetTF("2.18", 9, "1.7.3", "1.7.3", False),
+    TargetTF("2.19", 9, "1.9.1", "1.9.1", False),
+    TargetTF("2.20", 10, "1.12.1", "1.17.0", True),
+    TargetTF("2.21", 10, "1.13.7", "1.17.0", True),
 )}
 
 # TensorFlow ops an export may hold that older releases lack: op name -> first release with it.
@@ -74,7 +77,7 @@ def oldest_release_for(calling_convention: int, stablehlo: str, ops: Iterable[st
     version and graph ops."""
     ops = set(ops)
     ok = [t.release for t in TARGETS.values()
-          if t.calling_convention >= calling_convention and version_key(t.stablehlo) >= version_key(stablehlo)
+          if t.calling_convention >= calling_convention and version_key(t.reads_stablehlo) >= version_key(stablehlo)
           and all(release_key(t.release) >= release_key(NEWER_OPS[op]) for op in ops & set(NEWER_OPS))]
     if not ok:
         raise ValueError(f"no measured TensorFlow release runs calling convention {calling_convention} with "
