@@ -43,6 +43,17 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
 
+# Which TensorFlow releases run which export: a virtual environment per release (2.16 ... 2.21,
+# ~2 GB each, made once under COMPAT_VENVS), the tiny fixture exported by default and for every
+# --target-tensorflow, every signature run in every release against this environment's outputs.
+# Prints the matrix and writes benchmarks/compat.json (docs/compatibility.md). COMPAT_ARGS: e.g.
+# --releases 2.16,2.21 --targets oldest.
+COMPAT_VENVS ?= $(HOME)/.cache/vila-tf/compat-venvs
+COMPAT_ARGS ?= --targets all
+.PHONY: compat
+compat: $(STAMP)
+	$(PY) benchmarks/compat.py --venvs '$(COMPAT_VENVS)' --out benchmarks/compat.json $(COMPAT_ARGS)
+
 # TF Hub compressed packages of every $(OUT)/<name>/<version>/: $(DIST)/<name>_<version>.tar.gz,
 # its .sha256 and the model card $(DIST)/<name>.md. BASE_URL: where $(DIST) will be served from.
 DIST ?= dist

@@ -155,3 +155,11 @@ def test_oldest_target_runs_in_oldest_tensorflow(tmp_path):
             tf_targets.TARGETS[oldest].stablehlo
     np.testing.assert_equal(report["releases"][oldest]["calling_convention"],
                             tf_targets.TARGETS[oldest].calling_convention)
+
+
+def test_model_card_prints_the_range(exported):
+    from export import model_card
+    facts = model_card.read_facts(exported["vila_p_tiny"])
+    card = model_card.render(facts, model_card.PackageInfo("vila_p", 1, "vila_p_1.tar.gz", "0" * 64, 1))
+    minimum = _metadata(exported["vila_p_tiny"])[tf_compat.METADATA_KEY]["minimum"]
+    assert f"| TensorFlow / TF Serving | **{minimum} and newer** (default export" in card
