@@ -1,10 +1,10 @@
 """`make compat`: which TensorFlow releases run which export, measured (docs/compatibility.md).
 
-For each TensorFlow release still installable (2.16 ... 2.21) a virtual environment with that
+For each TensorFlow release still installable (2.15 ... 2.21) a virtual environment with that
 release and the matching tensorflow-text is created (once; `--venvs`, default
 ~/.cache/vila-tf/compat-venvs). The tiny genuine VILA-R fixture is exported here with the default
-lowering and with `--target-tensorflow` for each target, every signature is run here (the reference)
-and then in each release on the same inputs:
+lowering and with `--target-tensorflow` for the oldest reachable release (`--targets`: others too),
+every signature is run here (the reference) and then in each release on the same inputs:
 
   loads   tf.saved_model.load succeeds
   runs    every signature runs
@@ -15,7 +15,7 @@ Each release is also probed for what decides the lowering (the newest XlaCallMod
 convention it runs, the newest StableHLO version it reads, tf.io.decode_webp): the values
 export/tf_targets.py holds. Prints the matrix and writes it as JSON (`--out`).
 
-    python benchmarks/compat.py [--releases 2.16,2.21] [--targets 2.16] [--out benchmarks/compat.json]
+    python benchmarks/compat.py [--releases 2.16,2.21] [--targets oldest|all|2.16,2.18] [--out benchmarks/compat.json]
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-RELEASES = ("2.16", "2.17", "2.18", "2.19", "2.20", "2.21")
+# 2.15 is below the oldest reachable release: measured to show how it fails (docs/compatibility.md).
+RELEASES = ("2.15", "2.16", "2.17", "2.18", "2.19", "2.20", "2.21")
 DEFAULT_VENVS = os.environ.get("VILA_COMPAT_VENVS", os.path.expanduser("~/.cache/vila-tf/compat-venvs"))
 TOLERANCE = 1e-5
 FIXTURE = "vila_r_tiny"
@@ -164,21 +165,24 @@ def matrix(venvs: str, releases, targets, work: str) -> dict:
     exports = write_exports(work, targets)
     results = {}
     os.makedirs(os.path.join(work, "outputs"), exist_ok=True)
-    reference = {}
-    for label, path in exports.items():
-        out = os.path.join(work, "outputs", f"reference_{label.replace(' ', '_')}.npz")
-        status = child(sys.executable, "run", work, path, out)
+
+    def run_all(python: str, prefix: str) -> dict:
+        """{label: (status, outputs.npz)} for every export, in one process of `python`."""
+        outs = {label: os.path.join(work, "outputs", f"{prefix}_{label.replace(' ', '_')}.npz") for label in exports}
+        statuses = child(python, "run", work, *(f"{outs[l]}={p}" for l, p in exports.items()))
+        return {label: (statuses.get(path, statuses), outs[label]) for label, path in exports.items()}
+
+    reference = run_all(sys.executable, "reference")
+    for label, (status, _) in reference.items():
         if status.get("loads") != "ok" or any(v != "ok" for v in status.get("signatures", {}).values()):
             raise RuntimeError(f"the exporting environment cannot run its own export ({label}): {status}")
-        reference[label] = out
     for r, p in pythons.items():
-        for label, path in exports.items():
-            log(f"TensorFlow {r}: {label}")
-            out = os.path.join(work, "outputs", f"{r}_{label.replace(' ', '_')}.npz")
-            status = child(p, "run", work, path, out)
+        log(f"TensorFlow {r}: running {', '.join(exports)}")
+        for label, (status, out) in run_all(p, r).items():
+            path = exports[label]
             sigs = status.get("signatures", {})
             runs = bool(sigs) and all(v == "ok" for v in sigs.values())
-            diff = compare(reference[label], out) if runs else None
+            diff = compare(reference[label][1], out) if runs else None
             results.setdefault(r, {})[label] = {
                 "loads": status.get("loads") == "ok", "runs": runs,
                 "matches": isinstance(diff, float) and diff <= TOLERANCE, "max_abs_diff": diff,
@@ -190,7 +194,9 @@ def matrix(venvs: str, releases, targets, work: str) -> dict:
     return {"releases": probes, "results": results, "exports": list(exports), "tolerance": TOLERANCE}
 
 
-def _mark(cell: dict) -> str:
+def _mark(cell: dict | None) -> str:
+    if cell is None:
+        return "-"
     if not cell["loads"]:
         return "no load"
     if not cell["runs"]:
@@ -205,10 +211,10 @@ def table(report: dict) -> str:
     rows = []
     for r, cells in report["results"].items():
         p = report["releases"][r]
-        vila = [("refused" if (cells[l]["vila_tf_load"] or "").startswith("refused") else cells[l]["vila_tf_load"]
-                 or "-") for l in labels]
+        vila = [(cells[l]["vila_tf_load"] or "-") if l in cells else "-" for l in labels]
+        vila = ["refused" if v.startswith("refused") else v for v in vila]
         rows.append([p.get("tensorflow", r), str(p.get("calling_convention")), str(p.get("stablehlo_reads")),
-                     "yes" if p.get("decode_webp") else "no"] + [_mark(cells[l]) for l in labels] + vila)
+                     "yes" if p.get("decode_webp") else "no"] + [_mark(cells.get(l)) for l in labels] + vila)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)

@@ -3,7 +3,7 @@ tensorflow-text and the vila_tf runtime only (never jax).
 
     python compat_child.py probe                      -> what this TensorFlow runs (JSON line)
     python compat_child.py stablehlo WORK             -> which StableHLO probe artifacts it reads
-    python compat_child.py run WORK EXPORT OUT.npz    -> loads / runs every signature of EXPORT
+    python compat_child.py run WORK OUT.npz=EXPORT... -> loads / runs every signature of each EXPORT
 """
 from __future__ import annotations
 
@@ -116,8 +116,11 @@ def main(argv) -> int:
         result = probe()
     elif argv[0] == "stablehlo":
         result = stablehlo_reads(argv[1])
-    elif argv[0] == "run":
-        result = run(argv[1], argv[2], argv[3])
+    elif argv[0] == "run":  # one process for every export: TensorFlow starts once
+        result = {}
+        for pair in argv[2:]:
+            out_npz, export = pair.split("=", 1)
+            result[export] = run(argv[1], export, out_npz)
     else:
         raise SystemExit(f"unknown mode {argv[0]!r}")
     print(json.dumps(result))

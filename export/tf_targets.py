@@ -43,6 +43,9 @@ TARGETS = {t.release: t for t in (
     TargetTF("2.21", 10, "1.13.7", "1.17.0", True),
 )}
 
+# The newest calling convention TensorFlow 2.15 runs (measured): below the oldest jax writes.
+CALLING_CONVENTION_2_15 = 8
+
 # TensorFlow ops an export may hold that older releases lack: op name -> first release with it.
 NEWER_OPS = {"DecodeWebP": "2.20"}
 
@@ -66,8 +69,12 @@ def target(release: str) -> TargetTF:
         known = ", ".join(TARGETS)
         oldest = min(TARGETS, key=release_key)
         if release_key(key) < release_key(oldest):
-            raise ValueError(f"--target-tensorflow {release}: older than {oldest}, the oldest release this "
-                             f"project's jax can lower for (docs/compatibility.md says why); reachable: {known}")
+            from jax import export as jax_export
+            raise ValueError(
+                f"--target-tensorflow {release}: TensorFlow {key} cannot be reached: the XlaCallModule of 2.15 "
+                f"runs calling conventions up to {CALLING_CONVENTION_2_15} and this jax writes "
+                f"{jax_export.minimum_supported_calling_convention_version} and newer only; the oldest "
+                f"reachable release is {oldest} (docs/compatibility.md); reachable: {known}")
         raise ValueError(f"--target-tensorflow {release}: not a measured release; reachable: {known}")
     return TARGETS[key]
 
