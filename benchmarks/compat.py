@@ -152,7 +152,9 @@ def matrix(venvs: str, releases, targets, work: str) -> dict:
     probes = {r: child(p, "probe") for r, p in pythons.items()}
     for r, p in probes.items():
         log(f"TensorFlow {r}: {p}")
-    versions = sorted({tf_targets.jax_default_stablehlo(), *(t.stablehlo for t in tf_targets.TARGETS.values()),
+    from jax._src.lib.mlir.dialects import hlo
+    versions = sorted({tf_targets.jax_default_stablehlo(), hlo.get_current_version(),
+                       *(t.stablehlo for t in tf_targets.TARGETS.values()),
                        *(p.get("stablehlo_reported") for p in probes.values() if p.get("stablehlo_reported"))},
                       key=tf_targets.version_key)
     write_stablehlo_probes(work, versions)

@@ -39,8 +39,8 @@ TARGETS = {t.release: t for t in (
     TargetTF("2.17", 9, "1.1.1", "1.1.1", False),
     TargetTF("2.18", 9, "1.7.3", "1.7.3", False),
     TargetTF("2.19", 9, "1.9.1", "1.9.1", False),
-    TargetTF("2.20", 10, "1.12.1", "1.17.0", True),
-    TargetTF("2.21", 10, "1.13.7", "1.17.0", True),
+    TargetTF("2.20", 10, "1.12.1", "1.15.0", True),
+    TargetTF("2.21", 10, "1.13.7", "1.15.0", True),
 )}
 
 # The newest calling convention TensorFlow 2.15 runs (measured): below the oldest jax writes.

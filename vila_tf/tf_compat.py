@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from typing import Optional
 
 from vila_tf.signatures import METADATA_RELATIVE
 
 METADATA_KEY = "tensorflow_support"
+# Releases that run an export but compute different numbers (measured by `make compat`).
+DIFFERENT_NUMBERS = {
+    (2, 17): "TensorFlow 2.17's XLA computes this model's outputs differently from every other release "
+             "(up to 0.07 on text embeddings, other captions; docs/compatibility.md): serve from 2.16 or 2.18+",
+}
 
 
 class IncompatibleTensorFlowError(RuntimeError):
@@ -54,6 +60,8 @@ def check(metadata: dict, path: str, tf_version: Optional[str] = None) -> None:
         import tensorflow as tf
         tf_version = tf.__version__
     where = os.path.join(path, METADATA_RELATIVE)
+    if release_key(tf_version) in DIFFERENT_NUMBERS:
+        warnings.warn(f"{path}: {DIFFERENT_NUMBERS[release_key(tf_version)]}", RuntimeWarning, stacklevel=3)
     minimum = minimum_tensorflow(metadata)
     if minimum is not None:
         if release_key(tf_version) < release_key(minimum):
