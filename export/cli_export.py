@@ -47,7 +47,8 @@ def _return_freed_memory_to_the_os() -> None:
 
 
 def export_checkpoint(ckpt: str, spm_path: str, out: str, dtype: str = "float32", step=None,
-                      overrides: dict | None = None, compute_dtype: str = "float32") -> str:
+                      overrides: dict | None = None, compute_dtype: str = "float32",
+                      target_tensorflow: str | None = None) -> str:
     from . import savedmodel
     if not os.path.isfile(spm_path):
         raise FileNotFoundError(f"{spm_path}: SentencePiece model not found (--spm)")
@@ -59,7 +60,7 @@ def export_checkpoint(ckpt: str, spm_path: str, out: str, dtype: str = "float32"
          f"{loaded.config.num_unimodal_layers}+{loaded.config.num_crossmodal_layers} decoder layers, "
          f"dims {loaded.config.model_dims}, vocab {loaded.config.vocab_size}")
     opts = savedmodel.ExportOptions(dtype=dtype, compute_dtype=compute_dtype, source=os.path.abspath(loaded.source),
-                                    source_sha256=sha, source_step=loaded.step)
+                                    source_sha256=sha, source_step=loaded.step, target_tensorflow=target_tensorflow)
     # The export consumes the arrays as it turns them into variables (lean export).
     return savedmodel.write_savedmodel(loaded.params, loaded.config, spm_path, out, opts, log=_log,
                                        consume_params=True)
@@ -77,7 +78,7 @@ def _project_text_roots() -> list[str]:
 
 
 def export_demo(out: str, dtype: str = "float32", cfg: VilaConfig | None = None,
-                compute_dtype: str = "float32") -> str:
+                compute_dtype: str = "float32", target_tensorflow: str | None = None) -> str:
     """The full released architecture with seeded random weights and a tokenizer trained on the
     project's own text: the whole pipeline at real size, with scores that mean nothing."""
     from . import heads, savedmodel, spm
@@ -91,7 +92,7 @@ def export_demo(out: str, dtype: str = "float32", cfg: VilaConfig | None = None,
     _log(f"initialising {cfg.model_type} parameters (seed {DEMO_SEED})")
     params = heads.init_params(cfg, DEMO_SEED)
     opts = savedmodel.ExportOptions(dtype=dtype, compute_dtype=compute_dtype, demo=True,
-                                    source=f"demo: random weights, seed {DEMO_SEED}")
+                                    source=f"demo: random weights, seed {DEMO_SEED}", target_tensorflow=target_tensorflow)
     return savedmodel.write_savedmodel(params, cfg, spm_path, out, opts, log=_log, consume_params=True)
 
 
@@ -103,6 +104,21 @@ def _add_dtype_args(p: argparse.ArgumentParser) -> None:
                         "scores stay float32): bfloat16 for GPU/TPU serving, see docs/accelerators.md")
 
 
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target-tensorflow", metavar="X.Y", default=None,
+                   help="lower for TensorFlow / TF Serving X.Y and newer (default: this TensorFlow); "
+                        "docs/compatibility.md lists the reachable releases and what old targets lose")
+
+
+def _check_target(p: argparse.ArgumentParser, release: str | None) -> None:
+    if release:
+        from . import tf_targets
+        try:
+            tf_targets.target(release)
+        except ValueError as e:
+            p.error(str(e))
+
+
 def cmd_export(argv, add_overrides, get_overrides) -> int:
     p = argparse.ArgumentParser(prog=f"python -m {__package__}",
                                 description="Export a VILA checkpoint as a TensorFlow SavedModel.")
@@ -111,10 +127,12 @@ def cmd_export(argv, add_overrides, get_overrides) -> int:
     p.add_argument("--spm", required=True, help="SentencePiece model (spm_model/spm.model)")
     p.add_argument("--out", required=True, help="SavedModel folder to write (atomically)")
     _add_dtype_args(p)
+    _add_target(p)
     add_overrides(p)
     args = p.parse_args(argv)
+    _check_target(p, args.target_tensorflow)
     out = export_checkpoint(args.checkpoint, args.spm, args.out, args.dtype, args.step, get_overrides(args),
-                            args.compute_dtype)
+                            args.compute_dtype, args.target_tensorflow)
     _log(f"wrote {out}")
     return 0
 
@@ -129,7 +147,9 @@ def cmd_all(argv) -> int:
     p.add_argument("--out", default="exported")
     p.add_argument("--version", type=int, default=1)
     _add_dtype_args(p)
+    _add_target(p)
     args = p.parse_args(argv)
+    _check_target(p, args.target_tensorflow)
     t0 = time.time()
     written = []
     if args.vila_dir:
@@ -141,7 +161,8 @@ def cmd_all(argv) -> int:
             out = os.path.join(args.out, name, str(args.version))
             try:
                 written.append(export_checkpoint(folder, found.spm_path, out, args.dtype,
-                                                 compute_dtype=args.compute_dtype))
+                                                 compute_dtype=args.compute_dtype,
+                                                 target_tensorflow=args.target_tensorflow))
             except BaseException:
                 # The failed model left nothing (exports are atomic); say which ones are complete.
                 done = ", ".join(written) if written else "none"
@@ -152,7 +173,8 @@ def cmd_all(argv) -> int:
             _log(f"wrote {out}")
     else:
         out = os.path.join(args.out, DEMO_NAME, str(args.version))
-        written.append(export_demo(out, args.dtype, compute_dtype=args.compute_dtype))
+        written.append(export_demo(out, args.dtype, compute_dtype=args.compute_dtype,
+                                   target_tensorflow=args.target_tensorflow))
         _log(f"wrote {out} (DEMO weights: set VILA_DIR=... to export the released checkpoints)")
     _write_serving_layout(args.out)
     for w in written:

@@ -20,8 +20,9 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from . import heads
+from . import heads, tf_targets
 from vila_tf import preprocessing as preprocess
+from vila_tf import tf_compat
 from .checkpoint import flatten, unflatten
 from .config import VilaConfig
 from .tokenizer import LingvoTokenizer
@@ -45,6 +46,8 @@ class ExportOptions:
     source: Optional[str] = None
     source_sha256: Optional[str] = None
     source_step: Optional[int] = None
+    # "X.Y": lower for TensorFlow / TF Serving X.Y and newer (export.tf_targets); None: this TensorFlow.
+    target_tensorflow: Optional[str] = None
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,6 +83,17 @@ class _calling_convention:
 
     def __exit__(self, *exc):
         jax.config.update("jax_export_calling_convention_version", self.saved)
+
+
+def lowering_versions(options: ExportOptions) -> tuple[int, str]:
+    """(calling convention version, StableHLO version) the heads are serialized with: the target
+    release's (docs/compatibility.md), or by default the newest this TensorFlow runs and jax's own
+    StableHLO choice."""
+    if options.target_tensorflow:
+        target = tf_targets.target(options.target_tensorflow)
+        return min(target.calling_convention, tf_calling_convention_version()), \
+            tf_targets.older_stablehlo(target.stablehlo, tf_targets.jax_default_stablehlo())
+    return tf_calling_convention_version(), tf_targets.jax_default_stablehlo()
 
 
 # The parameters the text tower reads: enough to embed the prompts at export time.
@@ -239,7 +253,6 @@ def metadata(module: VilaModule, extra: dict) -> dict:
         "dtype": opts.dtype,
         "compute_dtype": opts.compute_dtype,
         "platforms": list(opts.platforms),
-        "calling_convention_version": tf_calling_convention_version(),
         "max_pixels": opts.max_pixels,
         "text_length": TEXT_LENGTH,
         "zero_shot_prompts": [list(p) for p in heads.ZERO_SHOT_PROMPT_PAIRS],
@@ -261,7 +274,8 @@ def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
     out_dir = os.path.abspath(out_dir)
     with atomic_dir(out_dir) as tmp:
         t0 = time.time()
-        with _calling_convention(tf_calling_convention_version()):
+        calling_convention, stablehlo = lowering_versions(options)
+        with _calling_convention(calling_convention), tf_targets.stablehlo_target(stablehlo):
             log(f"building the TF module ({cfg.model_type}, {options.dtype} storage, {options.compute_dtype} "
                 f"compute, platforms {','.join(options.platforms)})")
             module = VilaModule(params, cfg, spm_model_path, options, consume_params)
@@ -269,8 +283,13 @@ def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
             log("lowering the heads and writing the SavedModel")
             tf.saved_model.save(module, tmp, signatures=module.signatures(),
                                 options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+        support = tf_targets.support(calling_convention, stablehlo, tf_compat.graph_ops(tmp), options.target_tensorflow)
+        log(f"runs on TensorFlow / TF Serving {support['minimum']} and newer (calling convention "
+            f"{calling_convention}, StableHLO {stablehlo}; docs/compatibility.md)")
         log("writing TF Serving warmup requests")
         write_warmup(tmp, ALL_SIGNATURES, cfg.image_size)
         with open(os.path.join(tmp, METADATA_RELATIVE), "w") as f:
-            json.dump(metadata(module, {"export_seconds": round(time.time() - t0, 1)}), f, indent=1)
+            json.dump(metadata(module, {"calling_convention_version": calling_convention,
+                                        tf_compat.METADATA_KEY: support,
+                                        "export_seconds": round(time.time() - t0, 1)}), f, indent=1)
     return out_dir

@@ -4,7 +4,7 @@
     model = vila_tf.load("exported/vila_r")
     model.score(["photo.jpg"])
 """
-__all__ = ["load", "VilaModel", "ImageError", "DemoModelWarning"]
+__all__ = ["load", "VilaModel", "ImageError", "DemoModelWarning", "IncompatibleTensorFlowError"]
 
 
 def __getattr__(name):
