@@ -7,6 +7,9 @@ VILA_DIR ?=
 OUT ?= exported
 VERSION ?= 1
 DTYPE ?= float32
+COMPUTE_DTYPE ?= float32
+# TARGET_TF=X.Y: an export that runs on TensorFlow / TF Serving X.Y and newer (docs/compatibility.md).
+TARGET_TF ?=
 
 .PHONY: venv test test-slow export bench clean
 
@@ -28,14 +31,19 @@ test-slow: $(STAMP)
 
 # Exports every released checkpoint under VILA_DIR, or the full-size demo model without it.
 export: $(STAMP)
-	$(PY) -m export all --vila-dir '$(VILA_DIR)' --out '$(OUT)' --version $(VERSION) --dtype $(DTYPE)
+	$(PY) -m export all --vila-dir '$(VILA_DIR)' --out '$(OUT)' --version $(VERSION) --dtype $(DTYPE) \
+	  --compute-dtype $(COMPUTE_DTYPE) $(if $(TARGET_TF),--target-tensorflow $(TARGET_TF))
 
 # Exports the full-size demo model (float32 and bfloat16, in a temporary folder) and times it
-# against native JAX; prints the table and writes benchmarks/results.json (~20 min on 2 cores).
+# against native JAX; prints the table and writes benchmarks/results.json (~20 min on 2 cores);
+# then one more full-size export's peak memory (benchmarks/export_memory_latest.json, ~5 min) and
+# the bfloat16-compute accuracy on the fixtures' goldens (docs/accelerators.md).
 # BENCH_ARGS=--quick for a shorter run.
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py --out benchmarks/results.json $(BENCH_ARGS)
+	$(PY) benchmarks/export_memory.py --out benchmarks/export_memory_latest.json
+	$(PY) benchmarks/bfloat16_accuracy.py --out benchmarks/bfloat16_accuracy.json
 
 # The streaming pipeline on 200 camera-size JPEGs: decode-only, model-only, taking turns and
 # overlapped rates side by side, and `vila-tf score` end to end (docs/streaming.md). A tiny export
@@ -47,6 +55,18 @@ bench-pipeline: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
+
+# Which TensorFlow releases run which export: a virtual environment per release (2.15 ... 2.21,
+# ~2 GB each, made once under COMPAT_VENVS), the tiny fixture exported by default and with
+# --target-tensorflow for the oldest reachable release, every signature run in every release against
+# this environment's outputs (~30 min on 2 cores once the environments exist). Prints the matrix and
+# writes benchmarks/compat.json (docs/compatibility.md). COMPAT_ARGS: e.g. --releases 2.16,2.21
+# or --targets all (every target; several times longer).
+COMPAT_VENVS ?= $(HOME)/.cache/vila-tf/compat-venvs
+COMPAT_ARGS ?=
+.PHONY: compat
+compat: $(STAMP)
+	$(PY) benchmarks/compat.py --venvs '$(COMPAT_VENVS)' --out benchmarks/compat.json $(COMPAT_ARGS)
 
 # TF Hub compressed packages of every $(OUT)/<name>/<version>/: $(DIST)/<name>_<version>.tar.gz,
 # its .sha256 and the model card $(DIST)/<name>.md. BASE_URL: where $(DIST) will be served from.

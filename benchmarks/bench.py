@@ -459,7 +459,7 @@ def targets(res: dict) -> list[dict]:
             *(row[stat]["cached_over_uncached"] for stat in STATS))
     for dtype, e in ex.items():
         if e.get("peak_rss_bytes"):
-            add(f"export peak RSS <= 3 x parameter bytes (float32 params), {dtype}", "x", lambda v: v <= 3.0, 3.0,
+            add(f"export peak RSS <= 2 x parameter bytes (float32 params), {dtype}", "x", lambda v: v <= 2.0, 2.0,
                 e["peak_rss_bytes"] / params_f32)
         add(f"SavedModel size within 5% of parameter bytes, {dtype}", "x", lambda v: abs(v - 1) <= 0.05, 1.05,
             e["size_bytes"] / res["parameter_bytes"][dtype])

@@ -4,6 +4,7 @@
   python -m export convert --checkpoint CKPT_DIR --out DIR                      (paxml -> orbax)
   python -m export all [--vila-dir DIR] --out exported                          (what `make export` runs)
   python -m export package SAVEDMODEL_DIR --out DIST_DIR [--name N --version V] (TF Hub tar.gz + model card)
+  python -m export stablehlo SAVEDMODEL_DIR --out BUNDLE_DIR                     (StableHLO for a JAX-only runner)
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 
 from .config import ConfigError
 
-SUBCOMMANDS = ("convert", "all", "export", "package")
+SUBCOMMANDS = ("convert", "all", "export", "package", "stablehlo")
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -45,6 +46,11 @@ def cmd_convert(argv) -> int:
     return 0
 
 
+def _bundle_error():
+    from .stablehlo_bundle import BundleError
+    return BundleError
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from .checkpoint import CheckpointError
@@ -55,11 +61,14 @@ def main(argv=None) -> int:
         if command == "package":  # needs no jax: imported before cli_export
             from . import package
             return package.cmd_package(argv)
+        if command == "stablehlo":
+            from . import stablehlo_bundle
+            return stablehlo_bundle.cmd_stablehlo(argv)
         from . import cli_export
         if command == "all":
             return cli_export.cmd_all(argv)
         return cli_export.cmd_export(argv, _add_overrides, _overrides)
-    except (CheckpointError, ConfigError, FileNotFoundError) as e:
+    except (CheckpointError, ConfigError, FileNotFoundError, _bundle_error()) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -29,7 +29,9 @@ def _greedy_loop(next_logits, batch: int, max_len: int, carry):
         logits, carry = next_logits(ids, step, carry)
         logits = logits.astype(jnp.float32)
         next_ids = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        next_lp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), next_ids[:, None], axis=-1)[:, 0]
+        # The argmax's log-prob is the row's largest log-prob: the same value as indexing it, without
+        # a batched gather (a StableHLO 1.1 op that TensorFlow 2.16 cannot read; docs/compatibility.md).
+        next_lp = jnp.max(jax.nn.log_softmax(logits, axis=-1), axis=-1)
         ids = jax.lax.dynamic_update_index_in_dim(ids, jnp.where(done, 0, next_ids), step + 1, axis=1)
         logprobs = jax.lax.dynamic_update_index_in_dim(
             logprobs, jnp.where(done, 1.0, next_lp), step + 1, axis=1)

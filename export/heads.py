@@ -5,7 +5,7 @@ Every function takes the parameter tree (the `params` collection) first; images 
 """
 from __future__ import annotations
 
-import functools
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,28 @@ ZERO_SHOT_PROMPT_PAIRS = (
 ZERO_SHOT_PROMPTS = tuple(p for pair in ZERO_SHOT_PROMPT_PAIRS for p in pair)
 # The release tokenizes the zero-shot prompts with max_length=4.
 ZERO_SHOT_PROMPT_LEN = 4
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_params(params, compute_dtype: str = "float32"):
+    """The parameter tree as the model computes with it, whatever the storage dtype.
+
+    Matmul and convolution weights (the leaves named `w`: every FeedForward, attention projection,
+    the patch projection and the vocabulary projection) take `compute_dtype`; everything else
+    (embedding tables, layer-norm scales, biases, per-dim scales, pooling queries) is float32.
+    model.matmul reads the compute dtype off the weights, so this one cast sets it everywhere.
+    """
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute dtype {compute_dtype!r}: expected one of {', '.join(COMPUTE_DTYPES)}")
+    matmul_dtype = jnp.dtype(compute_dtype)
+
+    # Plain recursion over mappings: inside jax2tf the tree may hold TF's dict wrappers.
+    def cast(tree):
+        return {k: cast(v) if isinstance(v, Mapping) else
+                jnp.asarray(v).astype(matmul_dtype if k == "w" else jnp.float32) for k, v in tree.items()}
+    return cast(params)
 
 
 def _apply(params, cfg: VilaConfig, method, *args):
@@ -100,9 +122,25 @@ def abstract_params(cfg: VilaConfig):
 
 
 def init_params(cfg: VilaConfig, seed: int = 0):
-    """Seeded random parameters (demo weights: the architecture is real, the numbers are not)."""
-    model = VilaModel(cfg)
-    img = jnp.zeros((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
-    ids = jnp.zeros((1, 4), jnp.int32)
-    init = jax.jit(functools.partial(model.init, method=VilaModel.__call__))
-    return init(jax.random.PRNGKey(seed), img, ids, jnp.zeros((1, 4), jnp.float32))["params"]
+    """Seeded random parameters (demo weights: the architecture is real, the numbers are not).
+
+    Drawn one array at a time with the model's own initializers: a whole-model jitted `init` holds
+    XLA temporaries of several times the parameter bytes at once (the lean export needs ~1x).
+    """
+    from .checkpoint import flatten, unflatten
+    from .model import _weight_init
+    key = jax.random.PRNGKey(seed)
+    out = {}
+    for i, (path, leaf) in enumerate(sorted(flatten(abstract_params(cfg)).items())):
+        k, name = jax.random.fold_in(key, i), path.rsplit("/", 1)[-1]
+        if name in ("w", "pooling_attn_query"):
+            value = _weight_init(k, leaf.shape, jnp.float32)
+        elif name in ("emb_var", "cls_emb"):
+            std = 0.02 if "pos_emb" in path else cfg.model_dims ** -0.5
+            value = jax.random.normal(k, leaf.shape, jnp.float32) * std
+        elif name == "temperature":
+            value = jnp.full(leaf.shape, 0.07, jnp.float32)
+        else:  # biases, layer-norm scales/biases, per-dim scales
+            value = jnp.zeros(leaf.shape, jnp.float32)
+        out[path] = value.block_until_ready()
+    return unflatten(out)

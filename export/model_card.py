@@ -226,6 +226,7 @@ def _details(facts: ModelFacts, pkg: PackageInfo) -> str:
         ("Source checkpoint", source),
         ("Source sha256", f"`{m['source_sha256']}`" if m.get("source_sha256") else "not recorded"),
         ("Platforms", ", ".join(m.get("platforms", [])) + " (StableHLO serialized for each; one artifact)"),
+        ("TensorFlow / TF Serving", _tensorflow_range(m)),
         ("Built with", ", ".join(f"{k} {v}" for k, v in versions.items())
          + (f"; calling convention {m['calling_convention_version']}" if "calling_convention_version" in m else "")),
         ("Paper", PAPER),
@@ -233,6 +234,18 @@ def _details(facts: ModelFacts, pkg: PackageInfo) -> str:
         ("License", license_text(m)),
     ]
     return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def _tensorflow_range(m: dict) -> str:
+    support = m.get("tensorflow_support")
+    if not support:
+        return "not recorded (exported before vila-tf recorded it)"
+    target = f"exported with `--target-tensorflow {support['target_tensorflow']}`" \
+        if support.get("target_tensorflow") else "default export"
+    webp = "" if support.get("webp_in_graph") else "; no WebP decoding in the graph"
+    return (f"**{support['minimum']} and newer** ({target}: XlaCallModule calling convention "
+            f"{support['calling_convention_version']}, StableHLO {support['stablehlo_version']}{webp}); "
+            "older releases fail at load time with a message naming the versions")
 
 
 def _preprocessing(facts: ModelFacts) -> str:

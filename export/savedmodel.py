@@ -16,13 +16,13 @@ import time
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from . import heads
+from . import heads, tf_targets
 from vila_tf import preprocessing as preprocess
+from vila_tf import tf_compat
 from .checkpoint import flatten, unflatten
 from .config import VilaConfig
 from .tokenizer import LingvoTokenizer
@@ -38,7 +38,8 @@ TEXT_LENGTH = 64  # tokens per text for the text_embedding signature (the releas
 
 @dataclasses.dataclass
 class ExportOptions:
-    dtype: str = "float32"  # or "bfloat16": weights stored in bfloat16, computed in float32
+    dtype: str = "float32"  # or "bfloat16": weights stored in bfloat16
+    compute_dtype: str = "float32"  # or "bfloat16": matmuls in bfloat16 (heads.compute_params)
     platforms: tuple = PLATFORMS
     max_pixels: int = preprocess.DEFAULT_MAX_PIXELS
     webp: bool = True  # WebP decoded in the graph (False for TensorFlow releases without its decoder)
@@ -46,6 +47,8 @@ class ExportOptions:
     source: Optional[str] = None
     source_sha256: Optional[str] = None
     source_step: Optional[int] = None
+    # "X.Y": lower for TensorFlow / TF Serving X.Y and newer (export.tf_targets); None: this TensorFlow.
+    target_tensorflow: Optional[str] = None
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,8 +86,26 @@ class _calling_convention:
         jax.config.update("jax_export_calling_convention_version", self.saved)
 
 
-def _to_float32(params):
-    return jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), params)
+def lowering_versions(options: ExportOptions) -> tuple[int, str]:
+    """(calling convention version, StableHLO version) the heads are serialized with: the target
+    release's (docs/compatibility.md), or by default the newest this TensorFlow runs and jax's own
+    StableHLO choice."""
+    if options.target_tensorflow:
+        target = tf_targets.target(options.target_tensorflow)
+        return min(target.calling_convention, tf_calling_convention_version()), \
+            tf_targets.older_stablehlo(target.stablehlo, tf_targets.jax_default_stablehlo())
+    return tf_calling_convention_version(), tf_targets.jax_default_stablehlo()
+
+
+# The parameters the text tower reads: enough to embed the prompts at export time.
+TEXT_TOWER = ("decoder/token_emb/", "decoder/cls_emb", "decoder/unimodal_transformer/", "decoder/unimodal_ln/")
+
+
+def _variable(array, dtype, path: str) -> tf.Variable:
+    value = np.asarray(array, np.float32)
+    if dtype == tf.bfloat16:
+        value = tf.cast(value, tf.bfloat16)
+    return tf.Variable(value, dtype=dtype, trainable=False, name=path.replace("/", "."))
 
 
 class VilaModule(tf.Module):
@@ -97,36 +118,32 @@ class VilaModule(tf.Module):
     variables = None
     trainable_variables = None
 
-    def __init__(self, params, cfg: VilaConfig, spm_model_path: str, options: ExportOptions):
+    def __init__(self, params, cfg: VilaConfig, spm_model_path: str, options: ExportOptions,
+                 consume_params: bool = False):
+        """`consume_params`: empty `params` (a nested dict) while building the variables, so each
+        array is freed as soon as its variable holds it (the lean export: peak memory ~ the
+        parameters once, docs/accelerators.md)."""
         super().__init__(name="vila")
         self.cfg, self.options = cfg, options
-        var_dtype = tf.bfloat16 if options.dtype == "bfloat16" else tf.float32
         flat = flatten(params)
-        # One variable per checkpoint array, named by its praxis path; shared by all signatures.
-        self._variables_flat = {
-            path: tf.Variable(np.asarray(v, np.float32), dtype=tf.float32, trainable=False,
-                              name=path.replace("/", ".")) if var_dtype == tf.float32 else
-            tf.Variable(tf.cast(np.asarray(v, np.float32), var_dtype), trainable=False, name=path.replace("/", "."))
-            for path, v in flat.items()}
-        self.params = unflatten(self._variables_flat)
+        if consume_params:
+            params.clear()  # the flat dict now holds the only references
         self.tokenizer = LingvoTokenizer(spm_model_path)
         spm_vocab = int(self.tokenizer.vocab_size())
         if spm_vocab > cfg.vocab_size:
             raise ValueError(f"{spm_model_path}: the SentencePiece model has {spm_vocab} pieces but the "
                              f"checkpoint's token embedding has only {cfg.vocab_size} rows")
+        # The prompts are embedded first, from the text tower alone (a fraction of the model).
+        self._embed_prompts({p: v for p, v in flat.items() if p.startswith(TEXT_TOWER)})
 
-        f32 = _to_float32(jax.tree_util.tree_map(jnp.asarray, params))
-        zsl_ids, _, zsl_pad = self.tokenizer.strings_to_ids(tf.constant(heads.ZERO_SHOT_PROMPTS),
-                                                           heads.ZERO_SHOT_PROMPT_LEN)
-        self.zero_shot_prompt_ids = tf.Variable(zsl_ids, trainable=False, name="zero_shot_prompt_ids")
-        zsl = jax.jit(functools.partial(heads.text_embedding, cfg=cfg))(f32, ids=zsl_ids.numpy(),
-                                                                         paddings=zsl_pad.numpy())
-        self.zero_shot_prompt_embeddings = tf.Variable(np.asarray(zsl), trainable=False,
-                                                       name="zero_shot_prompt_embeddings")
-        if cfg.has_quality_head:
-            q = jax.jit(functools.partial(heads.quality_prompt_embedding, cfg=cfg))(f32)
-            self.quality_prompt_embedding = tf.Variable(np.asarray(q), trainable=False,
-                                                        name="quality_prompt_embedding")
+        # One variable per checkpoint array, named by its praxis path; shared by all signatures.
+        var_dtype = tf.bfloat16 if options.dtype == "bfloat16" else tf.float32
+        self._variables_flat = {}
+        for path in list(flat):
+            array = flat.pop(path) if consume_params else flat[path]
+            self._variables_flat[path] = _variable(array, var_dtype, path)
+            del array
+        self.params = unflatten(self._variables_flat)
         self.variables = list(self._variables_flat.values()) + [
             v for v in (self.zero_shot_prompt_embeddings, getattr(self, "quality_prompt_embedding", None)) if v is not None]
         self.trainable_variables = []
@@ -134,14 +151,30 @@ class VilaModule(tf.Module):
         self._lower()
         self._make_signatures()
 
+    def _embed_prompts(self, text_tower: dict) -> None:
+        """The zero-shot prompts' and the VILA-R prompt's embeddings, stored as variables."""
+        cfg = self.cfg
+        params = heads.compute_params(unflatten(text_tower), self.options.compute_dtype)
+        zsl_ids, _, zsl_pad = self.tokenizer.strings_to_ids(tf.constant(heads.ZERO_SHOT_PROMPTS),
+                                                           heads.ZERO_SHOT_PROMPT_LEN)
+        self.zero_shot_prompt_ids = tf.Variable(zsl_ids, trainable=False, name="zero_shot_prompt_ids")
+        zsl = jax.jit(functools.partial(heads.text_embedding, cfg=cfg))(params, ids=zsl_ids.numpy(),
+                                                                         paddings=zsl_pad.numpy())
+        self.zero_shot_prompt_embeddings = tf.Variable(np.asarray(zsl), trainable=False,
+                                                       name="zero_shot_prompt_embeddings")
+        if cfg.has_quality_head:
+            q = jax.jit(functools.partial(heads.quality_prompt_embedding, cfg=cfg))(params)
+            self.quality_prompt_embedding = tf.Variable(np.asarray(q), trainable=False,
+                                                        name="quality_prompt_embedding")
+
     # -- lowering ----------------------------------------------------------------------------
     def _convert(self, fn: Callable, poly: tuple) -> Callable:
-        cfg = self.cfg
+        cfg, compute_dtype = self.cfg, self.options.compute_dtype
 
-        def with_f32_params(params, *args):
-            return fn(_to_float32(params), cfg, *args)
+        def with_compute_params(params, *args):
+            return fn(heads.compute_params(params, compute_dtype), cfg, *args)
 
-        return jax2tf.convert(with_f32_params, polymorphic_shapes=(None,) + poly, with_gradient=False,
+        return jax2tf.convert(with_compute_params, polymorphic_shapes=(None,) + poly, with_gradient=False,
                               native_serialization_platforms=tuple(self.options.platforms))
 
     def _lower(self):
@@ -219,8 +252,8 @@ def metadata(module: VilaModule, extra: dict) -> dict:
         "source_sha256": opts.source_sha256,
         "source_step": opts.source_step,
         "dtype": opts.dtype,
+        "compute_dtype": opts.compute_dtype,
         "platforms": list(opts.platforms),
-        "calling_convention_version": tf_calling_convention_version(),
         "max_pixels": opts.max_pixels,
         "image_formats": list(preprocess.graph_formats(opts.webp)),
         "text_length": TEXT_LENGTH,
@@ -232,23 +265,44 @@ def metadata(module: VilaModule, extra: dict) -> dict:
     }
 
 
+def options_for_target(options: ExportOptions, log: Callable[[str], None] = print) -> ExportOptions:
+    """The options with what the target TensorFlow release lacks left out: before 2.20 its image
+    decoder reads no WebP, so the graph takes the release's formats only."""
+    if options.target_tensorflow and options.webp and not tf_targets.target(options.target_tensorflow).decode_webp:
+        log(f"TensorFlow {options.target_tensorflow} decodes no WebP: the graph refuses WebP bytes "
+            "(docs/compatibility.md)")
+        return dataclasses.replace(options, webp=False)
+    return options
+
+
 def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
-                     options: Optional[ExportOptions] = None, log: Callable[[str], None] = print) -> str:
+                     options: Optional[ExportOptions] = None, log: Callable[[str], None] = print,
+                     consume_params: bool = False) -> str:
     """Builds and saves the SavedModel at exactly `out_dir`, atomically (`vila_tf.atomic`): a crash,
     Ctrl-C or SIGKILL leaves either the previous complete model or the new one, never a partial one.
+    With `consume_params`, `params` is emptied as its arrays become variables (VilaModule).
     """
-    options = options or ExportOptions()
+    options = options_for_target(options or ExportOptions(), log)
     out_dir = os.path.abspath(out_dir)
     with atomic_dir(out_dir) as tmp:
         t0 = time.time()
-        with _calling_convention(tf_calling_convention_version()):
-            log(f"building the TF module ({cfg.model_type}, {options.dtype}, platforms {','.join(options.platforms)})")
-            module = VilaModule(params, cfg, spm_model_path, options)
+        calling_convention, stablehlo = lowering_versions(options)
+        with _calling_convention(calling_convention), tf_targets.stablehlo_target(stablehlo):
+            log(f"building the TF module ({cfg.model_type}, {options.dtype} storage, {options.compute_dtype} "
+                f"compute, platforms {','.join(options.platforms)})")
+            module = VilaModule(params, cfg, spm_model_path, options, consume_params)
+            del params
             log("lowering the heads and writing the SavedModel")
             tf.saved_model.save(module, tmp, signatures=module.signatures(),
                                 options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+        support = tf_targets.support(calling_convention, stablehlo, tf_compat.graph_ops(tmp), options.target_tensorflow,
+                                     options.webp)
+        log(f"runs on TensorFlow / TF Serving {support['minimum']} and newer (calling convention "
+            f"{calling_convention}, StableHLO {stablehlo}; docs/compatibility.md)")
         log("writing TF Serving warmup requests")
         write_warmup(tmp, ALL_SIGNATURES, cfg.image_size)
         with open(os.path.join(tmp, METADATA_RELATIVE), "w") as f:
-            json.dump(metadata(module, {"export_seconds": round(time.time() - t0, 1)}), f, indent=1)
+            json.dump(metadata(module, {"calling_convention_version": calling_convention,
+                                        tf_compat.METADATA_KEY: support,
+                                        "export_seconds": round(time.time() - t0, 1)}), f, indent=1)
     return out_dir

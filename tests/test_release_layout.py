@@ -121,7 +121,7 @@ def test_unreadable_model_stops_after_reporting_complete_ones(tmp_path, spm_mode
     (vila / "spm_model").mkdir()
     shutil.copy(spm_model, vila / "spm_model" / "spm.model")
 
-    def fake_write(params, cfg, spm_path, out, opts, log):
+    def fake_write(params, cfg, spm_path, out, opts, log, **kwargs):
         os.makedirs(out)
         open(os.path.join(out, "saved_model.pb"), "wb").close()
         return out

@@ -6,7 +6,7 @@
     for r in model.stream("score", ["photos/"]):  # results as they come (docs/streaming.md)
         print(r.source, r.value, r.error)
 """
-__all__ = ["load", "VilaModel", "ImageError", "Result", "DemoModelWarning"]
+__all__ = ["load", "VilaModel", "ImageError", "Result", "DemoModelWarning", "IncompatibleTensorFlowError"]
 
 
 def __getattr__(name):

@@ -179,6 +179,8 @@ def _info(model) -> int:
     for k in ("source_checkpoint", "source_sha256", "dtype", "platforms", "calling_convention_version"):
         if k in meta:
             print(f"{k}: {meta[k]}")
+    if "tensorflow_support" in meta:
+        print(f"runs on TensorFlow: {meta['tensorflow_support']['minimum']} and newer")
     cfg = meta.get("config", {})
     if cfg:
         print("config: " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())))

@@ -41,10 +41,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops of the graph)
 
-from vila_tf import buckets, image_formats, inputs as inputs_lib, pipeline, preprocessing
+from vila_tf import buckets, image_formats, inputs as inputs_lib, pipeline, preprocessing, tf_compat
 from vila_tf.signatures import METADATA_RELATIVE
 
 log = logging.getLogger("vila_tf")
+IncompatibleTensorFlowError = tf_compat.IncompatibleTensorFlowError
 
 
 class DemoModelWarning(UserWarning):
@@ -111,6 +112,8 @@ class VilaModel:
         # stored pixels, exactly as the release scored them (docs/formats.md).
         self.exif_orientation = exif_orientation
         self.metadata = self._read_metadata()
+        # Before loading: an older TensorFlow would load it and fail at the first call.
+        tf_compat.check(self.metadata, self.path)
         self.is_demo = bool(self.metadata.get("demo_weights"))
         if self.is_demo:
             msg = (f"{self.path} is a DEMO export with random weights: its scores, embeddings and "

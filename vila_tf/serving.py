@@ -24,7 +24,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from vila_tf.signatures import BYTES, PIXELS, SIGNATURE_INPUTS, SIGNATURE_OUTPUTS, TEXT, WARMUP_RELATIVE
+from vila_tf import tf_compat
+from vila_tf.signatures import (BYTES, METADATA_RELATIVE, PIXELS, SIGNATURE_INPUTS, SIGNATURE_OUTPUTS, TEXT,
+                                WARMUP_RELATIVE)
 
 
 
@@ -244,13 +246,9 @@ def unregistered_ops(path: str) -> list:
     sm = saved_model_pb2.SavedModel()
     with open(os.path.join(path, "saved_model.pb"), "rb") as f:
         sm.ParseFromString(f.read())
-    ops, called = set(), set()  # `called`: graph functions, invoked as ops by name
-    for mg in sm.meta_graphs:
-        ops |= {n.op for n in mg.graph_def.node}
-        for fn in mg.graph_def.library.function:
-            ops |= {n.op for n in fn.node_def}
-            called.add(fn.signature.name)
-    return sorted(op for op in ops if op_def_registry.get(op) is None and op not in called)
+    # Graph functions are invoked as ops by name.
+    called = {fn.signature.name for mg in sm.meta_graphs for fn in mg.graph_def.library.function}
+    return sorted(op for op in tf_compat.graph_ops(path) if op_def_registry.get(op) is None and op not in called)
 
 
 def _run_records(path: str, xla_disabled: bool) -> dict:
@@ -293,14 +291,34 @@ def _in_subprocess(mode: str, path: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def check(path: str) -> dict:
-    """Model-server-equivalent checks of one SavedModel, each in a fresh process like a server:
+def read_metadata(path: str) -> dict:
+    p = os.path.join(path, METADATA_RELATIVE)
+    if not os.path.isfile(p):
+        return {}
+    with open(p) as f:
+        return json.load(f)
+
+
+def check_tensorflow_version(path: str, server_version: str | None = None) -> None:
+    """Refuses (IncompatibleTensorFlowError) this TensorFlow, or the named TF Serving release, when
+    older than the export's recorded minimum."""
+    metadata = read_metadata(path)
+    tf_compat.check(metadata, path)
+    if server_version:
+        tf_compat.check(metadata, path, server_version)
+
+
+def check(path: str, server_version: str | None = None) -> dict:
+    """Model-server-equivalent checks of one SavedModel, each in a fresh process like a server.
+    First, this TensorFlow (and `server_version`, a TF Serving release, if given) must not be older
+    than the export supports: IncompatibleTensorFlowError otherwise. Then:
 
     - unregistered_ops: ops of the graph or its functions unknown once tensorflow_text is imported;
     - xla_enabled: every warmup record (each signature at each bucket size) runs by tensor name in
       a TF1 Session with finite outputs;
     - xla_disabled: the same runs fail with XLA compilation disabled as the server disables it.
     """
+    check_tensorflow_version(path, server_version)
     enabled = _in_subprocess("xla_on", path)
     disabled = _in_subprocess("xla_off", path)
     necessary = all("XLA compilation disabled" in v for k, v in disabled["signatures"].items() if k != "preprocess")
@@ -327,6 +345,8 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="load an export the way tensorflow_model_server does and run it")
     c.add_argument("path")
+    c.add_argument("--server-version", metavar="X.Y",
+                   help="also refuse the export unless TF Serving X.Y runs it (its recorded minimum release)")
     r = sub.add_parser("request", help="print the REST JSON body for a signature and inputs")
     r.add_argument("signature", choices=sorted(SIGNATURE_INPUTS))
     r.add_argument("inputs", nargs="+", help="image files (or texts, for text_embedding)")
@@ -335,7 +355,11 @@ def main(argv=None) -> int:
     if args.cmd == "request":
         print(json.dumps(rest_request(args.signature, args.inputs, args.columnar)))
         return 0
-    report = check(args.path)
+    try:
+        report = check(args.path, args.server_version)
+    except tf_compat.IncompatibleTensorFlowError as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(report, indent=1))
     print("OK: serves under tensorflow_model_server with --xla_cpu_compilation_enabled=true"
           if report["ok"] else "FAILED", file=sys.stderr)

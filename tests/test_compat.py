@@ -1,0 +1,176 @@
+"""TensorFlow version support (docs/compatibility.md): the bounds an export records, the versions it
+was really lowered with, and the load-time refusal of an older TensorFlow.
+
+The cross-version run (an export for the oldest target, run in that TensorFlow) is slow: it creates
+a virtual environment per release (`make compat` runs every release).
+"""
+import io
+import json
+import os
+import re
+import shutil
+from contextlib import redirect_stderr
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from export import tf_targets
+from vila_tf import serving, tf_compat
+from vila_tf.signatures import METADATA_RELATIVE
+
+
+def _xla_call_modules(path):
+    from tensorflow.core.protobuf import saved_model_pb2
+    sm = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        sm.ParseFromString(f.read())
+    return [n for fn in sm.meta_graphs[0].graph_def.library.function for n in fn.node_def if n.op == "XlaCallModule"]
+
+
+def _metadata(path):
+    with open(os.path.join(path, METADATA_RELATIVE)) as f:
+        return json.load(f)
+
+
+def test_default_export_records_the_versions_it_was_lowered_with(exported):
+    path = exported["vila_r_tiny"]
+    support = _metadata(path)[tf_compat.METADATA_KEY]
+    nodes = _xla_call_modules(path)
+    assert nodes
+    for n in nodes:  # the artifact's own header names the StableHLO version it was written for
+        assert n.attr["version"].i == support["calling_convention_version"]
+        produced = re.search(rb"StableHLO_v([0-9.]+)", n.attr["module"].s).group(1).decode()
+        assert produced == support["stablehlo_version"]
+    # The newest calling convention this TensorFlow runs, and jax's own StableHLO choice: the oldest
+    # release that reads both is the recorded minimum.
+    from tensorflow.compiler.tf2xla.python import xla as tfxla
+    assert support["calling_convention_version"] == tfxla.call_module_maximum_supported_version()
+    assert support["target_tensorflow"] is None and support["webp_in_graph"] is True  # the newest reads WebP
+    readers = [t.release for t in tf_targets.TARGETS.values()
+               if t.calling_convention >= support["calling_convention_version"]
+               and tf_targets.version_key(t.reads_stablehlo) >= tf_targets.version_key(support["stablehlo_version"])]
+    assert support["minimum"] == min(readers, key=tf_targets.release_key)
+    # It runs here, so the recorded minimum is not newer than this TensorFlow.
+    assert tf_compat.release_key(support["minimum"]) <= tf_compat.release_key(tf.__version__)
+
+
+def test_target_bounds():
+    oldest = min(tf_targets.TARGETS, key=tf_targets.release_key)
+    assert oldest == "2.16"
+    with pytest.raises(ValueError, match=r"TensorFlow 2\.15 cannot be reached.*up to 8.*writes 9 and newer"):
+        tf_targets.target("2.15")
+    with pytest.raises(ValueError, match="not a measured release"):
+        tf_targets.target("3.1")
+    with pytest.raises(ValueError, match="not a TensorFlow version"):
+        tf_targets.target("latest")
+    assert tf_targets.target("2.16.2").release == "2.16"
+    for t in tf_targets.TARGETS.values():
+        # A target's own export is read by the target and by every newer release.
+        assert tf_targets.release_key(tf_targets.oldest_release_for(t.calling_convention, t.stablehlo)) \
+            <= tf_targets.release_key(t.release)
+    # The XlaCallModule of 2.19 and older refuses calling convention 10 (measured).
+    assert tf_targets.oldest_release_for(10, "0.17.7") == "2.20"
+    assert tf_targets.oldest_release_for(9, "1.9.1") == "2.19"
+    assert tf_targets.oldest_release_for(9, "0.17.7", {"DecodeWebP"}) == "2.20"
+
+
+def test_webp_decoder_is_refused_for_older_targets():
+    with pytest.raises(ValueError, match=r"DecodeWebP, which TensorFlow 2\.19 lacks"):
+        tf_targets.check_ops({"DecodeWebP", "DecodeImage"}, tf_targets.target("2.19"))
+    tf_targets.check_ops({"DecodeWebP"}, tf_targets.target("2.20"))
+    with pytest.raises(ValueError, match="DecodeWebP"):
+        tf_targets.support(9, "0.17.7", {"DecodeWebP"}, "2.16")
+    assert tf_targets.support(10, "1.12.1", {"DecodeWebP"}, "2.20")["webp_in_graph"] is True
+
+
+def test_version_check_names_both_versions(exported):
+    path = exported["vila_r_tiny"]
+    meta = _metadata(path)
+    minimum = meta[tf_compat.METADATA_KEY]["minimum"]
+    with pytest.raises(tf_compat.IncompatibleTensorFlowError) as e:
+        tf_compat.check(meta, path, "2.16.2")
+    assert f"{minimum} and newer" in str(e.value) and "TensorFlow 2.16.2" in str(e.value)
+    assert "--target-tensorflow 2.16" in str(e.value)
+    tf_compat.check(meta, path, minimum)  # the minimum itself and newer pass
+    # 2.17 runs a 2.16-target export but computes other numbers (measured): a warning, not a refusal.
+    with pytest.warns(RuntimeWarning, match="2.17"):
+        tf_compat.check({tf_compat.METADATA_KEY: {"minimum": "2.16"}}, path, "2.17.1")
+    tf_compat.check(meta, path, "3.0.0")
+    # An export from before the record: its calling convention against this TensorFlow's XlaCallModule.
+    legacy = {"calling_convention_version": 99}
+    with pytest.raises(tf_compat.IncompatibleTensorFlowError, match="calling convention 99"):
+        tf_compat.check(legacy, path)
+
+
+@pytest.fixture
+def future_export(exported, tmp_path):
+    """The tiny export, its metadata claiming a TensorFlow newer than any."""
+    path = str(tmp_path / "future")
+    shutil.copytree(exported["vila_p_tiny"], path)
+    meta = _metadata(path)
+    meta[tf_compat.METADATA_KEY]["minimum"] = "99.0"
+    with open(os.path.join(path, METADATA_RELATIVE), "w") as f:
+        json.dump(meta, f)
+    return path
+
+
+def test_vila_tf_load_refuses_before_loading(future_export, monkeypatch):
+    import vila_tf
+    loaded = []
+    monkeypatch.setattr(tf.saved_model, "load", lambda *a, **k: loaded.append(a))
+    with pytest.raises(vila_tf.IncompatibleTensorFlowError) as e:
+        vila_tf.load(future_export)
+    assert "99.0 and newer" in str(e.value) and f"TensorFlow {tf.__version__}" in str(e.value)
+    assert not loaded  # refused before the SavedModel was read
+
+
+def test_serving_check_refuses(future_export, exported):
+    err = io.StringIO()
+    with redirect_stderr(err):
+        assert serving.main(["check", future_export]) == 1
+    assert "99.0 and newer" in err.getvalue() and tf.__version__ in err.getvalue()
+    # A TF Serving release older than the export's minimum, named on the command line.
+    with pytest.raises(tf_compat.IncompatibleTensorFlowError, match="TensorFlow 2.18"):
+        serving.check_tensorflow_version(exported["vila_r_tiny"], "2.18")
+
+
+@pytest.mark.slow
+def test_oldest_target_runs_in_oldest_tensorflow(tmp_path):
+    """Exports for the oldest reachable release and runs every signature in that TensorFlow (a
+    virtual environment of its own): equal to this TensorFlow's outputs within 1e-5, while the
+    default export is refused there at load time."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import compat
+    oldest = min(tf_targets.TARGETS, key=tf_targets.release_key)
+    report = compat.matrix(compat.DEFAULT_VENVS, [oldest], [oldest], str(tmp_path))
+    cell = report["results"][oldest][f"target {oldest}"]
+    assert cell["loads"] and cell["runs"], cell
+    assert isinstance(cell["max_abs_diff"], float) and cell["max_abs_diff"] <= 1e-5, cell
+    assert cell["vila_tf_load"] == "ok"
+    assert cell["metadata_minimum"] == oldest
+    default = report["results"][oldest]["default"]
+    assert default["vila_tf_load"].startswith("refused") and not default["runs"]
+    for n in _xla_call_modules(os.path.join(str(tmp_path), "exports", f"target_{oldest}")):
+        assert n.attr["version"].i == tf_targets.TARGETS[oldest].calling_convention
+        assert re.search(rb"StableHLO_v([0-9.]+)", n.attr["module"].s).group(1).decode() == \
+            tf_targets.TARGETS[oldest].stablehlo
+    np.testing.assert_equal(report["releases"][oldest]["calling_convention"],
+                            tf_targets.TARGETS[oldest].calling_convention)
+
+
+def test_model_card_prints_the_range(exported):
+    from export import model_card
+    facts = model_card.read_facts(exported["vila_p_tiny"])
+    card = model_card.render(facts, model_card.PackageInfo("vila_p", 1, "vila_p_1.tar.gz", "0" * 64, 1))
+    minimum = _metadata(exported["vila_p_tiny"])[tf_compat.METADATA_KEY]["minimum"]
+    assert f"| TensorFlow / TF Serving | **{minimum} and newer** (default export" in card
+
+
+def test_old_targets_leave_webp_out_of_the_graph():
+    from export import savedmodel
+    for release, webp in (("2.16", False), ("2.19", False), ("2.20", True), ("2.21", True)):
+        opts = savedmodel.options_for_target(savedmodel.ExportOptions(target_tensorflow=release), log=lambda m: None)
+        assert opts.webp is webp, release
+    assert savedmodel.options_for_target(savedmodel.ExportOptions(), log=lambda m: None).webp is True
