@@ -49,7 +49,7 @@ def load_weights(path: str, manifest: dict, seed: int = 0) -> tuple[dict, bool]:
     """{name: numpy array}; True when they are the bundle's own, False when random of the right shapes."""
     spec = manifest["weights"]
     if spec["file"]:
-        with np.load(os.path.join(path, spec["file"])) as z:
+        with np.load(os.path.join(path, spec["file"]), allow_pickle=False) as z:
             return {n: z[n].view(_dtype(a["dtype"])) if a["dtype"] == "bfloat16" else z[n]
                     for n, a in spec["arrays"].items()}, True
     rng = np.random.default_rng(seed)
@@ -170,7 +170,7 @@ def run(bundle: str, batch_sizes: list[int] | None, functions: list[str] | None,
         weight_args = [weights_dev[i["weight"]] for i in spec["inputs"] if "weight" in i]
         positions = [(k, i) for k, i in enumerate(spec["inputs"]) if "data" in i]
         if own_weights:
-            with np.load(os.path.join(bundle, spec["samples"])) as z:
+            with np.load(os.path.join(bundle, spec["samples"]), allow_pickle=False) as z:
                 args = [weights_dev[i["weight"]] if "weight" in i else jax.device_put(z[f"input_{k}"])
                         for k, i in enumerate(spec["inputs"])]
                 expected = [z[f"output_{k}"] for k in range(len(spec["outputs"]))]

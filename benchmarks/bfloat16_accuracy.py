@@ -37,7 +37,7 @@ def measure(name: str, storage: str, compute: str) -> dict:
     import jax.numpy as jnp
     from export import checkpoint, heads
     ck = checkpoint.load(os.path.join(DATA, name, "ckpt"), **FIXTURE_OVERRIDES)
-    g = np.load(os.path.join(DATA, name, "golden.npz"))
+    g = np.load(os.path.join(DATA, name, "golden.npz"), allow_pickle=False)
     # Storage rounding first (what the SavedModel's variables hold), then the compute cast.
     stored = {k: np.asarray(jnp.asarray(v).astype(storage).astype(jnp.float32))
               for k, v in checkpoint.flatten(ck.params).items()}

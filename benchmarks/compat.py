@@ -131,7 +131,7 @@ def write_exports(work: str, targets) -> dict:
 def compare(reference: str, candidate: str) -> float | str:
     """Max |diff| over the float outputs, or the first mismatch of a non-float output."""
     import numpy as np
-    ref, got = np.load(reference), np.load(candidate)
+    ref, got = np.load(reference, allow_pickle=False), np.load(candidate, allow_pickle=False)
     if set(ref.files) != set(got.files):
         return f"outputs differ: {sorted(set(ref.files) ^ set(got.files))}"
     worst = 0.0

@@ -130,7 +130,7 @@ def test_bundle_holds_the_savedmodels_outputs(bundle, exported):
                       ("zero_shot", "zero_shot_score"), ("caption", "caption_ids")):
         spec = manifest["functions"][name]
         image_pos = next(k for k, i in enumerate(spec["inputs"]) if i.get("data") == "image")
-        z = np.load(os.path.join(bundle, spec["samples"]))
+        z = np.load(os.path.join(bundle, spec["samples"]), allow_pickle=False)
         got = m.signatures[f"{name}_pixels"](image=tf.constant(z[f"input_{image_pos}"]))[key].numpy()
         np.testing.assert_allclose(got, z["output_0"], atol=1e-6)
 
@@ -154,7 +154,7 @@ def test_runner_catches_a_wrong_output(bundle, tmp_path):
     bad = str(tmp_path / "bad")
     shutil.copytree(bundle, bad)
     path = os.path.join(bad, "score.npz")
-    z = dict(np.load(path))
+    z = dict(np.load(path, allow_pickle=False))
     z["output_0"] = z["output_0"] + 1e-3
     np.savez(path, **z)
     r, res = _run_runner(bad, "--functions", "score", "--batch-sizes", "2", "--repeats", "1")
