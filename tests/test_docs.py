@@ -21,10 +21,6 @@ SIGN = "\u00a7"
 SKIP_DIRS = {".git", ".venv", "build", "dist", "exported", "node_modules", "__pycache__", ".pytest_cache"}
 SCANNED_EXTENSIONS = (".py", ".ipynb", ".md")
 
-# Pages that other branches are writing at the same time as this test. Links to them are allowed
-# until they are merged; the lead empties this list after the merge. Keep it tiny.
-PENDING_PAGES = {"streaming.md", "formats.md", "datasets.md", "compatibility.md", "accelerators.md"}
-
 # [docs/]page.md, then the sign and a number or range; or the sign alone (a bare reference).
 REFERENCE = re.compile(r"(?P<page>(?:docs/)?[A-Za-z0-9_][\w.-]*\.md)?[`*]?\s*" + SIGN
                        + r"\s*(?P<first>\d+)(?:\s*[-\u2013]\s*" + SIGN + r"?(?P<last>\d+))?")
@@ -112,8 +108,6 @@ def link_problems(path):
         file_part, _, anchor = target.partition("#")
         resolved = os.path.normpath(os.path.join(os.path.dirname(path), file_part))
         if not os.path.exists(resolved):
-            if os.path.dirname(resolved) == DOCS and os.path.basename(resolved) in PENDING_PAGES:
-                continue
             problems.append(f"{rel}: link {target!r}: {os.path.relpath(resolved, ROOT)} does not exist")
         elif anchor and resolved.endswith(".md") and anchor not in anchors_of(resolved):
             problems.append(f"{rel}: link {target!r}: no heading with anchor #{anchor}")
