@@ -111,6 +111,28 @@ def exported(tmp_path_factory, spm_model, worker_id):
     return {n: str(root / n / "1") for n in FIXTURES}
 
 
+@pytest.fixture(scope="module")
+def model(exported):
+    """`vila_tf.load` of the tiny VILA-R export (a module's own `model` fixture may override it)."""
+    import vila_tf
+    m = vila_tf.load(exported["vila_r_tiny"])
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
+def reference(exported):
+    """Scores straight from the tiny VILA-R export's serving_default on encoded bytes: the ground
+    truth the runtime is checked against (a module's own `reference` fixture may override it)."""
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401
+    m = tf.saved_model.load(exported["vila_r_tiny"])
+
+    def score(encoded):
+        return m.signatures["serving_default"](image_bytes=tf.constant(encoded))["predictions"].numpy()[:, 0]
+    return score
+
+
 def run_without_jax(script: str, *args, timeout=900):
     """Runs a Python script in a fresh process in which `import jax` / `import flax` fail."""
     import subprocess

@@ -57,12 +57,6 @@ def photos(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model(exported):
-    import vila_tf
-    return vila_tf.load(exported["vila_r_tiny"])
-
-
-@pytest.fixture(scope="module")
 def expected(model, photos):
     """What `vila_tf` itself says about every file: {name: score} and {name: error reason}."""
     good = sorted(p for p in os.listdir(photos) if p.startswith("img"))

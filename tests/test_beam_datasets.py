@@ -62,12 +62,6 @@ def collection():
 
 
 @pytest.fixture(scope="module")
-def model(exported):
-    import vila_tf
-    return vila_tf.load(exported["vila_r_tiny"])
-
-
-@pytest.fixture(scope="module")
 def truth(model, collection):
     """What the SavedModel says about the same bytes: {id: score} and {id: reason}."""
     present = [(k, b) for k, b in collection if b is not None]

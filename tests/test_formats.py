@@ -44,14 +44,6 @@ def _with_orientation(pixels, fmt, orientation, **kw):
     return _encode(pixels, fmt, exif=exif.tobytes(), **kw)
 
 
-@pytest.fixture(scope="module")
-def model(exported):
-    import vila_tf
-    m = vila_tf.load(exported["vila_r_tiny"])
-    yield m
-    m.close()
-
-
 def _score_of_pixels(model, pixels):
     """The SavedModel on the release pipeline's preprocessing of the PNG of `pixels`."""
     x = release_pipeline(_encode(pixels, "PNG"))[None]

@@ -29,24 +29,6 @@ def _encode(arr, fmt="PNG"):
 
 
 @pytest.fixture(scope="module")
-def model(exported):
-    import vila_tf
-    m = vila_tf.load(exported["vila_r_tiny"])
-    yield m
-    m.close()
-
-
-@pytest.fixture(scope="module")
-def reference(exported):
-    """Scores straight from the SavedModel's serving_default on PNG bytes: the ground truth path."""
-    m = tf.saved_model.load(exported["vila_r_tiny"])
-
-    def score(png_bytes_list):
-        return m.signatures["serving_default"](image_bytes=tf.constant(png_bytes_list))["predictions"].numpy()[:, 0]
-    return score
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     d = tmp_path_factory.mktemp("photos")
     arrays = [_photo(i) for i in range(5)]

@@ -12,8 +12,6 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_text  # noqa: F401  (the SavedModel's SentencePiece ops)
 from PIL import Image
 
 from conftest import run_without_jax
@@ -32,24 +30,6 @@ def _png(arr):
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def model(exported):
-    import vila_tf
-    m = vila_tf.load(exported["vila_r_tiny"])
-    yield m
-    m.close()
-
-
-@pytest.fixture(scope="module")
-def reference(exported):
-    """Scores straight from the SavedModel's serving_default on encoded bytes: the ground truth."""
-    m = tf.saved_model.load(exported["vila_r_tiny"])
-
-    def score(encoded):
-        return m.signatures["serving_default"](image_bytes=tf.constant(encoded))["predictions"].numpy()[:, 0]
-    return score
 
 
 def test_stream_takes_the_first_results_of_an_endless_generator(model, reference):
