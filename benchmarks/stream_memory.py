@@ -36,7 +36,7 @@ def peak_mb():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
-out = {"vila_tf": vila_tf.__file__}
+out = {"vila_tf": vila_tf.__file__, "jpeg_mb": len(jpeg) / 2**20}
 for n in (50, 1000):
     if sys.argv[2] == "stream":
         count = sum(r.error is None for r in model.stream("score", photos(n), batch_size=25))

@@ -125,46 +125,18 @@ def test_folders_are_walked_without_reading_files(tmp_path):
     assert inputs.load(first).data == b"x"
 
 
-RSS_SCRIPT = r"""
-import io, json, sys
-import numpy as np
-from PIL import Image
-import vila_tf
-
-model = vila_tf.load(sys.argv[1])
-rng = np.random.default_rng(0)
-# A noisy 480x360 JPEG (about 0.2 MB): every input below is a fresh copy of its bytes, made lazily.
-buf = io.BytesIO()
-Image.fromarray(rng.integers(0, 256, (360, 480, 3), np.uint8)).save(buf, format="JPEG", quality=95)
-jpeg = buf.getvalue()
-
-def photos(n):
-    for _ in range(n):
-        yield bytes(bytearray(jpeg))
-
-def peak_mb():
-    # VmHWM: this process's own peak since exec. (ru_maxrss would also count the RSS of the
-    # parent at fork time, e.g. pytest's, which could hide any growth here.)
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-
-out = {"jpeg_mb": len(jpeg) / 2**20}
-for n in (50, 1000):
-    count = sum(r.error is None for r in model.stream("score", photos(n), batch_size=25))  # one bucket: 32
-    out[str(n)] = {"scored": count, "peak_rss_mb": peak_mb()}
-print(json.dumps(out))
-"""
-
-
 def test_memory_stays_flat_as_inputs_grow(exported, tmp_path):
     """Peak RSS after 1000 images is that after 50 (the old collect-everything runtime held about
     0.8 MB per image, encoded and decoded: 0.75 GB more). In a fresh process, so that ru_maxrss
     covers this alone."""
     if not os.path.exists("/proc/self/status"):
         pytest.skip("peak RSS is read from /proc/self/status (Linux)")
+    # The very measurement `benchmarks/stream_memory.py` publishes, here with jax blocked.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import stream_memory
     script = tmp_path / "rss.py"
-    script.write_text(RSS_SCRIPT)
-    r = run_without_jax(str(script), exported["vila_r_tiny"])
+    script.write_text(stream_memory.SCRIPT)
+    r = run_without_jax(str(script), exported["vila_r_tiny"], "stream")
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["jpeg_mb"] > 0.15
