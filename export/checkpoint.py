@@ -26,6 +26,7 @@ import numpy as np
 from . import msgpack_index
 from .config import ConfigError, VilaConfig, config_from_shapes
 from .msgpack_index import ArrayRef, ChunkedArrayRef, MsgpackFormatError
+from .param_source import ParamSource
 
 CONFIG_FILE = "vila_config.json"
 ORBAX_SUBDIR = "params"
@@ -283,12 +284,28 @@ def _param_leaves_from_flattened(leaves: list, path: str, overrides: Mapping) ->
     return {n: leaves[1 + i] for i, n in enumerate(names)}, cfg
 
 
-def read_paxml(ckpt: str, step: Optional[int] = None, progress: Optional[Callable[[int, int], None]] = None,
-               **overrides) -> LoadedCheckpoint:
-    """Reads a paxml/flax msgpack checkpoint; only parameter bytes are read (no optimizer state).
+class PaxmlParams(ParamSource):
+    """The parameters of a paxml/flax msgpack checkpoint, read from the file one array at a time
+    (only parameter bytes, no optimizer state). Indexing checks every shape first."""
 
-    Peak memory is the parameters themselves plus a few kilobytes of index.
-    """
+    sha256 = None  # computed by whoever needs it (a full read of the file)
+
+    def __init__(self, path: str, refs: dict, config: VilaConfig, step: Optional[int]):
+        self.path, self.config, self.step, self._refs = path, config, step, refs
+        self.shapes = {name: tuple(ref.shape) for name, ref in refs.items()}
+
+    def read(self, name: str) -> np.ndarray:
+        try:
+            with open(self.path, "rb") as f:
+                return self._refs[name].read(f, f"{self.path}: params/{name}")
+        except MsgpackFormatError as e:
+            raise CheckpointError(str(e)) from None
+        except OSError as e:
+            raise CheckpointError(f"{self.path}: cannot read params/{name}: {e}") from None
+
+
+def open_paxml(ckpt: str, step: Optional[int] = None, **overrides) -> PaxmlParams:
+    """Indexes a paxml/flax msgpack checkpoint: names, shapes and config, no array read yet."""
     path, step = locate(ckpt, step)
     try:
         with open(path, "rb") as f:
@@ -296,31 +313,38 @@ def read_paxml(ckpt: str, step: Optional[int] = None, progress: Optional[Callabl
                 doc = msgpack_index.index_file(f, path)
             except MsgpackFormatError as e:
                 raise CheckpointError(f"not a flax-msgpack checkpoint: {e}") from None
-            if not isinstance(doc, dict):
-                raise CheckpointError(f"{path}: not a flax-msgpack checkpoint (top level is "
-                                      f"{type(doc).__name__}, expected a map)")
-            if "flattened_state" in doc:
-                if not isinstance(doc["flattened_state"], list):
-                    raise CheckpointError(f"{path}: flattened_state is not a list of arrays")
-                refs, cfg = _param_leaves_from_flattened(doc["flattened_state"], path, overrides)
-            else:
-                refs = _find_params_in_state_dict(doc, path)
-                try:
-                    cfg = config_from_shapes({k: _leaf_shape(v) for k, v in refs.items()}, **overrides)
-                except ConfigError as e:
-                    raise CheckpointError(f"{path}: {e}") from None
-                check_shapes({k: _leaf_shape(v) for k, v in refs.items()}, cfg, path)
-            params, total = {}, len(refs)
-            for i, (name, ref) in enumerate(refs.items()):
-                try:
-                    params[name] = ref.read(f, f"{path}: params/{name}")
-                except MsgpackFormatError as e:
-                    raise CheckpointError(str(e)) from None
-                if progress:
-                    progress(i + 1, total)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read: {e}") from None
-    return LoadedCheckpoint(unflatten(params), cfg, path, step)
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{path}: not a flax-msgpack checkpoint (top level is "
+                              f"{type(doc).__name__}, expected a map)")
+    if "flattened_state" in doc:
+        if not isinstance(doc["flattened_state"], list):
+            raise CheckpointError(f"{path}: flattened_state is not a list of arrays")
+        refs, cfg = _param_leaves_from_flattened(doc["flattened_state"], path, overrides)
+    else:
+        refs = _find_params_in_state_dict(doc, path)
+        try:
+            cfg = config_from_shapes({k: _leaf_shape(v) for k, v in refs.items()}, **overrides)
+        except ConfigError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        check_shapes({k: _leaf_shape(v) for k, v in refs.items()}, cfg, path)
+    return PaxmlParams(path, refs, cfg, step)
+
+
+def read_paxml(ckpt: str, step: Optional[int] = None, progress: Optional[Callable[[int, int], None]] = None,
+               **overrides) -> LoadedCheckpoint:
+    """Reads a paxml/flax msgpack checkpoint; only parameter bytes are read (no optimizer state).
+
+    Peak memory is the parameters themselves plus a few kilobytes of index.
+    """
+    source = open_paxml(ckpt, step, **overrides)
+    params, total = {}, len(source.shapes)
+    for i, name in enumerate(source.shapes):
+        params[name] = source.read(name)
+        if progress:
+            progress(i + 1, total)
+    return LoadedCheckpoint(unflatten(params), source.config, source.path, source.step)
 
 
 def check_shapes(shapes: Mapping[str, tuple], cfg: VilaConfig, source: str) -> None:
@@ -432,6 +456,18 @@ def read_converted(path: str, **overrides) -> LoadedCheckpoint:
     check_shapes({k: v.shape for k, v in params.items()}, cfg, params_dir)
     return LoadedCheckpoint(unflatten(params), cfg, meta.get("source") or path, meta.get("step"),
                             meta.get("sha256"))
+
+
+def open_params(path: str, step: Optional[int] = None, **overrides) -> ParamSource:
+    """Either form as a `ParamSource` with `config`, `path`, `step` and `sha256`: a paxml
+    checkpoint is indexed and read one array at a time later; a converted one is read whole."""
+    if os.path.isdir(path) and is_converted(path):
+        from .param_source import InMemoryParams
+        loaded = read_converted(path, **overrides)
+        source = InMemoryParams(loaded.params, consume=True)
+        source.config, source.path, source.step, source.sha256 = loaded.config, loaded.source, loaded.step, loaded.sha256
+        return source
+    return open_paxml(path, step, **overrides)
 
 
 def load(path: str, step: Optional[int] = None, progress=None, **overrides) -> LoadedCheckpoint:

@@ -13,7 +13,7 @@ import time
 if "tensorflow" not in sys.modules:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from . import checkpoint, release  # noqa: E402
+from . import checkpoint, host_memory, release  # noqa: E402
 from .config import VilaConfig  # noqa: E402
 
 DEMO_NAME = "vila_demo"
@@ -35,35 +35,24 @@ def _progress(label: str):
     return report
 
 
-def _return_freed_memory_to_the_os() -> None:
-    """glibc keeps freed blocks of up to 32 MB in per-thread arenas, where TensorFlow's allocations
-    (other threads) cannot reuse JAX's freed ones: the export's RSS would hold both. A fixed 1 MB
-    mmap threshold makes every array-sized block an mmap that free() returns at once."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
 def export_checkpoint(ckpt: str, spm_path: str, out: str, dtype: str = "float32", step=None,
                       overrides: dict | None = None, compute_dtype: str = "float32",
                       target_tensorflow: str | None = None) -> str:
     from . import savedmodel
     if not os.path.isfile(spm_path):
         raise FileNotFoundError(f"{spm_path}: SentencePiece model not found (--spm)")
-    _return_freed_memory_to_the_os()
+    host_memory.map_large_blocks()
     _log(f"reading {ckpt}")
-    loaded = checkpoint.load(ckpt, step, _progress("reading"), **(overrides or {}))
-    sha = loaded.sha256 or (checkpoint.file_sha256(loaded.source) if os.path.isfile(loaded.source) else None)
-    _log(f"{loaded.config.model_type}: {loaded.config.num_encoder_layers} encoder layers, "
-         f"{loaded.config.num_unimodal_layers}+{loaded.config.num_crossmodal_layers} decoder layers, "
-         f"dims {loaded.config.model_dims}, vocab {loaded.config.vocab_size}")
-    opts = savedmodel.ExportOptions(dtype=dtype, compute_dtype=compute_dtype, source=os.path.abspath(loaded.source),
-                                    source_sha256=sha, source_step=loaded.step, target_tensorflow=target_tensorflow)
-    # The export consumes the arrays as it turns them into variables (lean export).
-    return savedmodel.write_savedmodel(loaded.params, loaded.config, spm_path, out, opts, log=_log,
-                                       consume_params=True)
+    source = checkpoint.open_params(ckpt, step, **(overrides or {}))
+    cfg = source.config
+    sha = source.sha256 or (checkpoint.file_sha256(source.path) if os.path.isfile(source.path) else None)
+    _log(f"{cfg.model_type}: {cfg.num_encoder_layers} encoder layers, "
+         f"{cfg.num_unimodal_layers}+{cfg.num_crossmodal_layers} decoder layers, "
+         f"dims {cfg.model_dims}, vocab {cfg.vocab_size}")
+    opts = savedmodel.ExportOptions(dtype=dtype, compute_dtype=compute_dtype, source=os.path.abspath(source.path),
+                                    source_sha256=sha, source_step=source.step, target_tensorflow=target_tensorflow)
+    # The arrays are read from the file as the weights are written (lean export).
+    return savedmodel.write_savedmodel(source, cfg, spm_path, out, opts, log=_log)
 
 
 def _project_text_roots() -> list[str]:
@@ -83,17 +72,17 @@ def export_demo(out: str, dtype: str = "float32", cfg: VilaConfig | None = None,
     project's own text: the whole pipeline at real size, with scores that mean nothing."""
     from . import heads, savedmodel, spm
     cfg = cfg or VilaConfig()
-    _return_freed_memory_to_the_os()
+    host_memory.map_large_blocks()
     _log("DEMO export: random weights of the released architecture; its scores mean nothing")
     spm_dir = os.path.join(os.path.dirname(os.path.abspath(out)), ".demo_spm")
     sentences = [line for root in _project_text_roots() for line in spm.repo_sentences(root)]
     spm_path = spm.train(sentences, os.path.join(spm_dir, "spm.model"), cfg.vocab_size)
     _log(f"trained a demo SentencePiece model on the project's text: {spm_path}")
-    _log(f"initialising {cfg.model_type} parameters (seed {DEMO_SEED})")
-    params = heads.init_params(cfg, DEMO_SEED)
+    _log(f"{cfg.model_type} parameters: seeded random (seed {DEMO_SEED}), drawn as they are written")
     opts = savedmodel.ExportOptions(dtype=dtype, compute_dtype=compute_dtype, demo=True,
                                     source=f"demo: random weights, seed {DEMO_SEED}", target_tensorflow=target_tensorflow)
-    return savedmodel.write_savedmodel(params, cfg, spm_path, out, opts, log=_log, consume_params=True)
+    # Each array is drawn as the weights are written (lean export).
+    return savedmodel.write_savedmodel(heads.DemoParams(cfg, DEMO_SEED), cfg, spm_path, out, opts, log=_log)
 
 
 def _add_dtype_args(p: argparse.ArgumentParser) -> None:

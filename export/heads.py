@@ -10,9 +10,10 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from . import decode
+from . import decode, host_memory
 from .config import QUALITY_PROMPT_IDS, VilaConfig
 from .model import VilaModel, l2_normalize
+from .param_source import ParamSource
 
 # The release's zero-shot quality prompts (run_vila_predict._ZSL_QUALITY_PROMPTS): good/bad pairs.
 ZERO_SHOT_PROMPT_PAIRS = (
@@ -121,26 +122,41 @@ def abstract_params(cfg: VilaConfig):
     return jax.eval_shape(model.init, jax.random.PRNGKey(0), img, ids, pad)["params"]
 
 
-def init_params(cfg: VilaConfig, seed: int = 0):
-    """Seeded random parameters (demo weights: the architecture is real, the numbers are not).
+class DemoParams(ParamSource):
+    """Seeded random parameters, drawn one array at a time (demo weights: the architecture is
+    real, the numbers are not). Each array depends only on the seed and its path's index, so the
+    draw order is free and `init_params` gives the same tree.
 
-    Drawn one array at a time with the model's own initializers: a whole-model jitted `init` holds
-    XLA temporaries of several times the parameter bytes at once (the lean export needs ~1x).
+    Drawn with the model's own initializers, one array at a time: a whole-model jitted `init`
+    holds XLA temporaries of several times the parameter bytes at once.
     """
-    from .checkpoint import flatten, unflatten
-    from .model import _weight_init
-    key = jax.random.PRNGKey(seed)
-    out = {}
-    for i, (path, leaf) in enumerate(sorted(flatten(abstract_params(cfg)).items())):
-        k, name = jax.random.fold_in(key, i), path.rsplit("/", 1)[-1]
+
+    def __init__(self, cfg: VilaConfig, seed: int = 0):
+        from .checkpoint import flatten
+        self.cfg, self._key = cfg, jax.random.PRNGKey(seed)
+        leaves = sorted(flatten(abstract_params(cfg)).items())
+        self._index = {path: i for i, (path, _) in enumerate(leaves)}
+        self.shapes = {path: tuple(leaf.shape) for path, leaf in leaves}
+
+    def read(self, path: str) -> jax.Array:
+        from .model import _weight_init
+        k, name, shape = jax.random.fold_in(self._key, self._index[path]), path.rsplit("/", 1)[-1], self.shapes[path]
         if name in ("w", "pooling_attn_query"):
-            value = _weight_init(k, leaf.shape, jnp.float32)
+            value = _weight_init(k, shape, jnp.float32)
         elif name in ("emb_var", "cls_emb"):
-            std = 0.02 if "pos_emb" in path else cfg.model_dims ** -0.5
-            value = jax.random.normal(k, leaf.shape, jnp.float32) * std
+            std = 0.02 if "pos_emb" in path else self.cfg.model_dims ** -0.5
+            value = jax.random.normal(k, shape, jnp.float32) * std
         elif name == "temperature":
-            value = jnp.full(leaf.shape, 0.07, jnp.float32)
+            value = jnp.full(shape, 0.07, jnp.float32)
         else:  # biases, layer-norm scales/biases, per-dim scales
-            value = jnp.zeros(leaf.shape, jnp.float32)
-        out[path] = value.block_until_ready()
+            value = jnp.zeros(shape, jnp.float32)
+        return value.block_until_ready()
+
+
+def init_params(cfg: VilaConfig, seed: int = 0):
+    """The demo parameters (`DemoParams`) as one tree."""
+    from .checkpoint import unflatten
+    source = DemoParams(cfg, seed)
+    out = {path: source.read(path) for path in source.shapes}
+    host_memory.release_freed()  # the per-shape compilations' garbage
     return unflatten(out)

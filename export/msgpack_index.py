@@ -41,7 +41,7 @@ class ArrayRef:
             raise MsgpackFormatError(
                 f"{path}: array at byte {self.offset} declares shape {list(self.shape)} {self.dtype} "
                 f"({declared} bytes) but holds {self.nbytes} bytes")
-        arr = np.empty(self.shape, dtype)
+        arr = aligned_empty(self.shape, dtype)
         f.seek(self.offset)
         got = f.readinto(memoryview(arr.reshape(-1)).cast("B")) if arr.nbytes else 0
         if got != arr.nbytes:
@@ -65,6 +65,15 @@ class ChunkedArrayRef:
         if flat.size != int(np.prod(self.shape)):
             raise MsgpackFormatError(f"{path}: chunked array of shape {list(self.shape)} has {flat.size} elements")
         return flat.reshape(self.shape)
+
+
+def aligned_empty(shape: tuple, dtype: np.dtype, alignment: int = 64) -> np.ndarray:
+    """An uninitialised array whose data starts on an `alignment`-byte boundary: TensorFlow
+    can then adopt the buffer as a variable without copying it (export.savedmodel)."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def np_dtype(name: str, path: str = "") -> np.dtype:

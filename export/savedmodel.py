@@ -20,11 +20,12 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from . import heads, tf_targets
+from . import heads, host_memory, tf_targets, variables_file
 from vila_tf import preprocessing as preprocess
 from vila_tf import tf_compat
-from .checkpoint import flatten, unflatten
+from .checkpoint import unflatten
 from .config import VilaConfig
+from .param_source import ParamSource, as_source
 from .tokenizer import LingvoTokenizer
 from .warmup import write_warmup
 from vila_tf.atomic import atomic_dir
@@ -101,13 +102,6 @@ def lowering_versions(options: ExportOptions) -> tuple[int, str]:
 TEXT_TOWER = ("decoder/token_emb/", "decoder/cls_emb", "decoder/unimodal_transformer/", "decoder/unimodal_ln/")
 
 
-def _variable(array, dtype, path: str) -> tf.Variable:
-    value = np.asarray(array, np.float32)
-    if dtype == tf.bfloat16:
-        value = tf.cast(value, tf.bfloat16)
-    return tf.Variable(value, dtype=dtype, trainable=False, name=path.replace("/", "."))
-
-
 class VilaModule(tf.Module):
     """The exported object: variables, tokenizer, and one tf.function per signature.
 
@@ -118,31 +112,26 @@ class VilaModule(tf.Module):
     variables = None
     trainable_variables = None
 
-    def __init__(self, params, cfg: VilaConfig, spm_model_path: str, options: ExportOptions,
-                 consume_params: bool = False):
-        """`consume_params`: empty `params` (a nested dict) while building the variables, so each
-        array is freed as soon as its variable holds it (the lean export: peak memory ~ the
-        parameters once, docs/accelerators.md)."""
+    def __init__(self, source: ParamSource, cfg: VilaConfig, spm_model_path: str, options: ExportOptions):
+        """Reads only the text tower from `source` (to embed the prompts): the weight variables
+        are zeros that occupy no memory, filled in the saved checkpoint afterwards
+        (`export.variables_file`, the lean export)."""
         super().__init__(name="vila")
         self.cfg, self.options = cfg, options
-        flat = flatten(params)
-        if consume_params:
-            params.clear()  # the flat dict now holds the only references
         self.tokenizer = LingvoTokenizer(spm_model_path)
         spm_vocab = int(self.tokenizer.vocab_size())
         if spm_vocab > cfg.vocab_size:
             raise ValueError(f"{spm_model_path}: the SentencePiece model has {spm_vocab} pieces but the "
                              f"checkpoint's token embedding has only {cfg.vocab_size} rows")
-        # The prompts are embedded first, from the text tower alone (a fraction of the model).
-        self._embed_prompts({p: v for p, v in flat.items() if p.startswith(TEXT_TOWER)})
+        # The prompts are embedded first, from the text tower alone (a fraction of the model), each
+        # array handed to jax as it is read: jit would otherwise copy them all beside the originals.
+        self._embed_prompts({p: jax.device_put(v) for p, v in source.read_tree(TEXT_TOWER).items()})
+        host_memory.release_freed()
 
         # One variable per checkpoint array, named by its praxis path; shared by all signatures.
         var_dtype = tf.bfloat16 if options.dtype == "bfloat16" else tf.float32
-        self._variables_flat = {}
-        for path in list(flat):
-            array = flat.pop(path) if consume_params else flat[path]
-            self._variables_flat[path] = _variable(array, var_dtype, path)
-            del array
+        self._variables_flat = {path: variables_file.zero_variable(shape, var_dtype, path.replace("/", "."))
+                                for path, shape in source.shapes.items()}
         self.params = unflatten(self._variables_flat)
         self.variables = list(self._variables_flat.values()) + [
             v for v in (self.zero_shot_prompt_embeddings, getattr(self, "quality_prompt_embedding", None)) if v is not None]
@@ -174,8 +163,14 @@ class VilaModule(tf.Module):
         def with_compute_params(params, *args):
             return fn(heads.compute_params(params, compute_dtype), cfg, *args)
 
-        return jax2tf.convert(with_compute_params, polymorphic_shapes=(None,) + poly, with_gradient=False,
-                              native_serialization_platforms=tuple(self.options.platforms))
+        converted = jax2tf.convert(with_compute_params, polymorphic_shapes=(None,) + poly, with_gradient=False,
+                                   native_serialization_platforms=tuple(self.options.platforms))
+
+        def lowered_then_released(*args):
+            out = converted(*args)  # runs while TensorFlow traces the signature: lowers the head
+            host_memory.release_freed()
+            return out
+        return lowered_then_released
 
     def _lower(self):
         s = self.cfg.image_size
@@ -221,17 +216,20 @@ class VilaModule(tf.Module):
         pixels = tf.TensorSpec([None, s, s, 3], tf.float32, name="image")
         bytes_batch = tf.TensorSpec([None], tf.string, name="image_bytes")
         tf_fn = lambda f, spec: tf.function(f, input_signature=[spec], autograph=False)
-        pp = lambda f: (lambda image_bytes: f(self.preprocess(image_bytes)["image"]))
+        # The bytes signatures call the preprocess and pixel functions: each head is lowered and
+        # the decoder traced once, not once per signature (half the export's tracing time and
+        # retained graph memory), and the graph holds one copy of each.
+        self.preprocess_fn = tf_fn(self.preprocess, bytes_batch)
+        pp = lambda f: (lambda image_bytes: f(self.preprocess_fn(tf.reshape(image_bytes, [-1]))["image"]))
         self.score_pixels_fn = tf_fn(self.score_pixels, pixels)
         self.image_embedding_pixels_fn = tf_fn(self.image_embedding_pixels, pixels)
         self.zero_shot_pixels_fn = tf_fn(self.zero_shot_pixels, pixels)
         self.caption_pixels_fn = tf_fn(self.caption_pixels, pixels)
         # serving_default takes a scalar (the TF Hub VILA call) or a batch: unknown rank.
-        self.serving_default_fn = tf_fn(pp(self.score_pixels), tf.TensorSpec(None, tf.string, name="image_bytes"))
-        self.image_embedding_fn = tf_fn(pp(self.image_embedding_pixels), bytes_batch)
-        self.zero_shot_fn = tf_fn(pp(self.zero_shot_pixels), bytes_batch)
-        self.caption_fn = tf_fn(pp(self.caption_pixels), bytes_batch)
-        self.preprocess_fn = tf_fn(self.preprocess, bytes_batch)
+        self.serving_default_fn = tf_fn(pp(self.score_pixels_fn), tf.TensorSpec(None, tf.string, name="image_bytes"))
+        self.image_embedding_fn = tf_fn(pp(self.image_embedding_pixels_fn), bytes_batch)
+        self.zero_shot_fn = tf_fn(pp(self.zero_shot_pixels_fn), bytes_batch)
+        self.caption_fn = tf_fn(pp(self.caption_pixels_fn), bytes_batch)
         self.text_embedding_fn = tf_fn(self.text_embedding, tf.TensorSpec([None], tf.string, name="text"))
 
     def signatures(self) -> dict:
@@ -280,9 +278,15 @@ def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
                      consume_params: bool = False) -> str:
     """Builds and saves the SavedModel at exactly `out_dir`, atomically (`vila_tf.atomic`): a crash,
     Ctrl-C or SIGKILL leaves either the previous complete model or the new one, never a partial one.
-    With `consume_params`, `params` is emptied as its arrays become variables (VilaModule).
+
+    `params`: a `ParamSource` (read one array at a time) or a nested dict of arrays, which
+    `consume_params` empties as its arrays are written. The graph is saved first with weightless
+    variables, then the weights group by group (`export.variables_file`): the peak memory is the
+    graph's plus one group of weights, not the whole model's.
     """
     options = options_for_target(options or ExportOptions(), log)
+    source = as_source(params, consume_params)
+    del params
     out_dir = os.path.abspath(out_dir)
     with atomic_dir(out_dir) as tmp:
         t0 = time.time()
@@ -290,11 +294,16 @@ def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
         with _calling_convention(calling_convention), tf_targets.stablehlo_target(stablehlo):
             log(f"building the TF module ({cfg.model_type}, {options.dtype} storage, {options.compute_dtype} "
                 f"compute, platforms {','.join(options.platforms)})")
-            module = VilaModule(params, cfg, spm_model_path, options, consume_params)
-            del params
+            module = VilaModule(source, cfg, spm_model_path, options)
             log("lowering the heads and writing the SavedModel")
             tf.saved_model.save(module, tmp, signatures=module.signatures(),
                                 options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+        info = metadata(module, {})
+        del module  # its graphs: the weights come next
+        host_memory.release_freed()
+        log("writing the weights")
+        variables_file.write_weights(tmp, source, tf.bfloat16 if options.dtype == "bfloat16" else tf.float32,
+                                     log=log)
         support = tf_targets.support(calling_convention, stablehlo, tf_compat.graph_ops(tmp), options.target_tensorflow,
                                      options.webp)
         log(f"runs on TensorFlow / TF Serving {support['minimum']} and newer (calling convention "
@@ -302,7 +311,6 @@ def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
         log("writing TF Serving warmup requests")
         write_warmup(tmp, ALL_SIGNATURES, cfg.image_size)
         with open(os.path.join(tmp, METADATA_RELATIVE), "w") as f:
-            json.dump(metadata(module, {"calling_convention_version": calling_convention,
-                                        tf_compat.METADATA_KEY: support,
-                                        "export_seconds": round(time.time() - t0, 1)}), f, indent=1)
+            json.dump({**info, "calling_convention_version": calling_convention, tf_compat.METADATA_KEY: support,
+                       "export_seconds": round(time.time() - t0, 1)}, f, indent=1)
     return out_dir
