@@ -1,5 +1,8 @@
-"""Run by test_export.py in a process where jax cannot be imported: runs every signature of an
-export with hub.load on the fixture inputs at batch sizes 1, 3 and 8 and saves the outputs."""
+"""Run by test_export.py in a process where jax cannot be imported: runs every signature of each
+export with hub.load on its fixture's inputs at batch sizes 1, 3 and 8 and saves the outputs.
+
+    python jaxless_outputs.py SAVEDMODEL GOLDEN.npz OUT.npz [SAVEDMODEL GOLDEN.npz OUT.npz ...]
+"""
 import io
 import json
 import sys
@@ -9,40 +12,46 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops)
 
-savedmodel_dir, golden_path, out_path = sys.argv[1:4]
 assert "jax" not in sys.modules
-g = np.load(golden_path, allow_pickle=False)
-model = hub.load(savedmodel_dir)
-images = g["input/image"]
-out = {}
-for b in (1, 3, 8):
-    x = tf.constant(np.concatenate([images] * 4)[:b])
-    out[f"{b}/predictions"] = model.signatures["score_pixels"](image=x)["predictions"].numpy()
-    out[f"{b}/image_embedding"] = model.signatures["image_embedding_pixels"](image=x)["image_embedding"].numpy()
-    out[f"{b}/zero_shot_score"] = model.signatures["zero_shot_pixels"](image=x)["zero_shot_score"].numpy()
-    cap = model.signatures["caption_pixels"](image=x)
-    out[f"{b}/caption_ids"] = cap["caption_ids"].numpy()
-    out[f"{b}/caption_length"] = cap["caption_length"].numpy()
-    out[f"{b}/caption"] = np.array([s.decode("utf-8") for s in cap["caption"].numpy()])
-texts = ["good image", "a photo of a dog", "", "lovely bokeh in the background " * 10]
-for b in (1, 3, 4):
-    out[f"{b}/text_embedding"] = model.signatures["text_embedding"](text=tf.constant(texts[:b]))["text_embedding"].numpy()
-# bytes signatures, on a lossless PNG of the first golden image
-from PIL import Image
-buf = io.BytesIO()
-Image.fromarray(np.round(images[0] * 255).astype(np.uint8)).save(buf, format="PNG")
-png = buf.getvalue()
-scalar = model.signatures["serving_default"](tf.constant(png))["predictions"]
-out["scalar_predictions"] = scalar.numpy()
-out["batch_predictions"] = model.signatures["serving_default"](image_bytes=tf.constant([png, png]))["predictions"].numpy()
-out["preprocessed"] = model.signatures["preprocess"](image_bytes=tf.constant([png]))["image"].numpy()
-out["bytes_zero_shot"] = model.signatures["zero_shot"](image_bytes=tf.constant([png]))["zero_shot_score"].numpy()
-try:
-    model.signatures["serving_default"](tf.constant(b"this is not an image"))
-    out["bad_image_error"] = np.array("no error")
-except tf.errors.InvalidArgumentError as e:
-    out["bad_image_error"] = np.array(e.message)
-# variables captured by all signatures together: each parameter exactly once
-n_vars = len({id(v) for f in model.signatures.values() for v in f.variables})
-np.savez(out_path, n_vars=np.array(n_vars), **out)
-print(json.dumps({"ok": True, "variables": n_vars}))
+
+
+def run(savedmodel_dir, golden_path, out_path):
+    g = np.load(golden_path, allow_pickle=False)
+    model = hub.load(savedmodel_dir)
+    images = g["input/image"]
+    out = {}
+    for b in (1, 3, 8):
+        x = tf.constant(np.concatenate([images] * 4)[:b])
+        out[f"{b}/predictions"] = model.signatures["score_pixels"](image=x)["predictions"].numpy()
+        out[f"{b}/image_embedding"] = model.signatures["image_embedding_pixels"](image=x)["image_embedding"].numpy()
+        out[f"{b}/zero_shot_score"] = model.signatures["zero_shot_pixels"](image=x)["zero_shot_score"].numpy()
+        cap = model.signatures["caption_pixels"](image=x)
+        out[f"{b}/caption_ids"] = cap["caption_ids"].numpy()
+        out[f"{b}/caption_length"] = cap["caption_length"].numpy()
+        out[f"{b}/caption"] = np.array([s.decode("utf-8") for s in cap["caption"].numpy()])
+    texts = ["good image", "a photo of a dog", "", "lovely bokeh in the background " * 10]
+    for b in (1, 3, 4):
+        out[f"{b}/text_embedding"] = model.signatures["text_embedding"](text=tf.constant(texts[:b]))["text_embedding"].numpy()
+    # bytes signatures, on a lossless PNG of the first golden image
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.round(images[0] * 255).astype(np.uint8)).save(buf, format="PNG")
+    png = buf.getvalue()
+    scalar = model.signatures["serving_default"](tf.constant(png))["predictions"]
+    out["scalar_predictions"] = scalar.numpy()
+    out["batch_predictions"] = model.signatures["serving_default"](image_bytes=tf.constant([png, png]))["predictions"].numpy()
+    out["preprocessed"] = model.signatures["preprocess"](image_bytes=tf.constant([png]))["image"].numpy()
+    out["bytes_zero_shot"] = model.signatures["zero_shot"](image_bytes=tf.constant([png]))["zero_shot_score"].numpy()
+    try:
+        model.signatures["serving_default"](tf.constant(b"this is not an image"))
+        out["bad_image_error"] = np.array("no error")
+    except tf.errors.InvalidArgumentError as e:
+        out["bad_image_error"] = np.array(e.message)
+    # variables captured by all signatures together: each parameter exactly once
+    n_vars = len({id(v) for f in model.signatures.values() for v in f.variables})
+    np.savez(out_path, n_vars=np.array(n_vars), **out)
+    print(json.dumps({"ok": True, "variables": n_vars}))
+
+
+for i in range(1, len(sys.argv), 3):
+    run(*sys.argv[i:i + 3])

@@ -14,14 +14,13 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def jaxless(exported, tmp_path_factory):
-    out = {}
-    for name, path in exported.items():
-        npz = tmp_path_factory.mktemp("jaxless") / f"{name}.npz"
-        r = run_without_jax(os.path.join(HERE, "jaxless_outputs.py"), path,
-                            os.path.join(DATA, name, "golden.npz"), npz)
-        assert r.returncode == 0, r.stderr[-4000:]
-        out[name] = np.load(npz, allow_pickle=False)
-    return out
+    """Both exports' outputs from one jax-free process."""
+    folder = tmp_path_factory.mktemp("jaxless")
+    args = [a for name, path in exported.items()
+            for a in (path, os.path.join(DATA, name, "golden.npz"), folder / f"{name}.npz")]
+    r = run_without_jax(os.path.join(HERE, "jaxless_outputs.py"), *args)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return {name: np.load(folder / f"{name}.npz", allow_pickle=False) for name in exported}
 
 
 def _tile(x, b):

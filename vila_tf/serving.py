@@ -261,33 +261,36 @@ def _run_records(path: str, xla_disabled: bool) -> dict:
     if xla_disabled:
         disable_xla_compilation()
     model = SessionModel(path)
-    status, sizes, failures = {}, {}, []
-    for rec in read_warmup(path):
-        signature, inputs = request_to_inputs(rec.predict_log.request)
-        if xla_disabled and signature in status:
-            continue
-        batch = len(next(iter(inputs.values())))
-        try:
-            outputs = model.run(signature, inputs)
-        except Exception as e:  # noqa: BLE001 - the report says what failed
-            msg = " ".join(str(e).split())
-            at = msg.find("XLA compilation disabled")
-            status[signature] = f"{type(e).__name__}: " + (msg[at:at + 200] if at >= 0 else msg[:300])
-            failures.append(f"{signature}[batch {batch}]: {status[signature]}")
-            continue
-        sizes.setdefault(signature, []).append(batch)
-        bad = [k for k, v in outputs.items() if v.dtype != object and not np.all(np.isfinite(v))]
-        if bad:
-            failures.append(f"{signature}[batch {batch}]: non-finite outputs {bad}")
-        status.setdefault(signature, "ok" if not bad else f"non-finite outputs {bad}")
+    try:
+        status, sizes, failures = {}, {}, []
+        for rec in read_warmup(path):
+            signature, inputs = request_to_inputs(rec.predict_log.request)
+            if xla_disabled and signature in status:
+                continue
+            batch = len(next(iter(inputs.values())))
+            try:
+                outputs = model.run(signature, inputs)
+            except Exception as e:  # noqa: BLE001 - the report says what failed
+                msg = " ".join(str(e).split())
+                at = msg.find("XLA compilation disabled")
+                status[signature] = f"{type(e).__name__}: " + (msg[at:at + 200] if at >= 0 else msg[:300])
+                failures.append(f"{signature}[batch {batch}]: {status[signature]}")
+                continue
+            sizes.setdefault(signature, []).append(batch)
+            bad = [k for k, v in outputs.items() if v.dtype != object and not np.all(np.isfinite(v))]
+            if bad:
+                failures.append(f"{signature}[batch {batch}]: non-finite outputs {bad}")
+            status.setdefault(signature, "ok" if not bad else f"non-finite outputs {bad}")
+    finally:
+        model.close()
     return {"signatures": status, "batch_sizes": sizes, "failures": failures}
 
 
-def _in_subprocess(mode: str, path: str) -> dict:
-    r = subprocess.run([sys.executable, "-m", "vila_tf.serving", "_child", mode, path], capture_output=True,
+def _in_subprocess(path: str) -> dict:
+    r = subprocess.run([sys.executable, "-m", "vila_tf.serving", "_child", path], capture_output=True,
                        text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     if r.returncode:
-        raise RuntimeError(f"{mode} check crashed:\n{r.stderr[-3000:]}")
+        raise RuntimeError(f"model-server check crashed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -309,18 +312,20 @@ def check_tensorflow_version(path: str, server_version: str | None = None) -> No
 
 
 def check(path: str, server_version: str | None = None) -> dict:
-    """Model-server-equivalent checks of one SavedModel, each in a fresh process like a server.
+    """Model-server-equivalent checks of one SavedModel, in a fresh process like a server.
     First, this TensorFlow (and `server_version`, a TF Serving release, if given) must not be older
     than the export supports: IncompatibleTensorFlowError otherwise. Then:
 
     - unregistered_ops: ops of the graph or its functions unknown once tensorflow_text is imported;
     - xla_enabled: every warmup record (each signature at each bucket size) runs by tensor name in
       a TF1 Session with finite outputs;
-    - xla_disabled: the same runs fail with XLA compilation disabled as the server disables it.
+    - xla_disabled: then, in a new Session of the same process, the same runs fail with XLA
+      compilation disabled as the server disables it (irreversible, hence second; the switch is
+      checked before any compiled kernel is looked up, so the first part cannot mask it).
     """
     check_tensorflow_version(path, server_version)
-    enabled = _in_subprocess("xla_on", path)
-    disabled = _in_subprocess("xla_off", path)
+    report = _in_subprocess(path)
+    enabled, disabled = report["xla_on"], report["xla_off"]
     necessary = all("XLA compilation disabled" in v for k, v in disabled["signatures"].items() if k != "preprocess")
     sufficient = not enabled["failures"] and all(v == "ok" for v in enabled["signatures"].values())
     return {"path": path, "unregistered_ops": enabled["unregistered_ops"], "xla_enabled": enabled,
@@ -328,18 +333,15 @@ def check(path: str, server_version: str | None = None) -> dict:
             "xla_flag_sufficient": sufficient, "ok": necessary and sufficient and not enabled["unregistered_ops"]}
 
 
-def _child(mode: str, path: str) -> dict:
-    if mode == "xla_on":
-        return {"unregistered_ops": unregistered_ops(path), **_run_records(path, xla_disabled=False)}
-    if mode == "xla_off":
-        return _run_records(path, xla_disabled=True)
-    raise ValueError(mode)
+def _child(path: str) -> dict:
+    enabled = {"unregistered_ops": unregistered_ops(path), **_run_records(path, xla_disabled=False)}
+    return {"xla_on": enabled, "xla_off": _run_records(path, xla_disabled=True)}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_child":
-        print(json.dumps(_child(argv[1], argv[2])))
+        print(json.dumps(_child(argv[1])))
         return 0
     p = argparse.ArgumentParser(prog="python -m vila_tf.serving")
     sub = p.add_subparsers(dest="cmd", required=True)
