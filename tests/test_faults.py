@@ -254,8 +254,10 @@ def _kill_after_rows(cmd, out, rows, env):
     return False
 
 
-# Each stage of the export in turn; the weights are written after the graph (the lean export).
-KILL_POINTS = [("reading", 0.0), ("building the TF module", 0.5), ("lowering the heads", 1.0),
+# Each stage of the export that writes into the output's temporary folder, in turn: the graph, the
+# weights (written after the graph: the lean export) and the warmup records. (Before "building",
+# the checkpoint is only indexed and nothing is on disk yet.)
+KILL_POINTS = [("building the TF module", 0.5), ("lowering the heads", 1.0),
                ("writing the weights", 0.0), ("writing TF Serving warmup", 0.05)]
 
 
