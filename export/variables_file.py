@@ -70,7 +70,7 @@ def zero_variable(shape: tuple, dtype: tf.DType, name: str) -> tf.Variable:
 
 
 def write_weights(savedmodel_dir: str, source: ParamSource, dtype: tf.DType,
-                  log: Callable[[str], None] = print, group_bytes: int = GROUP_BYTES) -> None:
+                  log: Callable[[str], None] = print, group_bytes: int | None = None) -> None:
     """Replaces the zeros checkpoint of `savedmodel_dir` with `source`'s weights in `dtype`,
     reading one group of arrays at a time. Every other entry (the prompt embeddings, the object
     graph) is carried over."""
@@ -88,6 +88,7 @@ def write_weights(savedmodel_dir: str, source: ParamSource, dtype: tf.DType,
     del reader
 
     # Groups of whole arrays in checkpoint order; the carried entries ride with the first.
+    group_bytes = group_bytes or GROUP_BYTES
     itemsize = dtype.size
     groups, current, size = [], [], 0
     for path, shape in source.shapes.items():

@@ -131,12 +131,22 @@ def test_metadata(exported):
     assert os.path.isfile(os.path.join(exported["vila_p_tiny"], "assets", "spm.model"))
 
 
-def test_bfloat16_export(tmp_path, spm_model):
-    """Weights stored in bfloat16: half the variable bytes, scores within bfloat16 precision."""
-    from export import checkpoint, heads, savedmodel
-    ck = checkpoint.load(os.path.join(DATA, "vila_r_tiny", "ckpt"), decoding_max_len=16)
-    out = savedmodel.write_savedmodel(ck.params, ck.config, spm_model, str(tmp_path / "bf16"),
-                                      savedmodel.ExportOptions(dtype="bfloat16"), log=lambda m: None)
+def test_bfloat16_export_written_in_shards(tmp_path, spm_model, monkeypatch):
+    """Weights stored in bfloat16 (half the variable bytes, scores within bfloat16 precision),
+    streamed from the checkpoint file in many small groups (the lean export's weights pass): every
+    stored variable is exactly the checkpoint's array rounded to bfloat16."""
+    from export import checkpoint, cli_export, variables_file
+    monkeypatch.setattr(variables_file, "GROUP_BYTES", 64 << 10)
+    ckpt = os.path.join(DATA, "vila_r_tiny", "ckpt")
+    out = cli_export.export_checkpoint(ckpt, spm_model, str(tmp_path / "bf16"), dtype="bfloat16",
+                                       overrides={"decoding_max_len": 16})
+    data_files = [f for f in os.listdir(os.path.join(out, "variables")) if f.startswith("variables.data-")]
+    assert len(data_files) > 5, data_files
+    stored = tf.train.load_checkpoint(os.path.join(out, "variables", "variables"))
+    params = checkpoint.flatten(checkpoint.load(ckpt, decoding_max_len=16).params)
+    for path, array in params.items():
+        got = stored.get_tensor(variables_file.param_key(path))
+        np.testing.assert_array_equal(got, tf.cast(array, tf.bfloat16).numpy(), err_msg=path)
     m = tf.saved_model.load(out)
     g = golden("vila_r_tiny")
     got = m.signatures["score_pixels"](image=tf.constant(g["input/image"]))["predictions"].numpy()
