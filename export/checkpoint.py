@@ -288,8 +288,6 @@ class PaxmlParams(ParamSource):
     """The parameters of a paxml/flax msgpack checkpoint, read from the file one array at a time
     (only parameter bytes, no optimizer state). Indexing checks every shape first."""
 
-    sha256 = None  # computed by whoever needs it (a full read of the file)
-
     def __init__(self, path: str, refs: dict, config: VilaConfig, step: Optional[int]):
         self.path, self.config, self.step, self._refs = path, config, step, refs
         self.shapes = {name: tuple(ref.shape) for name, ref in refs.items()}

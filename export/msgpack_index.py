@@ -69,7 +69,7 @@ class ChunkedArrayRef:
 
 def aligned_empty(shape: tuple, dtype: np.dtype, alignment: int = 64) -> np.ndarray:
     """An uninitialised array whose data starts on an `alignment`-byte boundary: TensorFlow
-    can then adopt the buffer as a variable without copying it (export.savedmodel)."""
+    can then take the buffer without copying it (export.variables_file)."""
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.empty(nbytes + alignment, np.uint8)
     start = -raw.ctypes.data % alignment

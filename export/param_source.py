@@ -15,8 +15,10 @@ import numpy as np
 
 
 class ParamSource:
-    """A parameter tree read one array at a time. `shapes`: {path: shape}, in checkpoint order."""
+    """A parameter tree read one array at a time. `shapes`: {path: shape}, in checkpoint order.
+    A checkpoint's source also says where it came from (`export.checkpoint.open_params`)."""
     shapes: dict
+    config = path = step = sha256 = None
 
     def read(self, path: str):
         """The float32 array at `path` (numpy or jax)."""

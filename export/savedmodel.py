@@ -51,6 +51,11 @@ class ExportOptions:
     # "X.Y": lower for TensorFlow / TF Serving X.Y and newer (export.tf_targets); None: this TensorFlow.
     target_tensorflow: Optional[str] = None
 
+    @property
+    def variable_dtype(self) -> tf.DType:
+        """The weight variables' dtype (`dtype`, the storage)."""
+        return tf.bfloat16 if self.dtype == "bfloat16" else tf.float32
+
 
 @functools.lru_cache(maxsize=None)
 def tf_calling_convention_version() -> int:
@@ -129,8 +134,7 @@ class VilaModule(tf.Module):
         host_memory.release_freed()
 
         # One variable per checkpoint array, named by its praxis path; shared by all signatures.
-        var_dtype = tf.bfloat16 if options.dtype == "bfloat16" else tf.float32
-        self._variables_flat = {path: variables_file.zero_variable(shape, var_dtype, path.replace("/", "."))
+        self._variables_flat = {path: variables_file.zero_variable(shape, options.variable_dtype, path.replace("/", "."))
                                 for path, shape in source.shapes.items()}
         self.params = unflatten(self._variables_flat)
         self.variables = list(self._variables_flat.values()) + [
@@ -236,16 +240,15 @@ class VilaModule(tf.Module):
         return {name: getattr(self, f"{name}_fn") for name in ALL_SIGNATURES}
 
 
-def metadata(module: VilaModule, extra: dict) -> dict:
-    opts = module.options
+def metadata(cfg: VilaConfig, opts: ExportOptions, extra: dict) -> dict:
     import flax
     return {
         "format": "vila-tf/1",
-        "model_type": module.cfg.model_type,
-        "model_kind": "VILA-R (CoCaVilaRankBasedFinetune)" if module.cfg.has_quality_head
+        "model_type": cfg.model_type,
+        "model_kind": "VILA-R (CoCaVilaRankBasedFinetune)" if cfg.has_quality_head
         else "VILA-P / CoCa pretrain (CoCaVilaPretrain)",
         "demo_weights": opts.demo,
-        "config": module.cfg.to_dict(),
+        "config": cfg.to_dict(),
         "source_checkpoint": opts.source,
         "source_sha256": opts.source_sha256,
         "source_step": opts.source_step,
@@ -298,12 +301,10 @@ def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
             log("lowering the heads and writing the SavedModel")
             tf.saved_model.save(module, tmp, signatures=module.signatures(),
                                 options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-        info = metadata(module, {})
         del module  # its graphs: the weights come next
         host_memory.release_freed()
         log("writing the weights")
-        variables_file.write_weights(tmp, source, tf.bfloat16 if options.dtype == "bfloat16" else tf.float32,
-                                     log=log)
+        variables_file.write_weights(tmp, source, options.variable_dtype, log=log)
         support = tf_targets.support(calling_convention, stablehlo, tf_compat.graph_ops(tmp), options.target_tensorflow,
                                      options.webp)
         log(f"runs on TensorFlow / TF Serving {support['minimum']} and newer (calling convention "
@@ -311,6 +312,7 @@ def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
         log("writing TF Serving warmup requests")
         write_warmup(tmp, ALL_SIGNATURES, cfg.image_size)
         with open(os.path.join(tmp, METADATA_RELATIVE), "w") as f:
-            json.dump({**info, "calling_convention_version": calling_convention, tf_compat.METADATA_KEY: support,
-                       "export_seconds": round(time.time() - t0, 1)}, f, indent=1)
+            json.dump(metadata(cfg, options, {"calling_convention_version": calling_convention,
+                                              tf_compat.METADATA_KEY: support,
+                                              "export_seconds": round(time.time() - t0, 1)}), f, indent=1)
     return out_dir

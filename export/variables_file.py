@@ -84,7 +84,8 @@ def write_weights(savedmodel_dir: str, source: ParamSource, dtype: tf.DType,
         if tuple(shapes[key]) != tuple(source.shapes[path]) or dtypes[key] != dtype:
             raise RuntimeError(f"{prefix}: {key} is {dtypes[key].name} {shapes[key]}, "
                                f"expected {dtype.name} {list(source.shapes[path])}")
-    carried = {k: tf.constant(reader.get_tensor(k), dtype=dtypes[k]) for k in shapes if k not in set(keys.values())}
+    param_keys = set(keys.values())
+    carried = {k: tf.constant(reader.get_tensor(k), dtype=dtypes[k]) for k in shapes if k not in param_keys}
     del reader
 
     # Groups of whole arrays in checkpoint order; the carried entries ride with the first.
