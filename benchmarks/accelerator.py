@@ -8,7 +8,7 @@ bundle's sample inputs are checked against the SavedModel's (float32 compute: wi
 ids identical; bfloat16 compute: the bounds in the manifest). Then each function is timed at each
 batch size. Prints one JSON document; exits 1 when a check fails.
 
-  python benchmarks/accelerator.py BUNDLE [--batch-sizes 1,8,32,128] [--functions score,caption]
+  python benchmarks/accelerator.py BUNDLE [--batch-sizes 1,8,32,128] [--functions image,caption]
       [--repeats 5] [--peak-tflops 989] [--out result.json]
 """
 from __future__ import annotations

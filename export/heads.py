@@ -84,6 +84,22 @@ def score_from_prompt(params, cfg: VilaConfig, images, prompt_embedding):
     return img @ prompt_embedding.T
 
 
+def image_outputs(params, cfg: VilaConfig, images, zero_shot_prompts, quality_prompt=None):
+    """What every image signature returns, from one pass of the image tower: (l2-normalized
+    embedding [B, D], zero-shot score [B]) and, given the VILA-R prompt embedding [1, D], the
+    quality score [B, 1]. One lowered function for the three heads, so a server or process
+    compiles the tower once per batch size, not once per head (docs/export.md)."""
+    img = encode_image(params, cfg, images)
+    embedding = img["contrastive_img_embed_norm"]
+    zero_shot_score = zero_shot_from_embeddings(embedding, zero_shot_prompts)
+    if quality_prompt is None:
+        return embedding, zero_shot_score
+    if not cfg.has_quality_head:
+        raise ValueError("the VILA-R quality score needs a checkpoint with `residual_ffn` (a VILA-R model)")
+    quality = _apply(params, cfg, VilaModel.quality_image_embedding, img["contrastive_img_embed"])
+    return embedding, zero_shot_score, quality @ quality_prompt.T
+
+
 def score(params, cfg: VilaConfig, images):
     """VILA-R quality score [B, 1] (praxis compute_predictions' `quality_scores`)."""
     return score_from_prompt(params, cfg, images, quality_prompt_embedding(params, cfg))

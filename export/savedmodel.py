@@ -1,7 +1,9 @@
 """SavedModel assembly: jax2tf-lowered heads, in-graph pre/post-processing, signatures, atomic write.
 
-Each head of `export.heads` is lowered on its own with jax2tf native serialization (StableHLO in an
-`XlaCallModule` op) for cpu, cuda and tpu at once, with a polymorphic batch dimension. Parameters
+Three functions of `export.heads` are lowered with jax2tf native serialization (StableHLO in an
+`XlaCallModule` op) for cpu, cuda and tpu at once, with a polymorphic batch dimension: the image
+heads as one (`image_outputs`: embedding, zero-shot and quality score from one tower pass), the
+caption and the text embedding. Parameters
 are `tf.Variable`s owned by the module and shared by every signature. The VILA-R prompt embedding
 and the twelve zero-shot prompt embeddings are computed once here and stored as variables, so
 scoring never runs the text tower.
@@ -179,28 +181,36 @@ class VilaModule(tf.Module):
     def _lower(self):
         s = self.cfg.image_size
         img = f"(b, {s}, {s}, 3)"
+        # The score, embedding and zero-shot heads are one function (heads.image_outputs): each
+        # image signature selects its output, and since the three lowered modules are identical,
+        # TensorFlow compiles the image tower once per batch size for all of them.
         if self.cfg.has_quality_head:
-            self._score_jax = self._convert(
-                lambda p, cfg, prompt, x: heads.score_from_prompt(p, cfg, x, prompt), (None, img))
-        self._embed_jax = self._convert(heads.image_embedding, (img,))
-        self._zero_shot_jax = self._convert(
-            lambda p, cfg, prompts, x: heads.zero_shot_from_embeddings(heads.image_embedding(p, cfg, x), prompts),
-            (None, img))
+            self._image_jax = self._convert(
+                lambda p, cfg, prompts, prompt, x: heads.image_outputs(p, cfg, x, prompts, prompt), (None, None, img))
+        else:
+            self._image_jax = self._convert(
+                lambda p, cfg, prompts, x: heads.image_outputs(p, cfg, x, prompts), (None, img))
         self._caption_jax = self._convert(lambda p, cfg, x: heads.caption(p, cfg, x)[:2], (img,))
         self._text_jax = self._convert(heads.text_embedding, ("(b, t)", "(b, t)"))
 
     # -- pixel-level functions -------------------------------------------------------------------
-    def score_pixels(self, image):
+    def _image_outputs(self, image) -> dict:
+        prompts = [self.zero_shot_prompt_embeddings]
         if self.cfg.has_quality_head:
-            return {"predictions": self._score_jax(self.params, self.quality_prompt_embedding, image)}
+            prompts.append(self.quality_prompt_embedding)
+        outputs = self._image_jax(self.params, *prompts, image)
         # A pretrain model has no quality head: its score is the zero-shot score (design contract).
-        return {"predictions": self._zero_shot_jax(self.params, self.zero_shot_prompt_embeddings, image)[:, None]}
+        score = outputs[2] if self.cfg.has_quality_head else outputs[1][:, None]
+        return {"image_embedding": outputs[0], "zero_shot_score": outputs[1], "predictions": score}
+
+    def score_pixels(self, image):
+        return {"predictions": self.image_outputs_fn(image)["predictions"]}
 
     def image_embedding_pixels(self, image):
-        return {"image_embedding": self._embed_jax(self.params, image)}
+        return {"image_embedding": self.image_outputs_fn(image)["image_embedding"]}
 
     def zero_shot_pixels(self, image):
-        return {"zero_shot_score": self._zero_shot_jax(self.params, self.zero_shot_prompt_embeddings, image)}
+        return {"zero_shot_score": self.image_outputs_fn(image)["zero_shot_score"]}
 
     def caption_pixels(self, image):
         ids, lengths = self._caption_jax(self.params, image)
@@ -224,6 +234,9 @@ class VilaModule(tf.Module):
         # the decoder traced once, not once per signature (half the export's tracing time and
         # retained graph memory), and the graph holds one copy of each.
         self.preprocess_fn = tf_fn(self.preprocess, bytes_batch)
+        # One lowering of the image heads, called by the three pixel functions: lowered separately
+        # the modules would differ in their debug locations and be compiled once each.
+        self.image_outputs_fn = tf_fn(self._image_outputs, pixels)
         pp = lambda f: (lambda image_bytes: f(self.preprocess_fn(tf.reshape(image_bytes, [-1]))["image"]))
         self.score_pixels_fn = tf_fn(self.score_pixels, pixels)
         self.image_embedding_pixels_fn = tf_fn(self.image_embedding_pixels, pixels)

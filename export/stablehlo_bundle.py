@@ -39,9 +39,16 @@ class BundleError(ValueError):
     pass
 
 
+# The score, image embedding and zero-shot signatures share one lowered function (its outputs:
+# embedding, zero-shot score and, for VILA-R, the quality score).
+IMAGE_SIGNATURES = ("serving_default", "score_pixels", "image_embedding", "image_embedding_pixels",
+                    "zero_shot", "zero_shot_pixels")
+
+
 def _function_name(signature: str) -> str:
-    return "score" if signature == "serving_default" else signature[:-len("_pixels")] \
-        if signature.endswith("_pixels") else signature
+    if signature in IMAGE_SIGNATURES:
+        return "image"
+    return signature[:-len("_pixels")] if signature.endswith("_pixels") else signature
 
 
 def _main_types(module_bytes: bytes) -> tuple[list, list]:
@@ -123,32 +130,51 @@ def _xla_call_module(signature_fn):
     return found[0] if found else (None, None)
 
 
+_CALLS = ("StatefulPartitionedCall", "PartitionedCall")
+
+
+def _arg_of(function_def, ref: str):
+    """The index of `function_def`'s input argument that `ref` (a node input inside it) comes
+    from, through the Identity / ReadVariableOp nodes jax2tf puts in between; None if another op
+    makes it."""
+    nodes = {n.name: n for n in function_def.node_def}
+    name = ref.split(":")[0]
+    while name in nodes and nodes[name].op in ("Identity", "ReadVariableOp"):
+        name = nodes[name].input[0].split(":")[0]
+    args = [a.name for a in function_def.signature.input_arg]
+    return args.index(name) if name in args else None
+
+
+def _variable_of_arg(function_name: str, index: int, signature_fn, library, variables_by_handle):
+    """The variable that argument `index` of function `function_name` receives, following the
+    calls up from function to function (the pixel functions call one shared image function) to
+    the signature's own graph, where a variable is a captured input; None for data."""
+    graph = signature_fn.graph
+    for op in graph.get_operations():
+        if op.type in _CALLS and op.get_attr("f").name == function_name:
+            internal = {id(t): j for j, t in enumerate(graph.internal_captures)}
+            j = internal.get(id(op.inputs[index]))
+            return None if j is None else variables_by_handle.get(id(signature_fn.captured_inputs[j]))
+    for caller in library:
+        for n in caller.node_def:
+            if n.op in _CALLS and n.attr["f"].func.name == function_name:
+                data_inputs = [i for i in n.input if not i.startswith("^")]
+                k = _arg_of(caller, data_inputs[index])
+                return None if k is None else _variable_of_arg(caller.signature.name, k, signature_fn, library,
+                                                               variables_by_handle)
+    return None
+
+
 def _op_inputs(node, function_def, signature_fn, variables_by_handle) -> list:
     """For each input of the XlaCallModule node: the variable it reads, or None for a data input."""
-    nodes = {n.name: n for n in function_def.node_def}
-    arg_index = {a.name: i for i, a in enumerate(function_def.signature.input_arg)}
-    graph = signature_fn.graph
-    call = [op for op in graph.get_operations() if op.type in ("StatefulPartitionedCall", "PartitionedCall")
-            and op.get_attr("f").name == function_def.signature.name]
-    internal = {id(t): j for j, t in enumerate(graph.internal_captures)}
+    library = signature_fn.graph.as_graph_def().library.function
     result = []
     for ref in node.input:
         if ref.startswith("^"):
             continue  # a control dependency, not an argument
-        name = ref.split(":")[0]
-        # jax2tf feeds each argument through Identity; a weight is an Identity of ReadVariableOp(arg).
-        while name in nodes and nodes[name].op in ("Identity", "ReadVariableOp"):
-            src = nodes[name].input[0].split(":")[0]
-            if nodes[name].op == "ReadVariableOp":
-                name = src
-                break
-            name = src
-        variable = None
-        if name in arg_index and call:
-            j = internal.get(id(call[0].inputs[arg_index[name]]))
-            if j is not None:
-                variable = variables_by_handle.get(id(signature_fn.captured_inputs[j]))
-        result.append(variable)
+        k = _arg_of(function_def, ref)
+        result.append(None if k is None else _variable_of_arg(function_def.signature.name, k, signature_fn,
+                                                              library, variables_by_handle))
     return result
 
 
