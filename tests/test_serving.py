@@ -76,13 +76,15 @@ def _hub(path):
     return hub.load(path)
 
 
+# Batches of 1 and 4, sizes the warmup requests also use: the run's compilation cache then serves
+# the Session kernels of these tests and of the model-server check alike (docs/testing.md).
 CASES = [
-    ("serving_default", lambda: [_png(1), _png(2)]),
+    ("serving_default", lambda: [_png(1), _png(2), _png(8), _png(9)]),
     ("caption", lambda: [_png(3)]),
-    ("zero_shot", lambda: [_png(4), _png(5), _png(6)]),
+    ("zero_shot", lambda: [_png(4), _png(5), _png(6), _png(10)]),
     ("image_embedding", lambda: [_png(7)]),
-    ("text_embedding", lambda: ["good image", "a photo of a dog"]),
-    ("score_pixels", lambda: golden("vila_r_tiny")["input/image"]),
+    ("text_embedding", lambda: ["good image", "a photo of a dog", "", "lovely bokeh"]),
+    ("score_pixels", lambda: np.concatenate([golden("vila_r_tiny")["input/image"]] * 2)),
 ]
 
 
