@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import DATA, FIXTURE_OVERRIDES, golden
+from conftest import DATA, FIXTURE_OVERRIDES, build_once, shared_dir, golden
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(ROOT, "benchmarks", "accelerator.py")
@@ -113,11 +113,12 @@ def _run_runner(bundle, *args):
     return r, (json.loads(r.stdout) if r.stdout.strip().startswith("{") else None)
 
 
-@pytest.fixture(scope="module")
-def bundle(exported, tmp_path_factory):
+@pytest.fixture(scope="session")
+def bundle(exported, tmp_path_factory, worker_id):
+    """The tiny VILA-R export's bundle, written once per run and shared by the workers."""
     from export import stablehlo_bundle
-    return stablehlo_bundle.write_bundle(exported["vila_r_tiny"], str(tmp_path_factory.mktemp("b") / "bundle"),
-                                         log=lambda m: None)
+    return build_once(str(shared_dir(tmp_path_factory, worker_id) / "bundle"),
+                       lambda d: stablehlo_bundle.write_bundle(exported["vila_r_tiny"], d, log=lambda m: None))
 
 
 def test_bundle_holds_the_savedmodels_outputs(bundle, exported):

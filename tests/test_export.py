@@ -6,21 +6,27 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import DATA, golden, run_without_jax
+from conftest import DATA, build_once, shared_dir, golden, run_without_jax
 
 HERE = os.path.dirname(__file__)
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def jaxless(exported, tmp_path_factory):
-    """Both exports' outputs from one jax-free process."""
-    folder = tmp_path_factory.mktemp("jaxless")
-    args = [a for name, path in exported.items()
-            for a in (path, os.path.join(DATA, name, "golden.npz"), folder / f"{name}.npz")]
-    r = run_without_jax(os.path.join(HERE, "jaxless_outputs.py"), *args)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return {name: np.load(folder / f"{name}.npz", allow_pickle=False) for name in exported}
+@pytest.fixture(scope="session")
+def jaxless(exported, tmp_path_factory, worker_id):
+    """Both exports' outputs from one jax-free process, once per run: the workers that run this
+    module's tests share them (`build_once`), as they share the exports."""
+    folder = str(shared_dir(tmp_path_factory, worker_id) / "jaxless")
+
+    def build(d):
+        os.makedirs(d)
+        args = [a for name, path in exported.items()
+                for a in (path, os.path.join(DATA, name, "golden.npz"), os.path.join(d, f"{name}.npz"))]
+        r = run_without_jax(os.path.join(HERE, "jaxless_outputs.py"), *args)
+        assert r.returncode == 0, r.stderr[-4000:]
+
+    build_once(folder, build)
+    return {name: np.load(os.path.join(folder, f"{name}.npz"), allow_pickle=False) for name in exported}
 
 
 def _tile(x, b):

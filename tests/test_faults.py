@@ -261,6 +261,7 @@ KILL_POINTS = [("building the TF module", 0.5), ("lowering the heads", 1.0),
                ("writing the weights", 0.0), ("writing TF Serving warmup", 0.05)]
 
 
+@pytest.mark.long
 def test_sigkill_mid_export_leaves_previous_or_complete_model(exported, spm_model, tmp_path):
     """Killed at each stage in turn over the same path: after every kill the previous model (or a
     complete new one) is there and nothing partial; then one rerun succeeds and clears every
@@ -358,6 +359,7 @@ def run_concurrent(model, threads, calls_per_thread, seconds=None):
     return count[0], mismatches, failures
 
 
+@pytest.mark.long
 def test_sixteen_threads_mixing_signatures(exported):
     import vila_tf
     model = vila_tf.load(exported["vila_r_tiny"])
@@ -365,6 +367,7 @@ def test_sixteen_threads_mixing_signatures(exported):
     assert calls == 3200 and not failures and not mismatches
 
 
+@pytest.mark.long
 def test_short_soak_memory_flat(exported):
     import psutil
     import vila_tf

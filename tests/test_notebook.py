@@ -8,6 +8,7 @@ from nbclient import NotebookClient
 NOTEBOOK = os.path.join(os.path.dirname(__file__), "..", "notebooks", "vila_tf_inference.ipynb")
 
 
+@pytest.mark.long
 def test_notebook_runs_clean(exported, monkeypatch, tmp_path):
     monkeypatch.setenv("VILA_MODEL", exported["vila_r_tiny"])
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")

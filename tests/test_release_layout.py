@@ -53,6 +53,7 @@ def _check_goldens(savedmodel, fixture):
             assert lengths[row] == n
 
 
+@pytest.mark.long
 def test_published_layout(tmp_path, spm_model):
     vila = tmp_path / "vila"
     for folder, (fixture, _) in PUBLISHED.items():
@@ -72,6 +73,7 @@ def test_published_layout(tmp_path, spm_model):
     assert str(vila / "spm_model" / "spm.model") in r.stderr
 
 
+@pytest.mark.long
 def test_flat_layout_and_checkpoints_folder(tmp_path, spm_model):
     """A flat copy (model folders beside spm_model/) and VILA_DIR = checkpoints/ itself."""
     flat = tmp_path / "flat"

@@ -27,6 +27,7 @@ def _check_cli(path):
     return json.loads(r.stdout)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("name", ["vila_r_tiny", "vila_p_tiny"])
 def test_model_server_equivalent_check(exported, name):
     # One model through the command line, the other through the function (each its own test, so

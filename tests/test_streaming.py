@@ -125,6 +125,7 @@ def test_folders_are_walked_without_reading_files(tmp_path):
     assert inputs.load(first).data == b"x"
 
 
+@pytest.mark.long
 def test_memory_stays_flat_as_inputs_grow(exported, tmp_path):
     """Peak RSS after 1000 images is that after 50 (the old collect-everything runtime held about
     0.8 MB per image, encoded and decoded: 0.75 GB more). In a fresh process, so that ru_maxrss
