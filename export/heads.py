@@ -1,4 +1,5 @@
-"""Pure inference functions, one per head, so the export can lower each on its own.
+"""Pure inference functions, one per head, plus `image_outputs` (the three image heads from one
+tower pass), which is what the export lowers for the image signatures.
 
 Every function takes the parameter tree (the `params` collection) first; images are float32
 [B, H, W, 3] in [0, 1]; text is lingvo-style ids/paddings [B, T].
@@ -88,7 +89,7 @@ def image_outputs(params, cfg: VilaConfig, images, zero_shot_prompts, quality_pr
     """What every image signature returns, from one pass of the image tower: (l2-normalized
     embedding [B, D], zero-shot score [B]) and, given the VILA-R prompt embedding [1, D], the
     quality score [B, 1]. One lowered function for the three heads, so a server or process
-    compiles the tower once per batch size, not once per head (docs/export.md)."""
+    compiles the tower once per batch size, not once per head (docs/model.md §7)."""
     img = encode_image(params, cfg, images)
     embedding = img["contrastive_img_embed_norm"]
     zero_shot_score = zero_shot_from_embeddings(embedding, zero_shot_prompts)
