@@ -161,18 +161,17 @@ def in_buckets(fn, items: list) -> np.ndarray:
     return np.concatenate(out)
 
 
+def env_without_jax() -> dict:
+    """The environment of a test's subprocess in which `import jax` / `import flax` fail
+    (tests/without_jax/sitecustomize.py), with the tests and the repository importable."""
+    tests = os.path.dirname(DATA)
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join(
+        [os.path.join(tests, "without_jax"), tests, os.path.dirname(tests)]))
+
+
 def run_without_jax(script: str, *args, timeout=900):
     """Runs a Python script in a fresh process in which `import jax` / `import flax` fail."""
     import subprocess
     import sys
-    code = ("import sys\n"
-            "class _Block:\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.split('.')[0] in ('jax', 'jaxlib', 'flax'):\n"
-            "            raise ImportError(f'{name} is blocked: the runtime must not need it')\n"
-            "sys.meta_path.insert(0, _Block())\n"
-            f"sys.argv = [{script!r}] + {list(map(str, args))!r}\n"
-            f"exec(compile(open({script!r}).read(), {script!r}, 'exec'))\n")
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(DATA) + os.pathsep + os.path.dirname(os.path.dirname(DATA)),
-               TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run([sys.executable, script, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env_without_jax())

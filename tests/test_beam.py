@@ -23,6 +23,8 @@ from apache_beam.io.localfilesystem import LocalFileSystem  # noqa: E402
 
 from vila_tf import beam as vila_beam  # noqa: E402
 
+from conftest import env_without_jax  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 README_SECTION = "# Batch scoring with Apache Beam"  # the title of docs/beam.md: the whole page
@@ -95,8 +97,7 @@ def readme_command(*runner_flags):
 def run_cli(cmd, model_dir, pattern, prefix, timeout=600):
     swap = {README_MODEL: model_dir, README_PATTERN: pattern, README_PREFIX: prefix}
     argv = [os.path.join(BIN, cmd[0])] + [swap.get(a, a) for a in cmd[1:]]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env_without_jax())
 
 
 def read_jsonl(pattern):

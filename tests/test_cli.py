@@ -1,4 +1,4 @@
-"""The `vila-tf` console script, run as a user runs it (subprocess)."""
+"""The `vila-tf` console script, run as a user runs it (subprocess, where `import jax` fails)."""
 import csv
 import io
 import json
@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import env_without_jax
+
 VILA_TF = os.path.join(os.path.dirname(sys.executable), "vila-tf")
 
 
 def run(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([VILA_TF, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([VILA_TF, *map(str, args)], capture_output=True, text=True, env=env_without_jax(),
+                          timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import image_mutations as im
-from conftest import DATA, FIXTURE_OVERRIDES, params_flat
+from conftest import DATA, FIXTURE_OVERRIDES, env_without_jax, params_flat
 from vila_tf import preprocessing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(DATA)))
@@ -298,7 +298,7 @@ def test_sigkill_mid_cli_run_leaves_complete_rows_then_resumes(exported, tmp_pat
     out = tmp_path / "scores.csv"
     out.write_text("previous results\n")
     vila_tf_bin = os.path.join(os.path.dirname(sys.executable), "vila-tf")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = env_without_jax()
     cmd = [vila_tf_bin, "score", exported["vila_r_tiny"], str(photos), "--output", str(out), "--progress",
            "--batch-size", "4"]
     assert _kill_after_rows(cmd, out, 8, env)

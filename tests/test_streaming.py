@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_without_jax
+from conftest import env_without_jax, run_without_jax
 
 VILA_TF = os.path.join(os.path.dirname(sys.executable), "vila-tf")
 
@@ -150,8 +150,8 @@ def test_memory_stays_flat_as_inputs_grow(exported, tmp_path):
 # --- the command line -----------------------------------------------------------------------------
 
 def _run_cli(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([VILA_TF, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([VILA_TF, *map(str, args)], capture_output=True, text=True, env=env_without_jax(),
+                          timeout=600)
 
 
 def test_sigkill_mid_run_then_resume(exported, reference, tmp_path):
@@ -164,8 +164,7 @@ def test_sigkill_mid_run_then_resume(exported, reference, tmp_path):
     out = tmp_path / "scores.csv"
     out.write_text("rows of some earlier run\n")  # a fresh run (no --resume) starts the file over
     cmd = [VILA_TF, "score", exported["vila_r_tiny"], str(photos), "--output", str(out), "--batch-size", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env_without_jax())
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if out.exists() and out.read_text().count("\n") >= 12 and out.read_text().startswith("input,"):
