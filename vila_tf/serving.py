@@ -323,8 +323,12 @@ def check(path: str, server_version: str | None = None) -> dict:
       compilation disabled as the server disables it (irreversible, hence second; the switch is
       checked before any compiled kernel is looked up, so the first part cannot mask it).
     """
-    check_tensorflow_version(path, server_version)
+    if server_version:  # the named release: from the metadata alone
+        tf_compat.check(read_metadata(path), path, server_version)
+    # The child checks this TensorFlow first: the parent never imports it (a 3 s start saved).
     report = _in_subprocess(path)
+    if "incompatible" in report:
+        raise tf_compat.IncompatibleTensorFlowError(report["incompatible"])
     enabled, disabled = report["xla_on"], report["xla_off"]
     necessary = all("XLA compilation disabled" in v for k, v in disabled["signatures"].items() if k != "preprocess")
     sufficient = not enabled["failures"] and all(v == "ok" for v in enabled["signatures"].values())
@@ -334,6 +338,10 @@ def check(path: str, server_version: str | None = None) -> dict:
 
 
 def _child(path: str) -> dict:
+    try:
+        check_tensorflow_version(path)
+    except tf_compat.IncompatibleTensorFlowError as e:
+        return {"incompatible": str(e)}
     enabled = {"unregistered_ops": unregistered_ops(path), **_run_records(path, xla_disabled=False)}
     return {"xla_on": enabled, "xla_off": _run_records(path, xla_disabled=True)}
 
