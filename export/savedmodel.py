@@ -181,9 +181,9 @@ class VilaModule(tf.Module):
     def _lower(self):
         s = self.cfg.image_size
         img = f"(b, {s}, {s}, 3)"
-        # The score, embedding and zero-shot heads are one function (heads.image_outputs): each
-        # image signature selects its output, and since the three lowered modules are identical,
-        # TensorFlow compiles the image tower once per batch size for all of them.
+        # The score, embedding and zero-shot heads are one function (heads.image_outputs), lowered
+        # once (`image_outputs_fn`): each image signature selects its output, and TensorFlow
+        # compiles the image tower once per batch size for all three.
         if self.cfg.has_quality_head:
             self._image_jax = self._convert(
                 lambda p, cfg, prompts, prompt, x: heads.image_outputs(p, cfg, x, prompts, prompt), (None, None, img))
