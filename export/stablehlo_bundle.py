@@ -133,48 +133,51 @@ def _xla_call_module(signature_fn):
 _CALLS = ("StatefulPartitionedCall", "PartitionedCall")
 
 
-def _arg_of(function_def, ref: str):
-    """The index of `function_def`'s input argument that `ref` (a node input inside it) comes
-    from, through the Identity / ReadVariableOp nodes jax2tf puts in between; None if another op
-    makes it."""
-    nodes = {n.name: n for n in function_def.node_def}
-    name = ref.split(":")[0]
-    while name in nodes and nodes[name].op in ("Identity", "ReadVariableOp"):
-        name = nodes[name].input[0].split(":")[0]
-    args = [a.name for a in function_def.signature.input_arg]
-    return args.index(name) if name in args else None
-
-
-def _variable_of_arg(function_name: str, index: int, signature_fn, library, variables_by_handle):
-    """The variable that argument `index` of function `function_name` receives, following the
-    calls up from function to function (the pixel functions call one shared image function) to
-    the signature's own graph, where a variable is a captured input; None for data."""
-    graph = signature_fn.graph
-    for op in graph.get_operations():
-        if op.type in _CALLS and op.get_attr("f").name == function_name:
-            internal = {id(t): j for j, t in enumerate(graph.internal_captures)}
-            j = internal.get(id(op.inputs[index]))
-            return None if j is None else variables_by_handle.get(id(signature_fn.captured_inputs[j]))
-    for caller in library:
-        for n in caller.node_def:
-            if n.op in _CALLS and n.attr["f"].func.name == function_name:
-                data_inputs = [i for i in n.input if not i.startswith("^")]
-                k = _arg_of(caller, data_inputs[index])
-                return None if k is None else _variable_of_arg(caller.signature.name, k, signature_fn, library,
-                                                               variables_by_handle)
-    return None
-
-
 def _op_inputs(node, function_def, signature_fn, variables_by_handle) -> list:
-    """For each input of the XlaCallModule node: the variable it reads, or None for a data input."""
-    library = signature_fn.graph.as_graph_def().library.function
+    """For each input of the XlaCallModule node: the variable it reads, or None for a data input.
+    An argument is followed up the calls, from function to function (the pixel functions call one
+    shared image function), to the signature's own graph, where a variable is a captured input."""
+    graph = signature_fn.graph
+    # Who calls each function (the first call found): an op of the signature's graph, or a node of
+    # another function of its library.
+    top_calls, inner_calls = {}, {}
+    for op in graph.get_operations():
+        if op.type in _CALLS:
+            top_calls.setdefault(op.get_attr("f").name, op)
+    for caller in graph.as_graph_def().library.function:
+        for n in caller.node_def:
+            if n.op in _CALLS:
+                inner_calls.setdefault(n.attr["f"].func.name, (caller, n))
+    internal = {id(t): j for j, t in enumerate(graph.internal_captures)}
+    nodes_of = {}
+
+    def arg_of(fdef, ref: str):
+        """The index of `fdef`'s input argument that `ref` (a node input inside it) comes from,
+        through the Identity / ReadVariableOp nodes jax2tf puts in between; None if another op
+        makes it."""
+        nodes = nodes_of.setdefault(fdef.signature.name, {n.name: n for n in fdef.node_def})
+        name = ref.split(":")[0]
+        while name in nodes and nodes[name].op in ("Identity", "ReadVariableOp"):
+            name = nodes[name].input[0].split(":")[0]
+        args = [a.name for a in fdef.signature.input_arg]
+        return args.index(name) if name in args else None
+
+    def variable_of_arg(function_name: str, index: int):
+        if function_name in top_calls:
+            j = internal.get(id(top_calls[function_name].inputs[index]))
+            return None if j is None else variables_by_handle.get(id(signature_fn.captured_inputs[j]))
+        if function_name in inner_calls:
+            caller, call = inner_calls[function_name]
+            k = arg_of(caller, [i for i in call.input if not i.startswith("^")][index])
+            return None if k is None else variable_of_arg(caller.signature.name, k)
+        return None
+
     result = []
     for ref in node.input:
         if ref.startswith("^"):
             continue  # a control dependency, not an argument
-        k = _arg_of(function_def, ref)
-        result.append(None if k is None else _variable_of_arg(function_def.signature.name, k, signature_fn,
-                                                              library, variables_by_handle))
+        k = arg_of(function_def, ref)
+        result.append(None if k is None else variable_of_arg(function_def.signature.name, k))
     return result
 
 

@@ -161,6 +161,24 @@ def in_buckets(fn, items: list) -> np.ndarray:
     return np.concatenate(out)
 
 
+def kill_after_rows(cmd, out, rows, env) -> bool:
+    """Starts cmd and SIGKILLs it as soon as the CSV file `out` holds its header and `rows` rows;
+    False when the run ended first. (Keyed to the output, not to a delay: a warm compile cache
+    makes a whole tiny run finish in well under a second.)"""
+    import signal
+    import subprocess
+    import time
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    while proc.poll() is None:
+        text = out.read_text() if out.exists() else ""
+        if text.startswith("input,") and text.count("\n") > rows:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.005)
+    return False
+
+
 def env_without_jax() -> dict:
     """The environment of a test's subprocess in which `import jax` / `import flax` fail
     (tests/without_jax/sitecustomize.py), with the tests and the repository importable."""

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import image_mutations as im
-from conftest import DATA, FIXTURE_OVERRIDES, env_without_jax, params_flat
+from conftest import DATA, FIXTURE_OVERRIDES, env_without_jax, kill_after_rows, params_flat
 from vila_tf import preprocessing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(DATA)))
@@ -239,21 +239,6 @@ def _kill_when(cmd, marker, env, delay=0.0):
     return seen
 
 
-def _kill_after_rows(cmd, out, rows, env):
-    """Starts cmd and SIGKILLs it as soon as `out` holds a header and `rows` rows; False when
-    the run ended first. (Keyed to the output, not to a delay: a warm compile cache makes the
-    whole run finish in well under a second.)"""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    while proc.poll() is None:
-        text = out.read_text() if out.exists() else ""
-        if text.startswith("input,") and text.count("\n") > rows:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.005)
-    return False
-
-
 # Each stage of the export that writes into the output's temporary folder, in turn: the graph, the
 # weights (written after the graph: the lean export) and the warmup records. (Before "building",
 # the checkpoint is only indexed and nothing is on disk yet.)
@@ -301,7 +286,7 @@ def test_sigkill_mid_cli_run_leaves_complete_rows_then_resumes(exported, tmp_pat
     env = env_without_jax()
     cmd = [vila_tf_bin, "score", exported["vila_r_tiny"], str(photos), "--output", str(out), "--progress",
            "--batch-size", "4"]
-    assert _kill_after_rows(cmd, out, 8, env)
+    assert kill_after_rows(cmd, out, 8, env)
     *complete, torn = out.read_text().split("\n")
     assert complete[0] == "input,score,error" and len(complete) < 121
     for k, line in enumerate(complete[1:]):

@@ -5,7 +5,6 @@ import io
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import env_without_jax, run_without_jax
+from conftest import env_without_jax, kill_after_rows, run_without_jax
 
 VILA_TF = os.path.join(os.path.dirname(sys.executable), "vila-tf")
 
@@ -164,14 +163,7 @@ def test_sigkill_mid_run_then_resume(exported, reference, tmp_path):
     out = tmp_path / "scores.csv"
     out.write_text("rows of some earlier run\n")  # a fresh run (no --resume) starts the file over
     cmd = [VILA_TF, "score", exported["vila_r_tiny"], str(photos), "--output", str(out), "--batch-size", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env_without_jax())
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if out.exists() and out.read_text().count("\n") >= 12 and out.read_text().startswith("input,"):
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert kill_after_rows(cmd, out, 11, env_without_jax())  # the header and 11 rows written
     before = out.read_text()
     kept = before.count("\n")
     assert before.startswith("input,score,error\n") and 12 <= kept < 62, before[-500:]  # killed mid-run
