@@ -33,6 +33,7 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from export.model.modules import abstract_params
 
 TOLERANCE = 1e-4
 JPEG_SIZE = (640, 480)  # (width, height) of the synthetic photos
@@ -164,18 +165,18 @@ def decode_step_weight_bytes(cfg) -> int:
     """float32 bytes of the weights one cached decode step reads: the decoder without the token
     embedding table (a gather of one row) and the cross-attention key/value projections (applied to
     the image once, before the loop)."""
-    from export import heads
-    from export.checkpoint import flatten
-    flat = flatten(heads.abstract_params(cfg))
+    from export.model import heads
+    from export.model.tree import flatten
+    flat = flatten(abstract_params(cfg))
     skip = ("decoder/token_emb/", "cross_attention/key/", "cross_attention/value/")
     return sum(int(np.prod(x.shape)) * 4 for path, x in flat.items()
                if path.startswith("decoder/") and not any(k in path for k in skip))
 
 
 def parameter_bytes(cfg, itemsize: int) -> int:
-    from export import heads
+    from export.model import heads
     import jax
-    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(heads.abstract_params(cfg))) * itemsize
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(abstract_params(cfg))) * itemsize
 
 
 # -- 5. export -----------------------------------------------------------------------------------
@@ -281,7 +282,7 @@ def jax_params(tf_params):
 def scoring(model, cfg, params, jpegs, pixels, batches, repeats_for) -> dict:
     import jax
     import tensorflow as tf
-    from export import heads
+    from export.model import heads
     prompt = jax.numpy.asarray(model.quality_prompt_embedding.numpy())
     prompts = jax.numpy.asarray(model.zero_shot_prompt_embeddings.numpy())
     # The same function the export lowers (all three image heads, with the stored prompt embeddings).
@@ -333,7 +334,7 @@ def lowered_decode(decode_fn, cfg, tf_params):
     jax2tf native serialization for cpu, polymorphic batch, the weights as tf.Variables."""
     import tensorflow as tf
     from jax.experimental import jax2tf
-    from export import savedmodel
+    from export.savedmodel import writer as savedmodel
     q, d = cfg.num_generative_queries, cfg.model_dims
     converted = jax2tf.convert(lambda p, gen: decode_fn(p, cfg, gen)[:2], with_gradient=False,
                                polymorphic_shapes=(None, f"(b, {q}, {d})"), native_serialization_platforms=("cpu",))
@@ -353,7 +354,7 @@ def decode_steps(lengths: np.ndarray, max_len: int) -> int:
 def captioning(model, cfg, params, tf_params, pixels, batches, repeats, uncached_repeats) -> dict:
     import jax
     import tensorflow as tf
-    from export import decode, heads
+    from export.model import decode, heads
     cached = lowered_decode(decode.greedy_decode, cfg, tf_params)
     uncached = lowered_decode(decode.greedy_decode_uncached, cfg, tf_params)
     encode = jax.jit(lambda p, x: heads.encode_image(p, cfg, x)["generative_img_embed"])
@@ -578,7 +579,7 @@ def parse_args(argv):
 def run(args, work_dir: str) -> dict:
     import jax
     import tensorflow as tf
-    from export.config import VilaConfig
+    from export.model.config import VilaConfig
     cfg = VilaConfig()  # the demo export's config: the full released VILA-R architecture
     quick = args.quick
     res = {"quick": quick, "machine": machine_info(), "config": cfg.to_dict(),

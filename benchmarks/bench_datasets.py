@@ -56,7 +56,7 @@ def write_all(folder: str, images: list[bytes]) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tensorflow.core.example import example_pb2
-    from vila_tf import shards
+    from vila_tf.beam import shards
     os.makedirs(folder)
     for i, data in enumerate(images):
         with open(os.path.join(folder, f"img{i:05d}.jpg"), "wb") as f:

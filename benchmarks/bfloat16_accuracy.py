@@ -15,6 +15,7 @@ import os
 import sys
 
 import numpy as np
+from export.model.tree import flatten, unflatten
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -35,13 +36,14 @@ def _errors(got, want) -> dict:
 
 def measure(name: str, storage: str, compute: str) -> dict:
     import jax.numpy as jnp
-    from export import checkpoint, heads
+    from export.checkpoints import paxml as checkpoint
+    from export.model import heads
     ck = checkpoint.load(os.path.join(DATA, name, "ckpt"), **FIXTURE_OVERRIDES)
     g = np.load(os.path.join(DATA, name, "golden.npz"), allow_pickle=False)
     # Storage rounding first (what the SavedModel's variables hold), then the compute cast.
     stored = {k: np.asarray(jnp.asarray(v).astype(storage).astype(jnp.float32))
-              for k, v in checkpoint.flatten(ck.params).items()}
-    p = heads.compute_params(checkpoint.unflatten(stored), compute)
+              for k, v in flatten(ck.params).items()}
+    p = heads.compute_params(unflatten(stored), compute)
     cfg, img = ck.config, g["input/image"]
     ids, pad = g["input/ids"][:, 0], g["input/paddings"][:, 0]
     out = {"image_embedding": _errors(heads.image_embedding(p, cfg, img), g["pred/contrastive_img_embed_norm"]),

@@ -11,14 +11,15 @@ import resource
 import subprocess
 import sys
 import time
+from export.model.tree import flatten, unflatten
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
 def write(dir_):
     import numpy as np
-    from export import checkpoint
-    from export.config import VilaConfig
+    from export.checkpoints import paxml as checkpoint
+    from export.model.config import VilaConfig
     shapes = checkpoint.expected_shapes(VilaConfig())
     params = {p: np.full(s, 0.01, np.float32) for p, s in shapes.items()}
     # Optimizer state as the release's ShardedAdafactor (decay 'adam'): counts, dummies (1,),
@@ -37,14 +38,14 @@ def write(dir_):
             else:
                 extra.append(np.zeros((1,), np.float32))
     extra.append(np.int32(0))
-    return checkpoint.write_paxml(checkpoint.unflatten(params), dir_, extra_leaves=extra)
+    return checkpoint.write_paxml(unflatten(params), dir_, extra_leaves=extra)
 
 
 def read(dir_):
-    from export import checkpoint
+    from export.checkpoints import paxml as checkpoint
     t = time.time()
     ck = checkpoint.load(dir_)
-    n = sum(v.nbytes for v in checkpoint.flatten(ck.params).values())
+    n = sum(v.nbytes for v in flatten(ck.params).values())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"seconds": time.time() - t, "param_bytes": n, "peak_rss_bytes": peak}
 

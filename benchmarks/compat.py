@@ -100,7 +100,7 @@ def write_stablehlo_probes(work: str, versions) -> None:
     import tensorflow as tf
     from jax.experimental import jax2tf
 
-    from export import savedmodel, tf_targets
+    from export.savedmodel import writer as savedmodel, tf_targets
     for version in versions:
         with savedmodel._calling_convention(9), tf_targets.stablehlo_target(version):
             m = tf.Module()
@@ -114,7 +114,7 @@ def write_stablehlo_probes(work: str, versions) -> None:
 def write_exports(work: str, targets) -> dict:
     """{label: SavedModel dir}: the fixture with the default lowering and with each target."""
     import tiny_models
-    from export import cli_export
+    from export import cli as cli_export
     spm = tiny_models.train_spm(os.path.join(work, "spm", "spm.model"))
     exports = {}
     for t in (None, *targets):
@@ -147,7 +147,7 @@ def compare(reference: str, candidate: str) -> float | str:
 
 
 def matrix(venvs: str, releases, targets, work: str) -> dict:
-    from export import tf_targets
+    from export.savedmodel import tf_targets
     pythons = {r: venv_python(venvs, r) for r in releases}
     probes = {r: child(p, "probe") for r, p in pythons.items()}
     for r, p in probes.items():
@@ -223,7 +223,7 @@ def table(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from export import tf_targets
+    from export.savedmodel import tf_targets
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--venvs", default=DEFAULT_VENVS, help="folder of the per-release virtual environments")
     p.add_argument("--releases", default=",".join(RELEASES), help="TensorFlow releases to test (X.Y,...)")

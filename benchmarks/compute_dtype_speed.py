@@ -13,6 +13,7 @@ import sys
 import time
 
 import numpy as np
+from export.model import demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -26,10 +27,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     import jax
     import jax.numpy as jnp
-    from export import heads
-    from export.config import VilaConfig
+    from export.model import heads
+    from export.model.config import VilaConfig
     cfg = VilaConfig()
-    params = heads.init_params(cfg, 0)
+    params = demo.init_params(cfg, 0)
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(a.batch, 224, 224, 3)).astype(np.float32))
     res = {"batch": a.batch, "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(), "rows": []}
     reference = None

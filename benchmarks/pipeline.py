@@ -98,7 +98,7 @@ CLI_WITH_PEAK = ("import sys\n"
 
 def describe(model_path: str) -> str:
     """'vila_r, model_dims 64, 2 encoder layers, demo weights' from the export's metadata."""
-    from vila_tf.model import resolve_savedmodel
+    from vila_tf.versions import resolve_savedmodel
     from vila_tf.signatures import METADATA_RELATIVE
     with open(os.path.join(resolve_savedmodel(model_path), METADATA_RELATIVE)) as f:
         meta = json.load(f)

@@ -1,0 +1,3 @@
+"""vila-tf's build-time toolkit (JAX + Flax + TensorFlow), run as `python -m export`: reads the
+released checkpoints (`checkpoints/`) into the Flax model (`model/`), lowers it into SavedModels
+(`savedmodel/`), publishes them (`publish/`), and tools over finished exports (`tools/`)."""

@@ -5,6 +5,7 @@
   python -m export all [--vila-dir DIR] --out exported                          (what `make export` runs)
   python -m export package SAVEDMODEL_DIR --out DIST_DIR [--name N --version V] (TF Hub tar.gz + model card)
   python -m export stablehlo SAVEDMODEL_DIR --out BUNDLE_DIR                     (StableHLO for a JAX-only runner)
+  python -m export --help                                                        (every subcommand)
 """
 from __future__ import annotations
 
@@ -12,9 +13,26 @@ import argparse
 import os
 import sys
 
-from .config import ConfigError
+from .model.config import ConfigError
 
-SUBCOMMANDS = ("convert", "all", "export", "package", "stablehlo")
+# Every subcommand with its one-line job: what `python -m export --help` lists. Without a
+# subcommand the arguments are the one-model export's (`export`).
+SUBCOMMANDS = {
+    "export": "export one checkpoint as a SavedModel (the default: `python -m export --checkpoint ...`)",
+    "all": "export every released checkpoint under --vila-dir, or the demo model (what `make export` runs)",
+    "convert": "convert a paxml checkpoint to orbax params + config JSON",
+    "package": "TF Hub packages (.tar.gz, .sha256) and model cards of exported SavedModels",
+    "stablehlo": "the SavedModel's lowered modules as a JAX-only StableHLO bundle (GPU/TPU runner)",
+}
+
+
+def _print_help() -> None:
+    prog = f"python -m {__package__}"
+    print(f"usage: {prog} [SUBCOMMAND] ...\n\nThe vila-tf build-time toolkit. Subcommands:\n")
+    for name, job in SUBCOMMANDS.items():
+        print(f"  {name:<10} {job}")
+    print(f"\n`{prog} SUBCOMMAND --help` shows a subcommand's options; `{prog} --checkpoint CKPT --spm SPM "
+          "--out DIR` exports one model.")
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -37,8 +55,8 @@ def cmd_convert(argv) -> int:
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     _add_overrides(p)
     args = p.parse_args(argv)
-    from . import checkpoint
-    from .cli_export import _progress
+    from .checkpoints import paxml as checkpoint
+    from .cli import _progress
     loaded = checkpoint.read_paxml(args.checkpoint, args.step, _progress("reading"), **_overrides(args))
     loaded.sha256 = checkpoint.file_sha256(loaded.source)
     out = checkpoint.save_converted(loaded, args.out)
@@ -47,24 +65,27 @@ def cmd_convert(argv) -> int:
 
 
 def _bundle_error():
-    from .stablehlo_bundle import BundleError
+    from .tools.stablehlo_bundle import BundleError
     return BundleError
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from .checkpoint import CheckpointError
+    if argv[:1] in (["-h"], ["--help"]):
+        _print_help()
+        return 0
+    from .checkpoints.paxml import CheckpointError
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "export"
     try:
         if command == "convert":
             return cmd_convert(argv)
         if command == "package":  # needs no jax: imported before cli_export
-            from . import package
+            from .publish import package
             return package.cmd_package(argv)
         if command == "stablehlo":
-            from . import stablehlo_bundle
+            from .tools import stablehlo_bundle
             return stablehlo_bundle.cmd_stablehlo(argv)
-        from . import cli_export
+        from . import cli as cli_export
         if command == "all":
             return cli_export.cmd_all(argv)
         return cli_export.cmd_export(argv, _add_overrides, _overrides)

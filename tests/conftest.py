@@ -63,7 +63,7 @@ def fixture_name(request):
 
 @pytest.fixture(scope="session")
 def loaded_fixtures():
-    from export import checkpoint
+    from export.checkpoints import paxml as checkpoint
     return {n: checkpoint.load(os.path.join(DATA, n, "ckpt"), **FIXTURE_OVERRIDES) for n in FIXTURES}
 
 

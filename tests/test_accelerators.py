@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import DATA, FIXTURE_OVERRIDES, build_once, shared_dir, golden
+from export.model.tree import flatten, unflatten
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(ROOT, "benchmarks", "accelerator.py")
@@ -27,7 +28,8 @@ def _cosine(a, b):
 
 def _bf16_export(name, spm_model, out):
     """A fixture exported with bfloat16 compute (CPU lowering only, to keep the suite fast)."""
-    from export import checkpoint, savedmodel
+    from export.checkpoints import paxml as checkpoint
+    from export.savedmodel import writer as savedmodel
     ck = checkpoint.load(os.path.join(DATA, name, "ckpt"), **FIXTURE_OVERRIDES)
     return savedmodel.write_savedmodel(
         ck.params, ck.config, spm_model, out, savedmodel.ExportOptions(compute_dtype="bfloat16", platforms=("cpu",)),
@@ -65,7 +67,8 @@ def test_bfloat16_heads_within_documented_bounds(name):
     """The functions the export lowers, with the export's bfloat16 compute cast: the text tower on the
     golden token ids (the signature tokenizes strings with another SentencePiece model), the image
     embedding, the caption and (VILA-R) the score."""
-    from export import checkpoint, heads
+    from export.checkpoints import paxml as checkpoint
+    from export.model import heads
     ck = checkpoint.load(os.path.join(DATA, name, "ckpt"), **FIXTURE_OVERRIDES)
     g = golden(name)
     import functools
@@ -89,9 +92,10 @@ def test_bfloat16_heads_within_documented_bounds(name):
 
 
 def test_compute_params_casts_only_matmul_weights():
-    from export import checkpoint, heads
+    from export.checkpoints import paxml as checkpoint
+    from export.model import heads
     ck = checkpoint.load(os.path.join(DATA, "vila_r_tiny", "ckpt"), **FIXTURE_OVERRIDES)
-    flat = checkpoint.flatten(heads.compute_params(ck.params, "bfloat16"))
+    flat = flatten(heads.compute_params(ck.params, "bfloat16"))
     for path, v in flat.items():
         assert v.dtype == ("bfloat16" if path.endswith("/w") else "float32"), path
     with pytest.raises(ValueError, match="compute dtype"):
@@ -116,7 +120,7 @@ def _run_runner(bundle, *args):
 @pytest.fixture(scope="session")
 def bundle(exported, tmp_path_factory, worker_id):
     """The tiny VILA-R export's bundle, written once per run and shared by the workers."""
-    from export import stablehlo_bundle
+    from export.tools import stablehlo_bundle
     return build_once(str(shared_dir(tmp_path_factory, worker_id) / "bundle"),
                        lambda d: stablehlo_bundle.write_bundle(exported["vila_r_tiny"], d, log=lambda m: None))
 

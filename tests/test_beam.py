@@ -22,6 +22,7 @@ from apache_beam.io.filesystem import FileMetadata, MatchResult  # noqa: E402
 from apache_beam.io.localfilesystem import LocalFileSystem  # noqa: E402
 
 from vila_tf import beam as vila_beam  # noqa: E402
+from vila_tf.beam import cli as beam_cli, handler as beam_handler  # noqa: E402
 
 from conftest import env_without_jax  # noqa: E402
 
@@ -71,7 +72,7 @@ def expected(model, photos):
                 _, errors = model.score([str(photos / name)], return_errors=True)
             reasons[name] = errors[0].reason
         except Exception:  # noqa: BLE001  (if vila_tf ever raises on some bytes, the job must not)
-            reasons[name] = vila_beam.FAILED_ON_IMAGE
+            reasons[name] = beam_handler.FAILED_ON_IMAGE
     return scores, reasons
 
 
@@ -148,8 +149,8 @@ def test_readme_commands_parse():
     commands = readme_commands()
     assert len(commands) >= 4
     for cmd in commands:
-        args, beam_args = vila_beam._parser().parse_known_args(cmd[2:])
-        vila_beam._pipeline_options(beam_args)  # raises UsageError on a flag Beam does not know
+        args, beam_args = beam_cli._parser().parse_known_args(cmd[2:])
+        beam_cli._pipeline_options(beam_args)  # raises UsageError on a flag Beam does not know
         assert args.task in vila_beam.TASKS and args.input and args.output
 
 
@@ -252,7 +253,7 @@ def test_an_image_that_raises_fails_alone():
     h = vila_beam.VilaModelHandler("m")
     out = h.run_inference([b"aa", b"boom", b"cccc"], _FlakyModel())
     assert [r.inference for r in out] == [
-        {"score": 2.0}, {"error": f"{vila_beam.FAILED_ON_IMAGE}: RuntimeError: cannot handle this"}, {"score": 4.0}]
+        {"score": 2.0}, {"error": f"{beam_handler.FAILED_ON_IMAGE}: RuntimeError: cannot handle this"}, {"score": 4.0}]
     assert [r.example for r in out] == [b"aa", b"boom", b"cccc"]
     with pytest.raises(RuntimeError):  # every image fails alone too: the model is broken, not the images
         h.run_inference([b"aa", b"bb"], _FlakyModel(always=True))

@@ -23,7 +23,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from vila_tf import beam as vila_beam  # noqa: E402
-from vila_tf import shards  # noqa: E402
+from vila_tf.beam import cli as beam_cli  # noqa: E402
+from vila_tf.beam import shards  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, PER_SHARD = 216, 72
@@ -424,8 +425,8 @@ def test_docs_commands_parse():
     commands = [shlex.split(line, comments=True) for line in lines if line.startswith("vila-tf beam ")]
     assert len(commands) >= 5
     for cmd in commands:
-        args, beam_args = vila_beam._parser().parse_known_args(cmd[2:])
-        vila_beam._pipeline_options(beam_args)
+        args, beam_args = beam_cli._parser().parse_known_args(cmd[2:])
+        beam_cli._pipeline_options(beam_args)
         assert args.task in vila_beam.TASKS and args.input and args.output
         assert (args.min_score is None) == (args.filtered_output is None)
         formats = {shards.format_of(p) for p in args.input}

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from conftest import DATA, FIXTURE_OVERRIDES, fixture_dir, params_flat
-from export import checkpoint
-from export.checkpoint import CheckpointError
-from export.config import VilaConfig
+from export.model.tree import flatten, unflatten
+from export.checkpoints import paxml as checkpoint
+from export.checkpoints.paxml import CheckpointError
+from export.model.config import VilaConfig
 
 
 def _flat(tree):
-    return checkpoint.flatten(tree)
+    return flatten(tree)
 
 
 def test_genuine_fixtures_read_every_array(fixture_name):
@@ -41,7 +42,7 @@ def test_genuine_fixtures_read_every_array(fixture_name):
 @pytest.mark.parametrize("layout", ["paxml", "flax", "file"])
 def test_three_layouts(tmp_path, layout):
     expected = params_flat("vila_r_tiny")
-    params = checkpoint.unflatten({k: expected[k] for k in expected.files})
+    params = unflatten({k: expected[k] for k in expected.files})
     checkpoint.write_paxml(params, str(tmp_path), step=7, layout=layout,
                            extra_leaves=[np.zeros((), np.int32), np.ones((3, 2), np.float32)])
     ck = checkpoint.load(str(tmp_path))
@@ -53,9 +54,9 @@ def test_three_layouts(tmp_path, layout):
 
 def test_latest_step_is_picked(tmp_path):
     expected = params_flat("vila_p_tiny")
-    params = checkpoint.unflatten({k: expected[k] for k in expected.files})
+    params = unflatten({k: expected[k] for k in expected.files})
     checkpoint.write_paxml(params, str(tmp_path), step=2)
-    params2 = checkpoint.unflatten({k: expected[k] + 1 for k in expected.files})
+    params2 = unflatten({k: expected[k] + 1 for k in expected.files})
     checkpoint.write_paxml(params2, str(tmp_path), step=10)
     ck = checkpoint.load(str(tmp_path))
     assert ck.step == 10  # numeric, not string order ("checkpoint_10" < "checkpoint_2")
@@ -84,7 +85,7 @@ def _known_params(cfg):
 def test_real_depth_string_order(tmp_path, model_type):
     cfg = _deep_config(model_type=model_type)
     flat = _known_params(cfg)
-    target = checkpoint.write_paxml(checkpoint.unflatten(flat), str(tmp_path), extra_leaves=[np.int32(0)])
+    target = checkpoint.write_paxml(unflatten(flat), str(tmp_path), extra_leaves=[np.int32(0)])
     # The file really is in string-sorted order: x_layers_10 right after x_layers_1.
     order = checkpoint.sort_paths(flat)
     i1 = order.index("encoder/transformers_stack/x_layers_1/ff_layer/ffn_layer1/bias/b")
@@ -112,7 +113,7 @@ def test_full_size_abstract_tree_matches_praxis():
         assert shapes == expected
         assert sum(int(np.prod(s)) for s in shapes.values()) == (303046657 if variant == "vila_r" else 302456065)
         # And every size is recovered from the shapes alone.
-        from export.config import config_from_shapes
+        from export.model.config import config_from_shapes
         assert config_from_shapes(expected) == VilaConfig(model_type=model_type)
 
 
@@ -135,7 +136,7 @@ def test_missing_path(tmp_path):
 
 
 def test_truncated_file(tmp_path):
-    target = checkpoint.write_paxml(checkpoint.unflatten(_tiny_params()), str(tmp_path))
+    target = checkpoint.write_paxml(unflatten(_tiny_params()), str(tmp_path))
     size = os.path.getsize(target)
     with open(target, "r+b") as f:
         f.truncate(size // 2)
@@ -155,7 +156,7 @@ def test_not_msgpack(tmp_path, content):
 def test_missing_leaf(tmp_path):
     flat = _tiny_params()
     del flat["decoder/unimodal_ln/scale"]
-    checkpoint.write_paxml(checkpoint.unflatten(flat), str(tmp_path))
+    checkpoint.write_paxml(unflatten(flat), str(tmp_path))
     with pytest.raises(CheckpointError, match=r"do not form a VILA"):
         checkpoint.load(str(tmp_path))
 
@@ -163,7 +164,7 @@ def test_missing_leaf(tmp_path):
 def test_mis_shaped_leaf(tmp_path):
     flat = _tiny_params()
     flat["decoder/unimodal_ln/scale"] = np.zeros((65,), np.float32)
-    checkpoint.write_paxml(checkpoint.unflatten(flat), str(tmp_path))
+    checkpoint.write_paxml(unflatten(flat), str(tmp_path))
     with pytest.raises(CheckpointError,
                        match=r"decoder/unimodal_ln/scale\): expected shape \[64\], found \[65\]"):
         checkpoint.load(str(tmp_path))
@@ -171,7 +172,7 @@ def test_mis_shaped_leaf(tmp_path):
 
 def test_missing_params_subtree(tmp_path):
     import msgpack
-    from export.msgpack_index import pack_array
+    from export.checkpoints.msgpack_index import pack_array
     d = tmp_path / "checkpoint_0"
     d.mkdir()
     body = b"\x81" + msgpack.packb("opt_states") + b"\x81" + msgpack.packb("count") + pack_array(np.int32(1))
@@ -187,12 +188,12 @@ def test_named_state_dict_layout(tmp_path):
     d = tmp_path / "checkpoint_0"
     d.mkdir()
     (d / "checkpoint").write_bytes(flax.serialization.msgpack_serialize(
-        {"step": np.uint32(0), "mdl_vars": {"params": checkpoint.unflatten(flat)}}))
+        {"step": np.uint32(0), "mdl_vars": {"params": unflatten(flat)}}))
     ck = checkpoint.load(str(tmp_path))
     for k, v in flat.items():
         np.testing.assert_array_equal(_flat(ck.params)[k], v)
     flat["encoder/exit_stack/ln/bias"] = np.zeros((3,), np.float32)
-    (d / "checkpoint").write_bytes(flax.serialization.msgpack_serialize({"mdl_vars": {"params": checkpoint.unflatten(flat)}}))
+    (d / "checkpoint").write_bytes(flax.serialization.msgpack_serialize({"mdl_vars": {"params": unflatten(flat)}}))
     with pytest.raises(CheckpointError, match=r"params/encoder/exit_stack/ln/bias: expected shape \[64\], found \[3\]"):
         checkpoint.load(str(tmp_path))
 

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export import tf_targets
-from vila_tf import serving, tf_compat
+from export.savedmodel import tf_targets
+from vila_tf import serving
+from vila_tf.serving.__main__ import main as serving_main
+from vila_tf import tf_compat
 from vila_tf.signatures import METADATA_RELATIVE
 
 
@@ -128,7 +130,7 @@ def test_vila_tf_load_refuses_before_loading(future_export, monkeypatch):
 def test_serving_check_refuses(future_export, exported):
     err = io.StringIO()
     with redirect_stderr(err):
-        assert serving.main(["check", future_export]) == 1
+        assert serving_main(["check", future_export]) == 1
     assert "99.0 and newer" in err.getvalue() and tf.__version__ in err.getvalue()
     # A TF Serving release older than the export's minimum, named on the command line.
     with pytest.raises(tf_compat.IncompatibleTensorFlowError, match="TensorFlow 2.18"):
@@ -161,7 +163,7 @@ def test_oldest_target_runs_in_oldest_tensorflow(tmp_path):
 
 
 def test_model_card_prints_the_range(exported):
-    from export import model_card
+    from export.publish import model_card
     facts = model_card.read_facts(exported["vila_p_tiny"])
     card = model_card.render(facts, model_card.PackageInfo("vila_p", 1, "vila_p_1.tar.gz", "0" * 64, 1))
     minimum = _metadata(exported["vila_p_tiny"])[tf_compat.METADATA_KEY]["minimum"]
@@ -169,7 +171,7 @@ def test_model_card_prints_the_range(exported):
 
 
 def test_old_targets_leave_webp_out_of_the_graph():
-    from export import savedmodel
+    from export.savedmodel import writer as savedmodel
     for release, webp in (("2.16", False), ("2.19", False), ("2.20", True), ("2.21", True)):
         opts = savedmodel.options_for_target(savedmodel.ExportOptions(target_tensorflow=release), log=lambda m: None)
         assert opts.webp is webp, release

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import golden
-from export import decode, heads
-from export.config import EOS_ID
+from export.model import decode, heads
+from export.model.config import EOS_ID
 
 
 def _both_decodes(params, cfg, images):

@@ -127,7 +127,7 @@ def test_section_references_name_existing_docs_sections():
 
 def test_code_cites_the_model_notes():
     """The model code's references are there and resolve (the check above sees them)."""
-    with open(os.path.join(ROOT, "export", "model.py"), encoding="utf-8") as f:
+    with open(os.path.join(ROOT, "export", "model", "modules.py"), encoding="utf-8") as f:
         assert "docs/model.md " + SIGN in f.read()
     assert sections_of(os.path.join(DOCS, "model.md")) == set(range(1, 13))
 

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import DATA, build_once, shared_dir, golden, run_without_jax
+from export.model.tree import flatten, unflatten
 
 HERE = os.path.dirname(__file__)
 TOL = 1e-4
@@ -58,7 +59,7 @@ def test_captions_are_detokenized_ids(jaxless, spm_model):
 def test_text_embedding_matches_golden_prompt_and_python_tokenizer(jaxless, spm_model, loaded_fixtures):
     """text_embedding(text) == the Flax text tower on ids from the Python SentencePiece library."""
     import sentencepiece as spm
-    from export import heads
+    from export.model import heads
     from test_tokenizer import lingvo_strings_to_ids
     sp = spm.SentencePieceProcessor(model_file=spm_model)
     texts = ["good image", "a photo of a dog", "", "lovely bokeh in the background " * 10]
@@ -71,7 +72,7 @@ def test_text_embedding_matches_golden_prompt_and_python_tokenizer(jaxless, spm_
 
 def test_zero_shot_matches_release_formula(jaxless, spm_model, loaded_fixtures):
     import sentencepiece as spm
-    from export import heads
+    from export.model import heads
     from test_tokenizer import lingvo_strings_to_ids
     sp = spm.SentencePieceProcessor(model_file=spm_model)
     for name in ("vila_r_tiny", "vila_p_tiny"):
@@ -95,20 +96,20 @@ def test_bytes_signatures(jaxless):
 
 
 def test_variables_shared_and_not_constants(exported, jaxless):
-    from export import checkpoint
+    from export.checkpoints import paxml as checkpoint
     path = exported["vila_r_tiny"]
     ck = checkpoint.load(os.path.join(DATA, "vila_r_tiny", "ckpt"), decoding_max_len=16)
-    n_params = len(checkpoint.flatten(ck.params))
+    n_params = len(flatten(ck.params))
     # every parameter once, plus the stored quality and zero-shot prompt embeddings
     assert int(jaxless["vila_r_tiny"]["n_vars"]) == n_params + 2
-    param_bytes = sum(v.nbytes for v in checkpoint.flatten(ck.params).values())
+    param_bytes = sum(v.nbytes for v in flatten(ck.params).values())
     var_bytes = sum(os.path.getsize(os.path.join(path, "variables", f)) for f in os.listdir(os.path.join(path, "variables")))
     assert var_bytes >= param_bytes
     # The graph holds StableHLO and the tokenizer, not the weights (which would then be duplicated
     # per signature): the bytes of the largest arrays appear nowhere in saved_model.pb.
     with open(os.path.join(path, "saved_model.pb"), "rb") as f:
         graph = f.read()
-    flat = checkpoint.flatten(ck.params)
+    flat = flatten(ck.params)
     for name in ("decoder/token_emb/emb_var", "decoder/softmax/logits_ffn/linear/w",
                  "encoder/entry_stack/patch_projection/linear/w"):
         assert flat[name][:4].tobytes() not in graph, name
@@ -141,7 +142,9 @@ def test_bfloat16_export_written_in_shards(tmp_path, spm_model, monkeypatch):
     """Weights stored in bfloat16 (half the variable bytes, scores within bfloat16 precision),
     streamed from the checkpoint file in many small groups (the lean export's weights pass): every
     stored variable is exactly the checkpoint's array rounded to bfloat16."""
-    from export import checkpoint, cli_export, variables_file
+    from export.checkpoints import paxml as checkpoint
+    from export import cli as cli_export
+    from export.savedmodel import variables_file
     monkeypatch.setattr(variables_file, "GROUP_BYTES", 64 << 10)
     ckpt = os.path.join(DATA, "vila_r_tiny", "ckpt")
     out = cli_export.export_checkpoint(ckpt, spm_model, str(tmp_path / "bf16"), dtype="bfloat16",
@@ -149,7 +152,7 @@ def test_bfloat16_export_written_in_shards(tmp_path, spm_model, monkeypatch):
     data_files = [f for f in os.listdir(os.path.join(out, "variables")) if f.startswith("variables.data-")]
     assert len(data_files) > 5, data_files
     stored = tf.train.load_checkpoint(os.path.join(out, "variables", "variables"))
-    params = checkpoint.flatten(checkpoint.load(ckpt, decoding_max_len=16).params)
+    params = flatten(checkpoint.load(ckpt, decoding_max_len=16).params)
     for path, array in params.items():
         got = stored.get_tensor(variables_file.param_key(path))
         np.testing.assert_array_equal(got, tf.cast(array, tf.bfloat16).numpy(), err_msg=path)
@@ -162,7 +165,8 @@ def test_bfloat16_export_written_in_shards(tmp_path, spm_model, monkeypatch):
 
 def test_export_is_atomic(tmp_path, spm_model, monkeypatch):
     """A failure mid-export leaves neither the output folder nor a temporary sibling."""
-    from export import checkpoint, savedmodel
+    from export.checkpoints import paxml as checkpoint
+    from export.savedmodel import writer as savedmodel
     ck = checkpoint.load(os.path.join(DATA, "vila_r_tiny", "ckpt"), decoding_max_len=16)
 
     def boom(*a, **k):

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import image_mutations as im
 from conftest import DATA, FIXTURE_OVERRIDES, env_without_jax, kill_after_rows, params_flat
 from vila_tf import preprocessing
+from export.model.tree import flatten, unflatten
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(DATA)))
 mutated_images = st.builds(
@@ -135,7 +136,7 @@ def _ckpt_with_bytes(tmp_path, data: bytes):
 
 
 def test_truncated_checkpoints(tmp_path):
-    from export import checkpoint
+    from export.checkpoints import paxml as checkpoint
     data = open(_fixture_file(), "rb").read()
     offsets = sorted(set(np.linspace(0, len(data) - 1, 60).astype(int)) | {1, 2, 17, 18, 19, 20, 40, 41})
     for off in offsets:
@@ -147,7 +148,7 @@ def test_truncated_checkpoints(tmp_path):
 def test_flipped_bytes_give_a_clear_error_or_the_right_shapes(tmp_path):
     """flax msgpack has no checksums: a flip inside an array's data cannot be detected (the export
     records the source's sha256 instead); a flip in the structure must be a CheckpointError."""
-    from export import checkpoint
+    from export.checkpoints import paxml as checkpoint
     data = open(_fixture_file(), "rb").read()
     rng = np.random.default_rng(3)
     structural = [0, 1, 2, 3, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26]
@@ -159,16 +160,16 @@ def test_flipped_bytes_give_a_clear_error_or_the_right_shapes(tmp_path):
         except checkpoint.CheckpointError as e:
             assert "checkpoint_0/checkpoint" in str(e)
             continue
-        shapes = {k: v.shape for k, v in checkpoint.flatten(ck.params).items()}
+        shapes = {k: v.shape for k, v in flatten(ck.params).items()}
         assert shapes == {k: v.shape for k, v in ((k, params_flat("vila_r_tiny")[k]) for k in shapes)}
 
 
 def test_swapped_shapes(tmp_path):
-    from export import checkpoint
+    from export.checkpoints import paxml as checkpoint
     flat = {k: params_flat("vila_r_tiny")[k] for k in params_flat("vila_r_tiny").files}
     a, b = "decoder/cls_emb", "decoder/crossmodal_ln/bias"
     flat[a], flat[b] = flat[b], flat[a]
-    checkpoint.write_paxml(checkpoint.unflatten(flat), str(tmp_path))
+    checkpoint.write_paxml(unflatten(flat), str(tmp_path))
     with pytest.raises(checkpoint.CheckpointError, match=r"decoder/cls_emb\): expected shape \[1, 1, 64\], found \[64\]"):
         checkpoint.load(str(tmp_path))
 
@@ -176,7 +177,7 @@ def test_swapped_shapes(tmp_path):
 def test_dropped_metadata_still_reads_the_state(tmp_path):
     """paxml writes metadata/metadata beside state/checkpoint; without it the state is still the
     same arrays, so the reader takes it (the metadata holds only a version number)."""
-    from export import checkpoint
+    from export.checkpoints import paxml as checkpoint
     shutil.copytree(os.path.join(DATA, "vila_r_tiny", "ckpt"), tmp_path / "ck")
     shutil.rmtree(tmp_path / "ck" / "checkpoint_0" / "metadata")
     ck = checkpoint.load(str(tmp_path / "ck"), **FIXTURE_OVERRIDES)
@@ -190,7 +191,7 @@ def test_dropped_metadata_still_reads_the_state(tmp_path):
 
 @pytest.mark.parametrize("make", ["empty_dir", "random_file", "text_file", "dir_of_junk"])
 def test_wrong_paths_and_no_partial_output(tmp_path, make):
-    from export import checkpoint
+    from export.checkpoints import paxml as checkpoint
     target = tmp_path / "input"
     if make == "empty_dir":
         target.mkdir()
@@ -413,8 +414,8 @@ def test_no_unsafe_deserialization_in_the_source():
 def test_readers_never_execute_input():
     """The msgpack reader accepts only array extension types; anything else is refused."""
     import msgpack
-    from export import checkpoint
-    from export.msgpack_index import pack_array
+    from export.checkpoints import paxml as checkpoint
+    from export.checkpoints.msgpack_index import pack_array
     evil = msgpack.packb({"flattened_state": [msgpack.ExtType(42, b"os.system('rm -rf /')")]}, use_bin_type=True)
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:

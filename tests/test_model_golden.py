@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from conftest import golden
-from export import heads
-from export.model import VilaModel
+from export.model import demo
+from export.model import heads
+from export.model.modules import VilaModel
 
 ATOL = 1e-5
 
@@ -93,12 +94,12 @@ def test_decode_cache_equals_full_recompute(outputs):
 def test_decode_stops_at_eos():
     """A row that emits EOS is done: lengths count BOS and EOS, later slots are 0 / log-prob 1."""
     import jax.numpy as jnp
-    from export.config import VilaConfig
+    from export.model.config import VilaConfig
     cfg = VilaConfig(model_dims=16, num_heads=2, dim_per_head=8, encoder_ff_dims=16, decoder_ff_dims=16,
                      pooler_num_heads=2, pooler_dim_per_head=8, num_encoder_layers=1, num_unimodal_layers=1,
                      num_crossmodal_layers=1, vocab_size=8, image_size=32, patch_size=16,
                      num_generative_queries=4, decoding_max_len=10)
-    params = heads.init_params(cfg, seed=3)
+    params = demo.init_params(cfg, seed=3)
     # Make EOS (id 2) the argmax after the 3rd generated token of every row via the softmax bias.
     images = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
     bias = np.zeros(8, np.float32)

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_without_jax
-from export import model_card, package
+from export.publish import model_card, package
 from export.__main__ import main as export_main
 
 LOOPBACK = "127.0.0.1"

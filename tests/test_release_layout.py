@@ -87,7 +87,7 @@ def test_flat_layout_and_checkpoints_folder(tmp_path, spm_model):
     assert "not in this copy (skipped): vila_pretrain, laion_pretrain" in r.stderr
     _check_goldens(str(out / "vila_r" / "1"), "vila_r_tiny")
 
-    from export import release
+    from export.checkpoints import release
     published = tmp_path / "vila"
     _copy_checkpoint("vila_p_tiny", published / "checkpoints" / "vila_pretrain")
     (published / "spm_model").mkdir()
@@ -114,7 +114,8 @@ def test_unreadable_model_stops_after_reporting_complete_ones(tmp_path, spm_mode
     (In-process, with the SavedModel writing stubbed: what is checked here is the orchestration;
     the real writes are covered above.)"""
     from export import __main__ as cli
-    from export import checkpoint, savedmodel
+    from export.checkpoints import paxml as checkpoint
+    from export.savedmodel import writer as savedmodel
     vila = tmp_path / "vila"
     _copy_checkpoint("vila_r_tiny", vila / "checkpoints" / "vila_rank_tuned")
     _copy_checkpoint("vila_p_tiny", vila / "checkpoints" / "vila_pretrain")
@@ -144,7 +145,7 @@ def test_unreadable_model_stops_after_reporting_complete_ones(tmp_path, spm_mode
 
 @pytest.mark.parametrize("layout", ["published", "flat"])
 def test_missing_tokenizer_is_named(tmp_path, layout):
-    from export import release
+    from export.checkpoints import release
     vila = tmp_path / "vila"
     (vila / ("checkpoints/vila_rank_tuned" if layout == "published" else "vila_rank_tuned")).mkdir(parents=True)
     with pytest.raises(release.ReleaseLayoutError) as e:

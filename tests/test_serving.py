@@ -12,7 +12,7 @@ import tensorflow as tf
 from conftest import DATA, golden
 from vila_tf import serving
 from vila_tf.buckets import BUCKETS
-from vila_tf.signatures import ALL_SIGNATURES
+from vila_tf.signatures import ALL_SIGNATURES, SIGNATURE_INPUTS
 
 README = os.path.join(os.path.dirname(__file__), "..", "docs", "serving.md")  # its curl example
 
@@ -100,7 +100,7 @@ def test_rest_bodies_through_session_equal_hub_load(exported, session_models, si
         session_out = session_models[name].run(sig, inputs)
         response = json.loads(json.dumps(serving.rest_response(session_out, columnar=columnar)))
         parsed = serving.parse_rest_response(response, signature)
-        key, _ = serving.SIGNATURE_INPUTS[signature]
+        key, _ = SIGNATURE_INPUTS[signature]
         hub_out = _hub(path).signatures[signature](**{key: tf.constant(inputs[key])})
         for k, v in hub_out.items():
             if v.dtype == tf.string:
@@ -119,7 +119,7 @@ def test_grpc_requests_through_session_equal_hub_load(exported, session_models, 
     assert req.model_spec.name == "vila_r" and req.model_spec.signature_name == signature
     sig, inputs = serving.request_to_inputs(req)
     out = session_models["vila_r_tiny"].run(sig, inputs)
-    key, _ = serving.SIGNATURE_INPUTS[signature]
+    key, _ = SIGNATURE_INPUTS[signature]
     hub_out = _hub(path).signatures[signature](**{key: tf.constant(inputs[key])})
     for k, v in hub_out.items():
         if v.dtype == tf.string:
@@ -158,7 +158,7 @@ def test_unknown_signature_is_named():
 
 
 def test_models_config_and_batching(tmp_path):
-    from export import serving_layout
+    from export.publish import serving_layout
     for name in ("vila_r", "vila_p"):
         d = tmp_path / name / "1"
         d.mkdir(parents=True)

@@ -29,7 +29,7 @@ def lingvo_strings_to_ids(sp, strings, max_length):
 @pytest.fixture(scope="module")
 def tokenizers(spm_model):
     import sentencepiece as spm
-    from export.tokenizer import LingvoTokenizer
+    from export.savedmodel.tokenizer import LingvoTokenizer
     return LingvoTokenizer(spm_model), spm.SentencePieceProcessor(model_file=spm_model)
 
 

@@ -23,8 +23,13 @@ def test_top_level_names(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert top == {"vila_tf", "vila_tf_export", "vila_tf-0.1.0.dist-info"}, top
-    for module in ("__main__", "checkpoint", "savedmodel", "release", "model_card", "package"):
-        assert f"vila_tf_export/{module}.py" in names
+    # Every module of the checkout is in the wheel (setup.cfg lists the sub-packages one by one).
+    for folder, wheel_name in (("export", "vila_tf_export"), ("vila_tf", "vila_tf")):
+        for dirpath, _, files in os.walk(os.path.join(REPO, folder)):
+            rel = os.path.relpath(dirpath, os.path.join(REPO, folder))
+            for f in files:
+                if f.endswith(".py"):
+                    assert os.path.normpath(os.path.join(wheel_name, rel, f)) in names, (folder, rel, f)
     info = [n for n in names if n.endswith("top_level.txt")]
     if info:  # older setuptools write it; it must agree
         assert set(zipfile.ZipFile(wheel).read(info[0]).decode().split()) == {"vila_tf", "vila_tf_export"}

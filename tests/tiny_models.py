@@ -20,7 +20,7 @@ SPM_SENTENCES = [
 
 def train_spm(path: str) -> str:
     """A SentencePiece model trained on made-up text (vocab within the fixtures' 1000)."""
-    from export import spm
+    from export.savedmodel import spm
     rng = np.random.default_rng(0)
     words = " ".join(SPM_SENTENCES).split()
     extra = [" ".join(rng.choice(words, size=8)) for _ in range(300)]
@@ -31,5 +31,5 @@ def train_spm(path: str) -> str:
 
 
 def export_fixture(name: str, spm_path: str, out: str) -> str:
-    from export import cli_export
+    from export import cli as cli_export
     return cli_export.export_checkpoint(os.path.join(DATA, name, "ckpt"), spm_path, out, overrides=FIXTURE_OVERRIDES)

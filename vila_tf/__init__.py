@@ -6,12 +6,25 @@
     for r in model.stream("score", ["photos/"]):  # results as they come (docs/streaming.md)
         print(r.source, r.value, r.error)
 """
+from vila_tf.results import DemoModelWarning, ImageError, Result
+from vila_tf.tf_compat import IncompatibleTensorFlowError
+
 __all__ = ["load", "VilaModel", "ImageError", "Result", "DemoModelWarning", "IncompatibleTensorFlowError"]
 
 
+def load(path: str, device=None, max_workers=None, exif_orientation: bool = True):
+    """Loads an exported VILA model (SavedModel folder or TF Serving base folder: newest version).
+
+    `exif_orientation=False` scores photos as stored, exactly as the release did, instead of
+    turned upright by their EXIF orientation tag (docs/formats.md)."""
+    # TensorFlow is imported here, when a SavedModel is loaded, not by `import vila_tf`.
+    from vila_tf import model
+    return model.VilaModel(path, device=device, max_workers=max_workers, exif_orientation=exif_orientation)
+
+
 def __getattr__(name):
-    # Lazy: `vila_tf.signatures` / `vila_tf.buckets` stay importable without loading TensorFlow.
-    if name in __all__:
+    # Lazy: `import vila_tf` stays light (no TensorFlow) until a model is loaded.
+    if name == "VilaModel":
         from vila_tf import model
-        return getattr(model, name)
+        return model.VilaModel
     raise AttributeError(f"module 'vila_tf' has no attribute {name!r}")

@@ -343,7 +343,7 @@ def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["beam"]:  # `vila-tf beam ...`: own parser, since unknown flags belong to Beam
         try:
-            from vila_tf import beam
+            from vila_tf.beam import pipeline as beam
         except ImportError as e:
             print(f"vila-tf: {e}", file=sys.stderr)
             return EXIT_ERROR
@@ -351,7 +351,7 @@ def main(argv: Optional[list] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     warnings.simplefilter("ignore", RuntimeWarning)  # per-image failures are reported below instead
-    from vila_tf.model import DemoModelWarning
+    from vila_tf.results import DemoModelWarning
     warnings.simplefilter("always", DemoModelWarning)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"vila-tf: WARNING: {msg}\n"
     try:

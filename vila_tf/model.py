@@ -35,35 +35,19 @@ import os
 import re
 import threading
 import warnings
-from typing import Any, Iterator, NamedTuple, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops of the graph)
 
 from vila_tf import buckets, image_formats, inputs as inputs_lib, pipeline, preprocessing, tf_compat
+from vila_tf.results import DemoModelWarning, ImageError, Result
 from vila_tf.signatures import METADATA_RELATIVE
+from vila_tf.versions import resolve_savedmodel
 
 log = logging.getLogger("vila_tf")
 IncompatibleTensorFlowError = tf_compat.IncompatibleTensorFlowError
-
-
-class DemoModelWarning(UserWarning):
-    """The model was exported with random demo weights: its outputs mean nothing."""
-
-
-class ImageError(NamedTuple):
-    index: int  # position in the (expanded) inputs
-    source: str  # path, or <bytes i> / <array i> / <image i>
-    reason: str
-
-
-class Result(NamedTuple):
-    """One input's result from `VilaModel.stream`."""
-    index: int  # position in the (expanded) inputs
-    source: str  # path, or <bytes i> / <array i> / <image i>
-    value: Any  # float, str or float32 [D]; None when the input failed
-    error: Optional[str]  # why it failed; None when it worked
 
 
 # task -> (pixel signature, its output, one output row -> the result's value)
@@ -73,20 +57,6 @@ TASKS = {
     "caption": ("caption_pixels", "caption", lambda v: v.decode("utf-8", "replace")),
     "image_embedding": ("image_embedding_pixels", "image_embedding", lambda v: np.array(v)),  # a copy, not a view of the batch
 }
-
-
-def resolve_savedmodel(path: str) -> str:
-    """A SavedModel folder, or a TF Serving base folder (`<name>/<version>/`): the newest version."""
-    path = os.fspath(path)
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return path
-    if os.path.isdir(path):
-        versions = [int(v) for v in os.listdir(path)
-                    if v.isdigit() and os.path.isfile(os.path.join(path, v, "saved_model.pb"))]
-        if versions:
-            return os.path.join(path, str(max(versions)))
-    raise FileNotFoundError(f"{path}: not a SavedModel folder (no saved_model.pb) nor a TF Serving base "
-                            "folder with numbered versions")
 
 
 def _reason(err: Exception) -> str:
@@ -347,12 +317,3 @@ class VilaModel:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def load(path: str, device: Optional[str] = None, max_workers: Optional[int] = None,
-         exif_orientation: bool = True) -> VilaModel:
-    """Loads an exported VILA model (SavedModel folder or TF Serving base folder: newest version).
-
-    `exif_orientation=False` scores photos as stored, exactly as the release did, instead of
-    turned upright by their EXIF orientation tag (docs/formats.md)."""
-    return VilaModel(path, device=device, max_workers=max_workers, exif_orientation=exif_orientation)

@@ -24,9 +24,10 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 import numpy as np
 
 from . import msgpack_index
-from .config import ConfigError, VilaConfig, config_from_shapes
+from ..model.config import ConfigError, VilaConfig, config_from_shapes
 from .msgpack_index import ArrayRef, ChunkedArrayRef, MsgpackFormatError
-from .param_source import ParamSource
+from ..model.params import InMemoryParams, ParamSource
+from ..model.tree import flatten, unflatten
 
 CONFIG_FILE = "vila_config.json"
 ORBAX_SUBDIR = "params"
@@ -55,32 +56,10 @@ def sort_paths(paths: Iterable[str]) -> list[str]:
     return sorted(paths, key=lambda p: p.split("/"))
 
 
-def flatten(tree: Mapping, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        path = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, path + "/"))
-        else:
-            out[path] = v
-    return out
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict:
-    tree: dict = {}
-    for path, v in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
-
-
 @functools.lru_cache(maxsize=None)
 def _template_tree(has_quality_head: bool):
     """The abstract parameter tree of a 1-layer, tiny-width model: names and ranks, no sizes."""
-    from .heads import abstract_params  # deferred: pulls in jax
+    from ..model.modules import abstract_params  # deferred: reading a checkpoint needs no jax until shapes are inferred
     return abstract_params(VilaConfig(
         model_type="vila_r" if has_quality_head else "vila_p", model_dims=8, num_heads=2, dim_per_head=4,
         encoder_ff_dims=8, decoder_ff_dims=8, pooler_num_heads=2, pooler_dim_per_head=4, num_encoder_layers=1,
@@ -132,7 +111,7 @@ def expected_shapes(cfg: VilaConfig) -> dict:
 @functools.lru_cache(maxsize=16)
 def _expected_shapes(cfg: VilaConfig) -> tuple:
     # Tracing the model for its shapes costs about a second; a config's shapes never change.
-    from .heads import abstract_params
+    from ..model.modules import abstract_params  # deferred, as in _template_tree
     return tuple((p, tuple(s.shape)) for p, s in flatten(abstract_params(cfg)).items())
 
 
@@ -460,7 +439,6 @@ def open_params(path: str, step: Optional[int] = None, **overrides) -> ParamSour
     """Either form as a `ParamSource` with `config`, `path`, `step` and `sha256`: a paxml
     checkpoint is indexed and read one array at a time later; a converted one is read whole."""
     if os.path.isdir(path) and is_converted(path):
-        from .param_source import InMemoryParams
         loaded = read_converted(path, **overrides)
         source = InMemoryParams(loaded.params, consume=True)
         source.config, source.path, source.step, source.sha256 = loaded.config, loaded.source, loaded.step, loaded.sha256

@@ -502,3 +502,13 @@ class VilaModel(nn.Module):
             out["quality_scores"] = (self.quality_image_embedding(img["contrastive_img_embed"])
                                      @ prompt["contrastive_txt_embed_norm"].T)
         return out
+
+
+def abstract_params(cfg: VilaConfig):
+    """The parameter tree as ShapeDtypeStructs, allocating nothing: the shapes every checkpoint
+    reader and the export check against."""
+    model = VilaModel(cfg)
+    img = jax.ShapeDtypeStruct((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
+    ids = jax.ShapeDtypeStruct((1, 4), jnp.int32)
+    pad = jax.ShapeDtypeStruct((1, 4), jnp.float32)
+    return jax.eval_shape(model.init, jax.random.PRNGKey(0), img, ids, pad)["params"]

@@ -11,10 +11,9 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from . import decode, host_memory
+from . import decode
 from .config import QUALITY_PROMPT_IDS, VilaConfig
-from .model import VilaModel, l2_normalize
-from .param_source import ParamSource
+from .modules import VilaModel, l2_normalize
 
 # The release's zero-shot quality prompts (run_vila_predict._ZSL_QUALITY_PROMPTS): good/bad pairs.
 ZERO_SHOT_PROMPT_PAIRS = (
@@ -128,52 +127,3 @@ def caption(params, cfg: VilaConfig, images, max_len: int | None = None):
 def teacher_forced_logits(params, cfg: VilaConfig, images, ids, paddings):
     gen = encode_image(params, cfg, images)["generative_img_embed"]
     return _apply(params, cfg, VilaModel.text_logits, ids, paddings, gen)
-
-
-def abstract_params(cfg: VilaConfig):
-    """The parameter tree as ShapeDtypeStructs, allocating nothing."""
-    model = VilaModel(cfg)
-    img = jax.ShapeDtypeStruct((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
-    ids = jax.ShapeDtypeStruct((1, 4), jnp.int32)
-    pad = jax.ShapeDtypeStruct((1, 4), jnp.float32)
-    return jax.eval_shape(model.init, jax.random.PRNGKey(0), img, ids, pad)["params"]
-
-
-class DemoParams(ParamSource):
-    """Seeded random parameters, drawn one array at a time (demo weights: the architecture is
-    real, the numbers are not). Each array depends only on the seed and its path's index, so the
-    draw order is free and `init_params` gives the same tree.
-
-    Drawn with the model's own initializers, one array at a time: a whole-model jitted `init`
-    holds XLA temporaries of several times the parameter bytes at once.
-    """
-
-    def __init__(self, cfg: VilaConfig, seed: int = 0):
-        from .checkpoint import flatten
-        self.cfg, self._key = cfg, jax.random.PRNGKey(seed)
-        leaves = sorted(flatten(abstract_params(cfg)).items())
-        self._index = {path: i for i, (path, _) in enumerate(leaves)}
-        self.shapes = {path: tuple(leaf.shape) for path, leaf in leaves}
-
-    def read(self, path: str) -> jax.Array:
-        from .model import _weight_init
-        k, name, shape = jax.random.fold_in(self._key, self._index[path]), path.rsplit("/", 1)[-1], self.shapes[path]
-        if name in ("w", "pooling_attn_query"):
-            value = _weight_init(k, shape, jnp.float32)
-        elif name in ("emb_var", "cls_emb"):
-            std = 0.02 if "pos_emb" in path else self.cfg.model_dims ** -0.5
-            value = jax.random.normal(k, shape, jnp.float32) * std
-        elif name == "temperature":
-            value = jnp.full(shape, 0.07, jnp.float32)
-        else:  # biases, layer-norm scales/biases, per-dim scales
-            value = jnp.zeros(shape, jnp.float32)
-        return value.block_until_ready()
-
-
-def init_params(cfg: VilaConfig, seed: int = 0):
-    """The demo parameters (`DemoParams`) as one tree."""
-    from .checkpoint import unflatten
-    source = DemoParams(cfg, seed)
-    out = {path: source.read(path) for path in source.shapes}
-    host_memory.release_freed()  # the per-shape compilations' garbage
-    return unflatten(out)

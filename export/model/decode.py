@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from .config import BOS_ID, EOS_ID, VilaConfig
-from .model import VilaModel
+from .modules import VilaModel
 
 
 def _greedy_loop(next_logits, batch: int, max_len: int, carry):

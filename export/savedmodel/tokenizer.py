@@ -10,7 +10,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from .config import BOS_ID, EOS_ID, PAD_ID
+from ..model.config import BOS_ID, EOS_ID, PAD_ID
 
 
 class LingvoTokenizer(tf.Module):

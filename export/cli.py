@@ -13,8 +13,10 @@ import time
 if "tensorflow" not in sys.modules:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from . import checkpoint, host_memory, release  # noqa: E402
-from .config import VilaConfig  # noqa: E402
+from .checkpoints import paxml as checkpoint, release
+from . import host_memory  # noqa: E402
+from .model.config import VilaConfig  # noqa: E402
+from .model import demo
 
 DEMO_NAME = "vila_demo"
 DEMO_SEED = 20230618
@@ -38,7 +40,7 @@ def _progress(label: str):
 def export_checkpoint(ckpt: str, spm_path: str, out: str, dtype: str = "float32", step=None,
                       overrides: dict | None = None, compute_dtype: str = "float32",
                       target_tensorflow: str | None = None) -> str:
-    from . import savedmodel
+    from .savedmodel import writer as savedmodel
     if not os.path.isfile(spm_path):
         raise FileNotFoundError(f"{spm_path}: SentencePiece model not found (--spm)")
     host_memory.map_large_blocks()
@@ -70,7 +72,8 @@ def export_demo(out: str, dtype: str = "float32", cfg: VilaConfig | None = None,
                 compute_dtype: str = "float32", target_tensorflow: str | None = None) -> str:
     """The full released architecture with seeded random weights and a tokenizer trained on the
     project's own text: the whole pipeline at real size, with scores that mean nothing."""
-    from . import heads, savedmodel, spm
+    from .model import heads
+    from .savedmodel import writer as savedmodel, spm
     cfg = cfg or VilaConfig()
     host_memory.map_large_blocks()
     _log("DEMO export: random weights of the released architecture; its scores mean nothing")
@@ -82,7 +85,7 @@ def export_demo(out: str, dtype: str = "float32", cfg: VilaConfig | None = None,
     opts = savedmodel.ExportOptions(dtype=dtype, compute_dtype=compute_dtype, demo=True,
                                     source=f"demo: random weights, seed {DEMO_SEED}", target_tensorflow=target_tensorflow)
     # Each array is drawn as the weights are written (lean export).
-    return savedmodel.write_savedmodel(heads.DemoParams(cfg, DEMO_SEED), cfg, spm_path, out, opts, log=_log)
+    return savedmodel.write_savedmodel(demo.DemoParams(cfg, DEMO_SEED), cfg, spm_path, out, opts, log=_log)
 
 
 def _add_dtype_args(p: argparse.ArgumentParser) -> None:
@@ -101,7 +104,7 @@ def _add_target(p: argparse.ArgumentParser) -> None:
 
 def _check_target(p: argparse.ArgumentParser, release: str | None) -> None:
     if release:
-        from . import tf_targets
+        from .savedmodel import tf_targets
         try:
             tf_targets.target(release)
         except ValueError as e:
@@ -174,6 +177,6 @@ def cmd_all(argv) -> int:
 
 
 def _write_serving_layout(out_root: str) -> None:
-    from . import serving_layout
+    from .publish import serving_layout
     serving_layout.write_models_config(out_root)
     serving_layout.write_batching_parameters(out_root)

@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from . import host_memory
-from .param_source import ParamSource
+from .. import host_memory
+from ..model.params import ParamSource
 
 # Weights per shard: the write's own peak memory (an array larger than this gets a shard alone).
 GROUP_BYTES = 128 << 20

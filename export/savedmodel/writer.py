@@ -22,12 +22,14 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from . import heads, host_memory, tf_targets, variables_file
+from ..model import heads
+from .. import host_memory
+from . import tf_targets, variables_file
 from vila_tf import preprocessing as preprocess
 from vila_tf import tf_compat
-from .checkpoint import unflatten
-from .config import VilaConfig
-from .param_source import ParamSource, as_source
+from ..model.tree import unflatten
+from ..model.config import VilaConfig
+from ..model.params import ParamSource, as_source
 from .tokenizer import LingvoTokenizer
 from .warmup import write_warmup
 from vila_tf.atomic import atomic_dir

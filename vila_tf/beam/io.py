@@ -21,7 +21,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from vila_tf import shards
+from vila_tf.beam import shards
 
 METRICS_NAMESPACE = "vila_tf"
 ERRORS, FILTERED, IMAGES = "errors", "filtered", "images"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from vila_tf.buckets import BUCKETS
+from vila_tf.versions import local_versions
 
 
 def model_versions(root: str) -> dict:
@@ -16,8 +17,7 @@ def model_versions(root: str) -> dict:
         base = os.path.join(root, name)
         if name.startswith(".") or not os.path.isdir(base):
             continue
-        versions = sorted(int(v) for v in os.listdir(base)
-                          if v.isdigit() and os.path.isfile(os.path.join(base, v, "saved_model.pb")))
+        versions = local_versions(base)
         if versions:
             found[name] = versions
     return found

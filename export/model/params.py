@@ -2,9 +2,9 @@
 docs/accelerators.md).
 
 The SavedModel is assembled before any weight is read in full (its variables are untouched zero
-pages, `export.variables_file`), then the weights are written group by group: a source only has
+pages, `export.savedmodel.variables_file`), then the weights are written group by group: a source only has
 to say each parameter's shape and produce one array on request. A paxml checkpoint reads it from
-the file (`export.checkpoint.open_paxml`), the demo draws it (`export.heads.DemoParams`), and a
+the file (`export.checkpoints.paxml.open_paxml`), the demo draws it (`export.model.demo.DemoParams`), and a
 parameter tree already in memory hands it over (`InMemoryParams`).
 """
 from __future__ import annotations
@@ -13,10 +13,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .tree import flatten
+
 
 class ParamSource:
     """A parameter tree read one array at a time. `shapes`: {path: shape}, in checkpoint order.
-    A checkpoint's source also says where it came from (`export.checkpoint.open_params`)."""
+    A checkpoint's source also says where it came from (`export.checkpoints.paxml.open_params`)."""
     shapes: dict
     config = path = step = sha256 = None
 
@@ -51,7 +53,6 @@ class InMemoryParams(ParamSource):
     export reads the text tower twice and everything else once), so memory falls as it goes."""
 
     def __init__(self, params: Mapping, consume: bool = False):
-        from .checkpoint import flatten  # deferred: the checkpoint reader's sources subclass this
         self._flat = flatten(params)
         if consume and isinstance(params, dict):
             params.clear()  # the flat dict now holds the only references

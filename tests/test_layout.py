@@ -1,0 +1,40 @@
+"""The architecture as checks: the import-linter contracts of setup.cfg (layers, the jax-free
+runtime, the core without its integrations, no cycles, function-level imports included), every
+runtime module placed on one side of the core/integration line, and a docstring saying each
+sub-package's job."""
+import ast
+import configparser
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_import_contracts():
+    lint = os.path.join(os.path.dirname(sys.executable), "lint-imports")
+    r = subprocess.run([lint, "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "BROKEN" not in r.stdout and r.stdout.count("KEPT") >= 7
+
+
+def test_every_runtime_module_is_core_or_integration():
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(REPO, "setup.cfg"))
+    core = set(cfg["importlinter:contract:core-without-integrations"]["source_modules"].split())
+    outside = set(cfg["importlinter:contract:core-without-integrations"]["forbidden_modules"].split())
+    for entry in os.listdir(os.path.join(REPO, "vila_tf")):
+        name = entry[:-3] if entry.endswith(".py") else entry
+        if entry in ("__init__.py", "__pycache__") or not (entry.endswith(".py") or
+                                                           os.path.isdir(os.path.join(REPO, "vila_tf", entry))):
+            continue
+        assert f"vila_tf.{name}" in core | outside, f"vila_tf/{entry}: add it to a contract in setup.cfg"
+
+
+def test_sub_packages_say_their_job():
+    for top in ("export", "vila_tf"):
+        for dirpath, _, files in os.walk(os.path.join(REPO, top)):
+            if "__init__.py" in files:
+                with open(os.path.join(dirpath, "__init__.py")) as f:
+                    doc = ast.get_docstring(ast.parse(f.read()))
+                assert doc and len(doc.split()) >= 12, f"{dirpath}/__init__.py: a docstring saying its job"

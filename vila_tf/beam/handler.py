@@ -1,0 +1,178 @@
+"""The model on a Beam worker: `VilaModelHandler` for RunInference, and the copy of a remote
+SavedModel to local disk (once per machine)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+import vila_tf
+from vila_tf import buckets
+from vila_tf.versions import numbered
+
+log = logging.getLogger("vila_tf.beam")
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+METRICS_NAMESPACE = "vila_tf"
+RESULTS, ERRORS = "results", "errors"
+FAILED_ON_IMAGE = "the model failed on this image"
+
+
+class Task(NamedTuple):
+    method: str  # the VilaModel method that runs it
+    field: str  # the key of its value in a result record (as the `vila-tf` command's jsonl output)
+    help: str
+
+
+TASKS = {
+    "score": Task("score", "score", "aesthetic score per image (VILA-R; zero-shot score for a pretrain model)"),
+    "zero-shot": Task("zero_shot", "score", "zero-shot quality score from the release's good/bad prompt pairs"),
+    "caption": Task("caption", "caption", "an aesthetic comment per image (greedy decoding)"),
+    "embed": Task("image_embedding", "embedding", "l2-normalized image embeddings"),
+}
+
+
+def _json_value(field: str, value) -> Any:
+    # Same rounding as `vila-tf ... --format jsonl`, so both commands write the same records.
+    if field == "embedding":
+        return [round(float(x), 7) for x in value]
+    if field == "caption":
+        return value
+    return round(float(value), 6)
+
+
+# -- the model on a worker ---------------------------------------------------------------------------
+
+def is_remote(path: str) -> bool:
+    return FileSystems.get_scheme(path) not in (None, "file")
+
+
+def remote_savedmodel(path: str) -> str:
+    """The SavedModel folder at a remote `path`, or the newest numbered version under it (TF Serving layout)."""
+    path = path.rstrip("/")
+    if FileSystems.exists(FileSystems.join(path, "saved_model.pb")):
+        return path
+    found = FileSystems.match([FileSystems.join(path, "*", "saved_model.pb")])[0].metadata_list
+    folders = {m.path[: -len("/saved_model.pb")].rsplit("/", 1)[-1]: m.path[: -len("/saved_model.pb")] for m in found}
+    versions = {v: folders[name] for v, name in numbered(folders).items()}
+    if not versions:
+        raise FileNotFoundError(f"{path}: not a SavedModel folder (no saved_model.pb) nor a TF Serving base "
+                                "folder with numbered versions")
+    return versions[max(versions)]
+
+
+def fetch_savedmodel(path: str, cache_dir: Optional[str] = None) -> str:
+    """Copies a SavedModel from any Beam filesystem (gs://, s3://, ...) to local disk and returns the copy.
+
+    TensorFlow reads SavedModels from local disk on every platform, and each of a machine's worker
+    processes would otherwise download its own copy (1.2 GB at full size): the copy is shared by
+    the machine's processes, named after the source, and renamed into place only when complete.
+    """
+    source = remote_savedmodel(path)
+    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "vila_tf-models")
+    dest = os.path.join(cache_dir, hashlib.sha256(source.encode()).hexdigest()[:16])
+    if os.path.isfile(os.path.join(dest, "saved_model.pb")):
+        return dest
+    os.makedirs(cache_dir, exist_ok=True)
+    partial = tempfile.mkdtemp(prefix=".partial-", dir=cache_dir)
+    try:
+        for m in FileSystems.match([source + "/**"])[0].metadata_list:
+            relative = m.path[len(source):].strip("/")
+            if not relative or m.path.endswith("/"):  # object stores list folder placeholders too
+                continue
+            local = os.path.join(partial, *relative.split("/"))
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            with FileSystems.open(m.path, compression_type=CompressionTypes.UNCOMPRESSED) as src, \
+                    open(local, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 22)
+        os.rename(partial, dest)
+        log.info("copied %s to %s", source, dest)
+    except OSError:
+        if not os.path.isfile(os.path.join(dest, "saved_model.pb")):
+            raise
+        # Another process on this machine finished the same copy first: use theirs.
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return dest
+
+
+class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
+    """RunInference handler for an exported VILA model: encoded image bytes in, one record body out.
+
+    Each inference is `{"score": 0.63}` (`{"caption": ...}`, `{"embedding": [...]}`), or
+    `{"error": reason}` for an image the model could not read. Wrap it in `KeyedModelHandler` to keep
+    file names with the results. Batches are exactly `batch_size` images (one of the export's
+    buckets, so no padding) except the last of each bundle, which VilaModel pads to the next bucket.
+    """
+
+    def __init__(self, model_path: str, task: str = "score", batch_size: int = buckets.MAX_BATCH,
+                 device: Optional[str] = None, raw_values: bool = False, exif_orientation: bool = True):
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        if batch_size not in buckets.BUCKETS:
+            raise ValueError(f"batch size {batch_size} is not one of the export's buckets {buckets.BUCKETS}")
+        # Leaving share_model_across_processes() False: Beam keeps one model per worker process,
+        # shared by that process's threads (VilaModel is thread-safe).
+        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
+        self.model_path, self.task, self.batch_size, self.device = model_path, task, batch_size, device
+        # raw_values: the model's float32 values (np.float32 / arrays) instead of JSON-rounded ones,
+        # for writers that keep full precision (Parquet) or compare scores to a threshold.
+        self.raw_values = raw_values
+        self.exif_orientation = exif_orientation  # False: photos as stored, as the release scored them
+
+    def load_model(self):
+        # Failed images go to the errors output; VilaModel's warning per failed image (named "<bytes i>",
+        # as the handler passes bytes) would only flood the worker logs.
+        warnings.filterwarnings("ignore", message=r"<bytes \d+>: ", category=RuntimeWarning, module=r"vila_tf\.")
+        path = fetch_savedmodel(self.model_path) if is_remote(self.model_path) else self.model_path
+        log.info("vila_tf.beam: process %d loads %s", os.getpid(), path)
+        return vila_tf.load(path,  # TensorFlow is imported here, on the workers only
+                             device=self.device, exif_orientation=self.exif_orientation)
+
+    def run_inference(self, batch: Sequence[bytes], model, inference_args: Optional[dict] = None
+                      ) -> Iterable[PredictionResult]:
+        field = TASKS[self.task].field
+        batch = list(batch)
+        try:
+            values, failed = self._run(model, batch)
+        except Exception as batch_error:  # noqa: BLE001
+            values, failed = self._run_one_by_one(model, batch, batch_error)
+        value = (lambda v: v) if self.raw_values else (lambda v: _json_value(field, v))
+        return [PredictionResult(example, {"error": failed[i]} if i in failed else {field: value(values[i])},
+                                 self.model_path)
+                for i, example in enumerate(batch)]
+
+    def _run(self, model, images: list) -> tuple[list, dict]:
+        """VilaModel reports the images it cannot read (NaN rows) instead of raising."""
+        values, errors = getattr(model, TASKS[self.task].method)(images, batch_size=self.batch_size,
+                                                                  return_errors=True)
+        return list(values), {e.index: e.reason for e in errors}
+
+    def _run_one_by_one(self, model, batch: list, batch_error: Exception) -> tuple[list, dict]:
+        """After a batch raised: each image alone, so one image the model chokes on fails alone."""
+        values, failed, raised = [None] * len(batch), {}, 0
+        for i, image in enumerate(batch):
+            try:
+                value, errors = self._run(model, [image])
+                values[i] = value[0]
+                if errors:
+                    failed[i] = errors[0]
+            except Exception as e:  # noqa: BLE001
+                raised += 1
+                failed[i] = f"{FAILED_ON_IMAGE}: {type(e).__name__}: {str(e).strip()[:300]}"
+        if raised == len(batch) > 1:
+            raise batch_error  # every image fails alone too: the model or the worker is broken, not the images
+        return values, failed
+
+    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
+        return sum(len(b) for b in batch)  # the default pickles the whole batch to measure it
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
