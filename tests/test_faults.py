@@ -282,7 +282,7 @@ def test_sigkill_mid_cli_run_leaves_complete_rows_then_resumes(exported, tmp_pat
     for i in range(120):
         Image.fromarray(im._photo(60, 80, i)).save(photos / f"{i:03d}.png")
     out = tmp_path / "scores.csv"
-    out.write_text("previous results\n")
+    out.write_text("input,score,error\nprevious.jpg,0.5,\n")  # an earlier run's results: started over
     vila_tf_bin = os.path.join(os.path.dirname(sys.executable), "vila-tf")
     env = env_without_jax()
     cmd = [vila_tf_bin, "score", exported["vila_r_tiny"], str(photos), "--output", str(out), "--progress",

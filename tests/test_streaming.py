@@ -161,7 +161,7 @@ def test_sigkill_mid_run_then_resume(exported, reference, tmp_path):
         (photos / name).write_bytes(_png(a))
     (photos / "000-broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")  # sorts first
     out = tmp_path / "scores.csv"
-    out.write_text("rows of some earlier run\n")  # a fresh run (no --resume) starts the file over
+    out.write_text("input,score,error\nold.jpg,0.5,\n")  # a fresh run (no --resume) starts its file over
     cmd = [VILA_TF, "score", exported["vila_r_tiny"], str(photos), "--output", str(out), "--batch-size", "1"]
     assert kill_after_rows(cmd, out, 11, env_without_jax())  # the header and 11 rows written
     before = out.read_text()

@@ -12,14 +12,18 @@ from vila_tf.tf_compat import IncompatibleTensorFlowError
 __all__ = ["load", "VilaModel", "ImageError", "Result", "DemoModelWarning", "IncompatibleTensorFlowError"]
 
 
-def load(path: str, device=None, max_workers=None, exif_orientation: bool = True):
+def load(path: str, device=None, max_workers=None, exif_orientation: bool = True, decode_budget_pixels=None,
+         max_file_bytes=None):
     """Loads an exported VILA model (SavedModel folder or TF Serving base folder: newest version).
 
     `exif_orientation=False` scores photos as stored, exactly as the release did, instead of
-    turned upright by their EXIF orientation tag (docs/formats.md)."""
+    turned upright by their EXIF orientation tag (docs/formats.md). `decode_budget_pixels`: how
+    many pixels the decode threads may decode at once (default 64 million); `max_file_bytes`: a
+    larger file is refused before it is read (default 500 MB) (docs/streaming.md)."""
     # TensorFlow is imported here, when a SavedModel is loaded, not by `import vila_tf`.
     from vila_tf import model
-    return model.VilaModel(path, device=device, max_workers=max_workers, exif_orientation=exif_orientation)
+    return model.VilaModel(path, device=device, max_workers=max_workers, exif_orientation=exif_orientation,
+                           decode_budget_pixels=decode_budget_pixels, max_file_bytes=max_file_bytes)
 
 
 def __getattr__(name):

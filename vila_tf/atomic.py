@@ -6,6 +6,10 @@ call where the kernel offers it, so even a SIGKILL at any instant leaves either 
 complete folder or the new complete one at the path (TF Serving polls version folders and would
 load a half-written one). Temporary siblings start with '.', which TF Serving ignores, and stale
 ones left by a killed run are removed by the next run.
+
+The results get the modes a plain `open()` / `mkdir` would give them (0644 / 0755 under the usual
+umask), not the private 0600 / 0700 of the temporaries: a web server or a model server running as
+another user must be able to read a published checksum, a model card or a SavedModel.
 """
 from __future__ import annotations
 
@@ -18,6 +22,20 @@ import tempfile
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+
+
+def umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _tmp_prefix(path: str) -> str:
@@ -91,6 +109,7 @@ def atomic_dir(path: str):
     remove_stale(path)
     tmp = tempfile.mkdtemp(prefix=f"{_tmp_prefix(path)}{os.getpid()}-", dir=parent)
     try:
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it 0700
         yield tmp
         move_into_place(tmp, path)
     except BaseException:
@@ -107,6 +126,7 @@ def atomic_file(path: str, mode: str = "w", **open_kwargs):
     remove_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=f"{_tmp_prefix(path)}{os.getpid()}-", dir=parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes it 0600 (the caller may fchmod it again)
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
             f.flush()

@@ -112,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--batches-ahead", type=int, default=2, metavar="N",
                        help="batches decoded ahead of the model, at most (default 2)")
         c.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+        c.add_argument("--decode-budget", type=float, default=None, metavar="MP",
+                       help="megapixels the decode threads may decode at once (default 64: one 49 MP photo at a "
+                            "time; memory grows about 40 bytes per pixel)")
+        c.add_argument("--max-file-size", type=float, default=None, metavar="MB",
+                       help="refuse image files larger than this, before reading them (default 500)")
         c.add_argument("--release-exact-orientation", action="store_true",
                        help="score photos as stored, ignoring their EXIF orientation, exactly as the release did "
                             "(default: turned upright as photo viewers show them)")
@@ -155,18 +160,19 @@ class _Best:
 def _write_contact_sheet(best: _Best, path: str, with_captions: bool) -> None:
     from vila_tf import contact_sheet
     from vila_tf.atomic import atomic_file
+    from vila_tf import inputs as inputs_lib, names, output_file
+    from PIL import PngImagePlugin
     images = []
-    for _, _, source, _ in best.heap:
-        try:  # only the drawn images are read again, at the end
-            with open(source, "rb") as f:
-                images.append(f.read())
-        except OSError:
-            images.append(b"")  # drawn as an empty box
+    for _, _, source, _ in best.heap:  # only the drawn images are read again, at the end
+        item = inputs_lib.load(inputs_lib.Item(source, path=source))
+        images.append(item.data or b"")  # unreadable now: drawn as an empty box
     sheet = contact_sheet.render(images, [e[0] for e in best.heap],
                                  [e[3] for e in best.heap] if with_captions else None,
-                                 [os.path.basename(e[2]) for e in best.heap])
+                                 [names.written(os.path.basename(e[2])) for e in best.heap])
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", output_file.SHEET_SOFTWARE)  # so a later run knows it may replace it
     with atomic_file(path, "wb") as f:
-        sheet.save(f, format="PNG")
+        sheet.save(f, format="PNG", pnginfo=info)
     print(f"vila-tf: contact sheet of {len(best.heap)} images"
           + (f" (the best of {best.count})" if best.count > len(best.heap) else "") + f" -> {path}", file=sys.stderr)
 
@@ -202,6 +208,13 @@ def _format(args) -> str:
     return "jsonl" if args.command == "embed" else ("table" if sys.stdout.isatty() else "csv")
 
 
+def _format_reason(args) -> str:
+    """Why this run writes the format it does, for a --resume refusal."""
+    if args.format:
+        return f"--format {args.format}"
+    return f"chosen by the name {args.output}" if args.output else "the default"
+
+
 class _Skipper:
     """--resume: passes on the inputs that have no row in the output yet.
 
@@ -220,17 +233,19 @@ class _Skipper:
         self.done: Optional[dict] = None  # source -> row, once the inputs stopped matching the rows
 
     def _count(self, row: dict) -> None:
+        from vila_tf import names
         self.skipped += 1
         self.failed += "error" in row
         if self.best is not None and "error" not in row:
-            self.best.add(float(row[self.value_column]), row["input"], row.get("caption"))
+            self.best.add(float(row[self.value_column]), names.source_of(row["input"]), row.get("caption"))
 
     def filter(self, items):
-        from vila_tf import results_file
+        from vila_tf import names, results_file
         for item in items:
+            written = names.written(item.source)  # rows hold names as results files write them
             if self.done is None:
                 row = next(self.rows, None)
-                if row is not None and row.get("input") == item.source:
+                if row is not None and row.get("input") == written:
                     self._count(row)
                     continue
                 # Every earlier row matched (the rest is new), or the inputs changed since: look
@@ -241,35 +256,79 @@ class _Skipper:
                         ("input", "error")
                     for r in results_file.read_rows(self.path, self.fmt, self.cols):
                         self.done[r.get("input")] = {k: r[k] for k in keep if k in r}
-            row = self.done.pop(item.source, None)
+            row = self.done.pop(written, None)
             if row is not None:
                 self._count(row)
                 continue
             yield item
 
 
-def _run(args) -> int:
+def _load(args):
+    """The model, or None after a one-line reason on stderr."""
     import vila_tf
+    mb = getattr(args, "max_file_size", None)
+    mp = getattr(args, "decode_budget", None)
     try:
-        model = vila_tf.load(args.model, device=getattr(args, "device", None),
-                             max_workers=getattr(args, "decode_threads", None),
-                             exif_orientation=not getattr(args, "release_exact_orientation", False))
-    except (FileNotFoundError, OSError, ValueError) as e:
+        return vila_tf.load(args.model, device=getattr(args, "device", None),
+                            max_workers=getattr(args, "decode_threads", None),
+                            exif_orientation=not getattr(args, "release_exact_orientation", False),
+                            decode_budget_pixels=int(mp * 1e6) if mp else None,
+                            max_file_bytes=int(mb * 1e6) if mb else None)
+    except (FileNotFoundError, OSError, ValueError, vila_tf.IncompatibleTensorFlowError) as e:
         print(f"vila-tf: cannot load model: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        return None
+
+
+def _run(args) -> int:
     if args.command == "info":
-        return _info(model)
+        model = _load(args)
+        if model is None:
+            return EXIT_ERROR
+        try:
+            return _info(model)
+        finally:
+            model.close()
+    return _score_all(args)
+
+
+def _prepare_outputs(args, fmt: str, cols: list[str]):
+    """The checks on every file the run will write, before the model loads: the locked
+    --output (None for stdout) and the --contact-sheet path. Raises output_file.OutputError."""
+    from vila_tf import output_file
+    output = None
+    if args.output:
+        try:
+            model = output_file.model_record(args.model)
+        except (FileNotFoundError, OSError) as e:
+            raise output_file.OutputError(f"cannot load model: {e}") from None
+        record = output_file.run_record(args.command, fmt, cols, model,
+                                        exif_orientation=not args.release_exact_orientation)
+        output = output_file.ResultsOutput(args.output, fmt, cols, record, args.resume, args.inputs,
+                                           _format_reason(args)).prepare()
     try:
-        return _score_all(args, model)
-    finally:
-        model.close()  # queued decodes are cancelled, so an interrupted run exits at once
+        if getattr(args, "contact_sheet", None):
+            output_file.check_contact_sheet(args.contact_sheet, args.inputs, args.output)
+    except output_file.OutputError:
+        if output is not None:
+            output.abandon()
+        raise
+    return output
 
 
-def _score_all(args, model) -> int:
-    from vila_tf import image_formats, inputs as inputs_lib, results_file
-    for flag in ("batch_size", "batches_ahead", "decode_threads"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            print(f"vila-tf: --{flag.replace('_', '-')} must be >= 1", file=sys.stderr)
+def _write_failed(args, e: OSError, written: int) -> int:
+    import errno
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    print(f"vila-tf: cannot write {args.output}: {e.strerror or e}; the {written} rows written before it are kept: "
+          + ("free some space, then rerun" if full else "rerun") + " the same command with --resume to continue",
+          file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _score_all(args) -> int:
+    from vila_tf import output_file, results_file
+    for flag in ("batch_size", "batches_ahead", "decode_threads", "decode_budget", "max_file_size"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            print(f"vila-tf: --{flag.replace('_', '-')} must be > 0", file=sys.stderr)
             return EXIT_ERROR
     fmt = _format(args)
     if args.resume and (not args.output or fmt == "table"):
@@ -277,30 +336,51 @@ def _score_all(args, model) -> int:
         return EXIT_ERROR
     with_captions = bool(getattr(args, "with_captions", False))
     cols = results_file.columns(args.command, with_captions)
+    try:
+        output = _prepare_outputs(args, fmt, cols)
+    except output_file.OutputError as e:
+        print(f"vila-tf: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    model = _load(args)
+    if model is None:
+        if output is not None:
+            output.abandon()
+        return EXIT_ERROR
+    try:
+        return _stream_rows(args, model, output, fmt, cols, with_captions)
+    finally:
+        if output is not None:
+            output.abandon()  # nothing when the rows were written (closed already)
+        model.close()  # queued decodes are cancelled, so an interrupted run exits at once
+
+
+def _stream_rows(args, model, output, fmt: str, cols: list[str], with_captions: bool) -> int:
+    from vila_tf import image_formats, inputs as inputs_lib, names, output_file, results_file
     best = _Best(args.contact_sheet_max) if getattr(args, "contact_sheet", None) else None
     # Files of folder/glob walks that are not images: listed in one summary line at the end.
     skipped_files = image_formats.SkipReport()
-    items = inputs_lib.iter_items(args.inputs, skipped_files)
+    exclude = [output.identity] if output is not None and output.identity else []
+    sheet = getattr(args, "contact_sheet", None)
+    if sheet and os.path.isfile(sheet):
+        st = os.stat(sheet)
+        exclude.append((st.st_dev, st.st_ino))  # our own outputs are never inputs
+    items = inputs_lib.iter_items(args.inputs, skipped_files, exclude=exclude)
     skipper = None
     if args.resume:
-        try:
-            kept = results_file.repair(args.output, fmt, cols)
-        except results_file.ResumeError as e:
-            print(f"vila-tf: --resume: {e}", file=sys.stderr)
-            return EXIT_ERROR
         skipper = _Skipper(args.output, fmt, cols, args.command, best)
         items = skipper.filter(items)
-        print(f"vila-tf: resuming {args.output}: {kept} rows already there", file=sys.stderr)
+        print(f"vila-tf: resuming {args.output}: {output.kept} rows already there", file=sys.stderr)
+    for note in output.notes if output is not None else ():
+        print(f"vila-tf: {note}", file=sys.stderr)
     progress = Progress(args.command, args.progress or sys.stderr.isatty())
     progress.count_in_background(args.inputs)
     table: Optional[list] = [] if fmt == "table" else None
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        fresh = not (args.resume and os.path.exists(args.output) and os.path.getsize(args.output) > 0)
-        out = open(args.output, "w" if not args.resume else "a", encoding="utf-8", newline="")
+    if output is not None:
+        out = output.begin()
+        fresh = output.fresh
     else:
         fresh, out = True, sys.stdout
-    failed = processed = 0
+    failed = processed = flushed = 0
     step = max(1, min(args.batch_size, 32))
     try:
         writer = results_file.RowWriter(out, fmt, cols, header=fresh) if table is None else None
@@ -314,19 +394,25 @@ def _score_all(args, model) -> int:
                 writer.write(row)
             if r.error is not None:
                 failed += 1
-                progress.message(f"vila-tf: {r.source}: {r.error}")
+                progress.message(f"vila-tf: {names.written(r.source)}: {r.error}")
             elif best is not None:
                 best.add(value, r.source, caption)
             processed += 1
             if processed % step == 0:  # one batch: on disk (a SIGKILL loses at most what is in flight)
                 out.flush()
+                flushed = processed
                 progress.update(processed, skipper.skipped if skipper else 0)
         if table is not None:
             _write_table(table, out)
         out.flush()
-    finally:
-        if out is not sys.stdout:
-            out.close()
+        flushed = processed
+        if output is not None:
+            output.close()
+    except OSError as e:
+        if output is None:
+            raise
+        output_file.close_quietly(out)
+        return _write_failed(args, e, flushed + output.kept)
     skipped = skipper.skipped if skipper else 0
     failed += skipper.failed if skipper else 0
     progress.update(processed, skipped, final=True)
@@ -340,10 +426,11 @@ def _score_all(args, model) -> int:
 
 
 def main(argv: Optional[list] = None) -> int:
+    as_command = argv is None  # the console script, not a call from Python
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["beam"]:  # `vila-tf beam ...`: own parser, since unknown flags belong to Beam
         try:
-            from vila_tf.beam import pipeline as beam
+            from vila_tf import beam  # the package runs its command line: vila_tf.beam.cli
         except ImportError as e:
             print(f"vila-tf: {e}", file=sys.stderr)
             return EXIT_ERROR
@@ -359,6 +446,13 @@ def main(argv: Optional[list] = None) -> int:
     except KeyboardInterrupt:
         print("\nvila-tf: interrupted (rows written so far are complete: rerun with --resume to continue)",
               file=sys.stderr)
+        if as_command:
+            # The rows are flushed and the output closed (the finally blocks ran). A decode thread
+            # may still be blocked in a read (a hung network mount): exiting normally would wait
+            # for it forever, so the command ends here.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import io
 import os
+import re
 import warnings
 from typing import Callable, Optional
 
@@ -40,6 +41,7 @@ RAW_EXTENSIONS = frozenset({".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".sr
 # Skipped without a word: sidecars that sit next to photos (hidden files are skipped too).
 SIDECAR_EXTENSIONS = frozenset({".xmp", ".aae", ".thm"})
 SIDECAR_NAMES = frozenset({"thumbs.db", "desktop.ini"})
+RECORD_SUFFIX = ".vila-tf.json"  # the record next to a results file (vila_tf.output_file)
 
 HEAD_BYTES = 64  # enough for every signature below
 EXIF_ORIENTATION_TAG = 0x0112
@@ -109,7 +111,14 @@ def _extension(path: str) -> str:
 def is_silently_skipped(path: str) -> bool:
     """Hidden files and known sidecars (.xmp, .aae, .thm, Thumbs.db, desktop.ini)."""
     name = os.path.basename(path)
-    return name.startswith(".") or name.lower() in SIDECAR_NAMES or _extension(name) in SIDECAR_EXTENSIONS
+    return name.startswith(".") or name.lower() in SIDECAR_NAMES or _extension(name) in SIDECAR_EXTENSIONS \
+        or name.endswith(RECORD_SUFFIX)
+
+
+def _some(paths: list[str], shown: int = 3) -> str:
+    from vila_tf import names
+    text = ", ".join(names.written(p) for p in paths[:shown])
+    return text + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
 
 
 class SkipReport:
@@ -118,9 +127,12 @@ class SkipReport:
     def __init__(self):
         self.not_images: list[str] = []
         self.raw: list[str] = []
+        self.special: list[str] = []  # FIFOs, sockets, devices: never opened
+        self.loops: list[str] = []  # folders met again: links that loop, folders given twice
+        self.other_names: list[str] = []  # files and folders met again under another name (links)
 
     def __len__(self) -> int:
-        return len(self.not_images) + len(self.raw)
+        return len(self.not_images) + len(self.raw) + len(self.special) + len(self.loops) + len(self.other_names)
 
     @staticmethod
     def _by_extension(paths: list[str]) -> str:
@@ -137,6 +149,18 @@ class SkipReport:
             n = len(self.raw)
             out.append(f"skipped {n} RAW camera file{'s' if n > 1 else ''} (not decoded: score the camera's JPEG "
                        f"or export to JPEG/TIFF): {self._by_extension(self.raw)}")
+        if self.special:
+            n = len(self.special)
+            out.append(f"skipped {n} file{'s' if n > 1 else ''} that {'are' if n > 1 else 'is'} not a regular file "
+                       f"(FIFO, socket or device; never opened): {_some(self.special)}")
+        if self.loops:
+            n = len(self.loops)
+            out.append(f"did not walk {n} folder{'s' if n > 1 else ''} a second time (a link that loops or leads "
+                       f"back into the walk, or a folder given twice): {_some(self.loops)}")
+        if self.other_names:
+            n = len(self.other_names)
+            out.append(f"skipped {n} link{'s' if n > 1 else ''} to a file or folder scored under another name: "
+                       f"{_some(self.other_names)}")
         return out
 
     def warn(self, stacklevel: int = 3) -> None:
@@ -157,8 +181,12 @@ def keep(path: str, report: Optional[SkipReport] = None) -> bool:
         return True
     else:
         try:
-            with open(path, "rb") as f:
-                kind = sniff(f.read(HEAD_BYTES))
+            # O_NONBLOCK: a FIFO given by name must not block the walk (a walk yields regular files only)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            try:
+                kind = sniff(os.read(fd, HEAD_BYTES))
+            finally:
+                os.close(fd)
         except OSError:
             return True  # reading it again fails and is reported against the file
     if kind == "raw":
@@ -225,6 +253,12 @@ def _to_rgb(im) -> np.ndarray:
     return np.asarray(im.convert("RGB"))  # RGBA, LA, PA: Pillow drops the alpha channel, no compositing
 
 
+def _pil_reason(err: Exception) -> str:
+    """Pillow's message without the repr of the in-memory buffer it was given."""
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(err)).strip()
+    return text or type(err).__name__
+
+
 def decode_host_format(data: bytes, fmt: str, max_pixels: int, apply_orientation: bool) -> np.ndarray:
     """AVIF / HEIC / TIFF (/ WebP) bytes -> uint8 [H, W, 3] (first frame or page), after the pixel limit check."""
     from PIL import Image, ImageOps
@@ -235,8 +269,11 @@ def decode_host_format(data: bytes, fmt: str, max_pixels: int, apply_orientation
         im = Image.open(io.BytesIO(data), formats=[PIL_FORMAT[fmt]])
     except Image.DecompressionBombError as e:
         raise ImageFormatError(f"{name} image: {e} (max_pixels is {max_pixels})") from None
+    except Image.UnidentifiedImageError:  # its message names the in-memory buffer, not the file
+        raise ImageFormatError(f"{name} image that cannot be read: its header is broken or not one "
+                               "Pillow reads") from None
     except Exception as e:  # noqa: BLE001  (Pillow raises several types for a bad header)
-        raise ImageFormatError(f"{name} image that cannot be read: {e}") from None
+        raise ImageFormatError(f"{name} image that cannot be read: {_pil_reason(e)}") from None
     with im:
         width, height = im.size
         if width * height > max_pixels:
@@ -248,7 +285,7 @@ def decode_host_format(data: bytes, fmt: str, max_pixels: int, apply_orientation
                 im = ImageOps.exif_transpose(im)
             return _to_rgb(im)
         except Exception as e:  # noqa: BLE001
-            raise ImageFormatError(f"{name} image that cannot be decoded: {e}") from None
+            raise ImageFormatError(f"{name} image that cannot be decoded: {_pil_reason(e)}") from None
 
 
 def decode_on_host(data: bytes, max_pixels: int, apply_orientation: bool,

@@ -13,13 +13,20 @@ Order: folders are walked recursively, a folder's files (sorted by name) before 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import os
+import stat
 from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
-from vila_tf import image_formats
+from vila_tf import image_formats, walk
+
+# Files larger than this are refused before a byte is read (`vila_tf.load(max_file_bytes=)`,
+# `--max-file-size`): the largest image within the 50-megapixel limit, stored uncompressed as
+# 16-bit RGBA TIFF, is 400 MB.
+DEFAULT_MAX_FILE_BYTES = 500_000_000
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,98 +38,71 @@ class Item:
 
 
 def _is_glob(s: str) -> bool:
-    return any(c in s for c in "*?[")
+    return walk.is_glob(s)
 
 
-# -- walking folders and globs, lazily ----------------------------------------------------------
+# -- walking folders and globs, lazily (vila_tf.walk: each real file once, no FIFOs, no loops) -------
 
-def _sorted_entries(folder: str) -> tuple[list[str], list[str]]:
-    """(file names, sub-folder names) of one folder, sorted; names only, never contents."""
-    files, dirs = [], []
-    try:
-        with os.scandir(folder) as it:
-            for e in it:
-                try:
-                    (dirs if e.is_dir() else files).append(e.name)
-                except OSError:
-                    files.append(e.name)  # reported when read
-    except OSError:
-        pass
-    return sorted(files), sorted(dirs)
-
-
-def walk_files(folder: str) -> Iterator[str]:
-    """Every file under `folder`, recursively: a folder's files (sorted) before its sub-folders
-    (sorted). One folder's names are in memory at a time. Hidden files and folders are left out."""
-    files, dirs = _sorted_entries(folder)
-    for name in files:
-        if not name.startswith("."):
-            yield os.path.join(folder, name)
-    for name in dirs:
-        if not name.startswith("."):
-            yield from walk_files(os.path.join(folder, name))
+def walk_files(folder: str, skipped: Optional[image_formats.SkipReport] = None) -> Iterator[str]:
+    """Every regular file under `folder`, recursively: a folder's files (sorted) before its
+    sub-folders (sorted). One folder's names are in memory at a time. Hidden files and folders
+    are left out, links that loop are not followed (`vila_tf.walk`)."""
+    return walk.Walk(skipped).files(folder)
 
 
 def image_files(folder: str, skipped: Optional[image_formats.SkipReport] = None) -> Iterator[str]:
     """The files of a folder walk that are images (`image_formats.keep`: by name, else by content),
     in walk order; the others are added to `skipped` as the walk meets them (hidden files and
     sidecars silently)."""
-    return (p for p in walk_files(folder) if image_formats.keep(p, skipped))
+    return (p for p in walk_files(folder, skipped) if image_formats.keep(p, skipped))
 
 
-def iglob_sorted(pattern: str) -> Iterator[str]:
-    """Files matching a glob pattern (`**` spans folders), lazily, directory by directory in
+def iglob_sorted(pattern: str, skipped: Optional[image_formats.SkipReport] = None) -> Iterator[str]:
+    """Regular files matching a glob pattern (`**` spans folders), lazily, directory by directory in
     sorted order. As `glob`: `*` never matches a leading '.', and `**` skips hidden folders."""
-    head, parts = pattern, []
-    while head and _is_glob(head):
-        head, tail = os.path.split(head)
-        parts.insert(0, tail)
-        if not tail:  # a trailing or doubled separator
-            parts.pop(0)
-    base = head or os.curdir
-
-    def strip(p):  # no './' in front when the pattern had none
-        return p[len(os.curdir) + 1:] if not head and p.startswith(os.curdir + os.sep) else p
-
-    def match(folder: str, k: int) -> Iterator[str]:
-        if k == len(parts):
-            if os.path.isfile(folder):
-                yield strip(folder)
-            return
-        part = parts[k]
-        if part == "**":
-            files, dirs = _sorted_entries(folder)
-            if k + 1 == len(parts):  # a trailing '**': every file below
-                yield from (strip(os.path.join(folder, f)) for f in files if not f.startswith("."))
-            else:
-                yield from match(folder, k + 1)  # zero folders
-            for d in dirs:
-                if not d.startswith("."):
-                    yield from match(os.path.join(folder, d), k)
-            return
-        if not _is_glob(part):
-            yield from match(os.path.join(folder, part), k + 1)
-            return
-        files, dirs = _sorted_entries(folder)
-        names = sorted(files + dirs) if k + 1 < len(parts) else files
-        for name in names:
-            if name.startswith(".") and not part.startswith("."):
-                continue
-            if fnmatch.fnmatchcase(name, part):
-                yield from match(os.path.join(folder, name), k + 1)
-
-    return match(base, 0)
+    return walk.Walk(skipped).glob(pattern)
 
 
 # -- items -----------------------------------------------------------------------------------------
 
-def load(item: Item) -> Item:
-    """The item with its file read (a path item), or the item itself."""
+def _not_regular(mode: int) -> Optional[str]:
+    """Why a file of this mode is not read, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    return f"not a regular file ({kind}): not read"
+
+
+def size_text(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n} bytes"
+
+
+def too_large(size: int, max_file_bytes: int) -> str:
+    return (f"file of {size_text(size)}, more than the {size_text(max_file_bytes)} an image may have "
+            "(max_file_bytes; vila-tf --max-file-size): not read")
+
+
+def load(item: Item, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Item:
+    """The item with its file read (a path item), or the item itself. Only a regular file of at
+    most `max_file_bytes` is read: the size is checked before the first byte (and the read stops
+    one byte past the cap should the file grow), and a FIFO is never waited on (O_NONBLOCK)."""
     if item.path is None or item.data is not None or item.error:
         return item
     try:
-        with open(item.path, "rb") as f:
-            return Item(item.source, f.read())
+        why = _not_regular(os.stat(item.path).st_mode)
+        if why:
+            return Item(item.source, error=why)
+        fd = os.open(item.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)  # the file opened, which may not be the one stat saw
+            why = _not_regular(st.st_mode) or (too_large(st.st_size, max_file_bytes)
+                                               if st.st_size > max_file_bytes else None)
+            if why:
+                return Item(item.source, error=why)
+            data = f.read(max_file_bytes + 1)
+        if len(data) > max_file_bytes:
+            return Item(item.source, error=too_large(len(data), max_file_bytes))
+        return Item(item.source, data)
     except OSError as e:
         return Item(item.source, error=f"cannot read: {e.strerror or e}")
 
@@ -149,17 +129,22 @@ def _from_array(arr: np.ndarray, source: str) -> Item:
     return Item(source, error=f"unsupported image array dtype {arr.dtype} (use uint8, or float in [0, 1])")
 
 
-def _path_items(path: str, skipped: Optional[image_formats.SkipReport]) -> Iterator[Item]:
+def _path_items(path: str, walker: walk.Walk) -> Iterator[Item]:
+    skipped = walker.report
     if os.path.isdir(path):
+        if walker.walked(path):
+            skipped.loops.append(path)  # given twice, or inside a folder given before: walked once
+            return
         empty = True
-        for f in image_files(path, skipped):
-            empty = False
-            yield _file(f)
+        for f in walker.files(path):
+            if image_formats.keep(f, skipped):
+                empty = False
+                yield _file(f)
         if empty:
             yield Item(path, error="folder holds no image files")
     elif _is_glob(path) and not os.path.exists(path):
         matched = kept = False
-        for f in iglob_sorted(path):
+        for f in walker.glob(path):
             matched = True
             if image_formats.keep(f, skipped):
                 kept = True
@@ -176,14 +161,17 @@ def is_single(inputs) -> bool:
 
 
 def iter_items(inputs: Union[Any, Iterable[Any]],
-               skipped: Optional[image_formats.SkipReport] = None) -> Iterator[Item]:
+               skipped: Optional[image_formats.SkipReport] = None, exclude: Iterable[tuple] = ()) -> Iterator[Item]:
     """User inputs as items, in order, one at a time. Folders are walked (recursively) and glob
     patterns matched (both in sorted order, lazily), keeping the files that are images
     (`image_formats.keep`): the others are added to `skipped` as the walk meets them. A pattern
     or folder that matches no image becomes one failed item, so nothing the user named
-    disappears silently. Path items are not read here (see `load`)."""
+    disappears silently. Path items are not read here (see `load`). Folder walks and patterns
+    meet each real file once (`vila_tf.walk`); `exclude` lists `(st_dev, st_ino)` of files they
+    never yield (a run's own output)."""
     if is_single(inputs):
         inputs = [inputs]
+    walker = walk.Walk(skipped, exclude)
     counters = {"bytes": 0, "array": 0, "image": 0}
     for x in inputs:
         if isinstance(x, Item):  # already expanded
@@ -200,7 +188,7 @@ def iter_items(inputs: Union[Any, Iterable[Any]],
             counters["image"] += 1
             yield _from_array(np.asarray(x.convert("RGB")), src)
         elif isinstance(x, (str, os.PathLike)):
-            yield from _path_items(os.fspath(x), skipped)
+            yield from _path_items(os.fspath(x), walker)
         else:
             yield Item(repr(x)[:60], error=f"unsupported input type {type(x).__name__}")
 

@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops of the graph)
 
-from vila_tf import buckets, image_formats, inputs as inputs_lib, pipeline, preprocessing, tf_compat
+from vila_tf import buckets, decode_budget, image_formats, inputs as inputs_lib, pipeline, preprocessing, tf_compat
 from vila_tf.results import DemoModelWarning, ImageError, Result
 from vila_tf.signatures import METADATA_RELATIVE
 from vila_tf.versions import resolve_savedmodel
@@ -75,7 +75,8 @@ class VilaModel:
     """An exported VILA model. Use `vila_tf.load`."""
 
     def __init__(self, path: str, device: Optional[str] = None, max_workers: Optional[int] = None,
-                 exif_orientation: bool = True):
+                 exif_orientation: bool = True, decode_budget_pixels: Optional[int] = None,
+                 max_file_bytes: Optional[int] = None):
         self.path = resolve_savedmodel(path)
         self.device = device
         # True: photos turned upright by their EXIF orientation, as viewers show them; False: the
@@ -94,6 +95,10 @@ class VilaModel:
             self._module = tf.saved_model.load(self.path)
         self.signatures = dict(self._module.signatures)
         self.max_pixels = int(self.metadata.get("max_pixels", preprocessing.DEFAULT_MAX_PIXELS))
+        # Decode memory: pixels decoded at once across the threads, and the largest file read
+        # (docs/streaming.md); both checked before a file's bytes are read.
+        self.decode_budget = decode_budget.DecodeBudget(decode_budget_pixels or decode_budget.DEFAULT_DECODE_BUDGET)
+        self.max_file_bytes = int(max_file_bytes or inputs_lib.DEFAULT_MAX_FILE_BYTES)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers or min(8, os.cpu_count() or 2),
                                                            thread_name_prefix="vila_tf-decode")
         # WebP in the graph needs a TensorFlow with its decoder; without one Pillow decodes it.
@@ -142,8 +147,13 @@ class VilaModel:
                 self._resize(tf.zeros([2, 2, 3], tf.float32))
 
     def _pixels(self, item: inputs_lib.Item) -> tuple[Optional[np.ndarray], Optional[str]]:
-        """One item -> (float32 [224, 224, 3], None) or (None, why it failed). Runs in a decode thread."""
-        item = inputs_lib.load(item)
+        """One item -> (float32 [224, 224, 3], None) or (None, why it failed). Runs in a decode
+        thread, within the decode budget (its header's pixels are held until it is resized)."""
+        with self.decode_budget.hold(decode_budget.cost(item, self.max_file_bytes, self.max_pixels)):
+            return self._decode_item(item)
+
+    def _decode_item(self, item: inputs_lib.Item) -> tuple[Optional[np.ndarray], Optional[str]]:
+        item = inputs_lib.load(item, self.max_file_bytes)
         if item.error:
             return None, item.error
         try:

@@ -1,0 +1,519 @@
+"""Nothing lost at the edges (docs/reliability.md, "Real folders, shared outputs"): names that are
+not UTF-8 or hold line breaks, link loops, FIFOs, huge files, decode memory, two runs on one
+output, --resume across commands, outputs that are not ours, and errors as one line with exit 2.
+
+Most cases run `vila_tf.cli.main` in this process (the tiny export loads in a second once
+TensorFlow is imported); the three that need a process of their own (a real second run, a file
+size limit, Ctrl-C) start the console script.
+"""
+import contextlib
+import csv
+import fcntl
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import env_without_jax
+
+VILA_TF = os.path.join(os.path.dirname(sys.executable), "vila-tf")
+LATIN1 = os.fsdecode(b"caf\xe9.png")  # a Latin-1 name: not valid UTF-8
+
+
+def _png(h, w, seed):
+    arr = (np.random.default_rng(seed).uniform(0, 1, (h, w, 3)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def cli(*args, capsys=None):
+    """`vila-tf ARGS` in this process: (exit code, stderr lines). Warning filters the CLI sets are undone."""
+    from vila_tf import cli as cli_lib
+    fmt = warnings.formatwarning
+    with warnings.catch_warnings():
+        rc = cli_lib.main([str(a) for a in args])
+    warnings.formatwarning = fmt
+    err = capsys.readouterr().err if capsys else ""
+    return rc, [line for line in err.splitlines() if line.strip()]
+
+
+def rows_of(path):
+    return list(csv.DictReader(io.StringIO(open(path, encoding="utf-8", newline="").read())))
+
+
+@contextlib.contextmanager
+def model_never_loaded(monkeypatch):
+    """Fails the test if the CLI gets as far as loading the model."""
+    import vila_tf
+
+    def load(*a, **k):
+        raise AssertionError("the model was loaded before the refusal")
+    monkeypatch.setattr(vila_tf, "load", load)
+    yield
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory):
+    """Three photos, and a finished score run over them: its CSV and record."""
+    d = tmp_path_factory.mktemp("three")
+    photos = d / "photos"
+    photos.mkdir()
+    for i in range(3):
+        (photos / f"p{i}.png").write_bytes(_png(40 + 8 * i, 50, i))
+    return photos
+
+
+@pytest.fixture(scope="module")
+def finished(exported, three, tmp_path_factory):
+    """A results file of `vila-tf score` on `three`, with its record."""
+    out = tmp_path_factory.mktemp("finished") / "scores.csv"
+    assert cli("score", exported["vila_r_tiny"], three, "--output", out)[0] == 0
+    return out
+
+
+def copy_results(finished, tmp_path):
+    out = tmp_path / "scores.csv"
+    shutil.copy(finished, out)
+    shutil.copy(str(finished) + ".vila-tf.json", str(out) + ".vila-tf.json")
+    return out
+
+
+# --- names: not UTF-8, line breaks, spreadsheet formulas (items 1, 7, formula injection) ----------
+
+TRICKY = [LATIN1, "x\ry.png", "two\nlines.png", 'q"uote,comma.png', "=HYPERLINK(1).png", "-minus.png",
+          "+plus.png", "@at.png", "\ttab.png", "'=quoted.png", "caf\\xe9.png", "é.png", "back\\\\slash.png"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_every_name_is_written_readably_and_resume_reads_it_back(tmp_path, fmt):
+    from vila_tf import cli, inputs, results_file
+    cols = results_file.columns("score")
+    sources = [str(tmp_path / n) for n in TRICKY]
+    path = tmp_path / f"r.{fmt}"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = results_file.RowWriter(f, fmt, cols, header=True)
+        for k, s in enumerate(sources):
+            w.write(results_file.make_row("score", s, -0.5 + k, None))
+    text = path.read_bytes().decode("utf-8")  # valid UTF-8 throughout
+    if fmt == "csv":
+        cells = list(csv.reader(io.StringIO(text, newline="")))
+        assert len(cells) == 1 + len(sources)  # no row split by \r or \n
+        assert cells[1][1] == "-0.5"  # numbers are never touched
+    got = [r["input"] for r in results_file.read_rows(str(path), fmt, cols)]
+    assert len(set(got)) == len(sources)  # lossless: every name distinct
+    from vila_tf import names
+    assert [names.source_of(g) for g in got] == sources  # and maps back to its file
+    assert results_file.repair(str(path), fmt, cols) == len(sources)  # --resume accepts its own file
+    skipper = cli._Skipper(str(path), fmt, cols, "score", None)
+    assert list(skipper.filter(inputs.Item(s) for s in sources)) == [] and skipper.skipped == len(sources)
+
+
+def test_formula_cells_are_guarded_and_read_back(tmp_path):
+    from vila_tf import results_file
+    cols = results_file.columns("score", with_captions=True)
+    path = tmp_path / "f.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = results_file.RowWriter(f, "csv", cols, header=True)
+        w.write({"input": "=1+1", "score": -0.25, "caption": "@mention"})
+        w.write({"input": "+x", "error": "-bad"})
+    cells = list(csv.reader(io.StringIO(path.read_text(), newline="")))
+    assert cells[1] == ["'=1+1", "-0.25", "'@mention", ""] and cells[2] == ["'+x", "", "", "'-bad"]
+    rows = list(results_file.read_rows(str(path), "csv", cols))
+    assert rows == [{"input": "=1+1", "score": "-0.25", "caption": "@mention"}, {"input": "+x", "error": "-bad"}]
+
+
+# --- folder walks: link loops, FIFOs, sockets, devices (items 8, 9) --------------------------------
+
+@pytest.fixture()
+def messy(tmp_path):
+    """root/photos with link loops, links in and out, a hard link, a FIFO, a socket and a device."""
+    root = tmp_path / "root"
+    photos, sub, ext = root / "photos", root / "photos" / "sub", tmp_path / "ext"
+    for d in (sub, ext):
+        d.mkdir(parents=True)
+    for k, p in enumerate([photos / "a.png", sub / "b.png", ext / "e.png", root / "outside.png"]):
+        p.write_bytes(_png(20, 30, k))
+    os.symlink(".", photos / "x")
+    os.symlink(".", photos / "y")
+    os.symlink("..", photos / "up")
+    os.symlink("sub", photos / "best")  # a folder already in the walk
+    os.symlink(os.path.join("..", "..", "ext"), photos / "ext")  # a folder outside: walked once
+    os.symlink(os.path.join("sub", "b.png"), photos / "fav.png")
+    os.link(photos / "a.png", photos / "hard.png")
+    os.symlink(os.path.join("..", "..", "..", "ext", "e.png"), sub / "e2.png")
+    os.mkfifo(photos / "pipe.png")
+    os.mkfifo(photos / "pipe")
+    os.symlink("/dev/zero", photos / "zero.png")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(photos / "sock.png"))
+    yield photos
+    sock.close()
+
+
+def _in_thread(fn, timeout=30):
+    """fn() in a thread; fails the test instead of hanging it."""
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("v", fn()), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "hung"
+    return out["v"]
+
+
+def test_walk_visits_each_real_file_once_and_never_opens_fifos(messy):
+    from vila_tf import image_formats, inputs
+    report = image_formats.SkipReport()
+    items = _in_thread(lambda: list(inputs.iter_items([str(messy), str(messy / "sub")], report)))
+    got = sorted(os.path.relpath(it.source, messy) for it in items)
+    assert got == ["a.png", "ext/e.png", "sub/b.png"] and all(it.error is None for it in items)
+    assert sorted(os.path.basename(p) for p in report.special) == ["pipe", "pipe.png", "sock.png", "zero.png"]
+    assert sorted(os.path.basename(p) for p in report.loops) == ["sub", "up", "x", "y"]
+    assert sorted(os.path.basename(p) for p in report.other_names) == ["best", "e2.png", "fav.png", "hard.png"]
+    lines = report.lines()
+    assert any("not a regular file" in line and "pipe.png" in line for line in lines)
+    assert any("a second time" in line for line in lines)
+
+
+def test_glob_star_star_ends_loops_and_skips_fifos(messy):
+    from vila_tf import image_formats, inputs
+    report = image_formats.SkipReport()
+    items = _in_thread(lambda: list(inputs.iter_items([str(messy / "**" / "*.png")], report)))
+    real = [os.path.realpath(it.source) for it in items]
+    assert len(real) == len(set(real))  # each real file once
+    assert sorted(os.path.basename(r) for r in real) == ["a.png", "b.png", "e.png"]  # up -> .. is a loop too
+    assert {"up", "x", "y"} <= {os.path.basename(p) for p in report.loops}
+    assert {os.path.basename(p) for p in report.special} >= {"pipe.png", "sock.png", "zero.png"}
+
+
+def test_named_fifo_and_socket_are_errors_not_hangs(messy):
+    from vila_tf import inputs
+    items = list(inputs.iter_items([str(messy / "pipe.png"), str(messy / "sock.png"), str(messy / "zero.png")]))
+    loaded = _in_thread(lambda: [inputs.load(it) for it in items], timeout=10)
+    assert [it.error for it in loaded] == ["not a regular file (a FIFO): not read",
+                                           "not a regular file (a socket): not read",
+                                           "not a regular file (a character device): not read"]
+
+
+def _bytes_read() -> int:
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+
+def test_huge_file_refused_before_it_is_read(tmp_path):
+    from vila_tf import decode_budget, inputs
+    big = tmp_path / "big.jpg"
+    with open(big, "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0")
+        f.truncate(10**9)  # 1 GB, sparse: costs no disk
+    item = inputs.Item(str(big), path=str(big))
+    before = _bytes_read()
+    got = inputs.load(item)
+    assert decode_budget.cost(item, inputs.DEFAULT_MAX_FILE_BYTES, 50_000_000) == 0
+    assert _bytes_read() - before < 1_000_000  # not read (rchar counts every byte read)
+    assert got.data is None and got.error.startswith("file of 1.0 GB, more than the 500.0 MB")
+    os.truncate(big, 2000)
+    assert inputs.load(item).data == b"\xff\xd8\xff\xe0" + bytes(1996)  # the size is the only reason
+
+
+# --- decode memory (item 10) ------------------------------------------------------------------------
+
+def test_decode_budget_bounds_pixels_held_across_threads():
+    from vila_tf import decode_budget
+    budget = decode_budget.DecodeBudget(100)
+    held, lock, over = [0], threading.Lock(), []
+
+    def work(cost):
+        with budget.hold(cost):
+            with lock:
+                held[0] += min(cost, 100)
+                over.append(held[0])
+            time.sleep(0.01)
+            with lock:
+                held[0] -= min(cost, 100)
+
+    costs = [49, 49, 49, 10, 80, 250, 5, 5, 60, 40] * 3  # 250: more than the budget, runs alone
+    threads = [threading.Thread(target=work, args=(c,)) for c in costs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not any(t.is_alive() for t in threads)  # no deadlock, none starved
+    assert max(over) <= 100 and budget.peak <= 100 and budget.in_use == 0
+    assert budget.peak > 49  # small ones do share it
+
+
+def test_model_decodes_within_its_budget(exported, reference, tmp_path):
+    import vila_tf
+    from vila_tf import decode_budget, inputs
+    photos = [_png(60, 80, k) for k in range(8)]
+    for k, p in enumerate(photos):
+        (tmp_path / f"{k:02d}.png").write_bytes(p)
+    first = str(tmp_path / "00.png")
+    one = decode_budget.cost(inputs.Item(first, path=first), inputs.DEFAULT_MAX_FILE_BYTES, 50_000_000)
+    assert one >= 60 * 80  # the header's pixels (or the file's bytes / 3, when more)
+    m = vila_tf.load(exported["vila_r_tiny"], max_workers=8, decode_budget_pixels=3 * one)
+    try:
+        got = m.score([str(tmp_path)])
+    finally:
+        m.close()
+    np.testing.assert_allclose(got, reference(photos), atol=2e-6)
+    assert one <= m.decode_budget.peak <= 3 * one and m.decode_budget.in_use == 0
+
+
+# --- the results file: lock, record, refusals (items 2, 3, 4; read-only, folder) --------------------
+
+def test_resume_of_another_command_or_options_is_refused(finished, tmp_path, exported, capsys, monkeypatch):
+    out = copy_results(finished, tmp_path)
+    before = out.read_bytes()
+    m = exported["vila_r_tiny"]
+    with model_never_loaded(monkeypatch):
+        for args, says in [(["caption", m], "holds `score` results, this run is `caption`"),
+                           (["zero-shot", m], "holds `score` results, this run is `zero-shot`"),
+                           (["score", m, "--format", "jsonl"], "it is csv, this run writes jsonl (--format jsonl): "
+                                                               "resume with --format csv"),
+                           (["score", m, "--release-exact-orientation"], "--release-exact-orientation"),
+                           (["score", exported["vila_p_tiny"]], "this run uses"),
+                           (["score", m, "--with-captions"], "--with-captions")]:
+            rc, err = cli(*args, tmp_path, "--output", out, "--resume", capsys=capsys)
+            assert rc == 2 and len(err) == 1 and says in err[0] and err[0].startswith("vila-tf: --resume:"), err
+    assert out.read_bytes() == before
+
+
+def test_output_that_is_not_ours_is_never_touched(three, tmp_path, exported, capsys, monkeypatch):
+    m = exported["vila_r_tiny"]
+    photo = three / "p0.png"
+    before = photo.read_bytes()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    with model_never_loaded(monkeypatch):
+        for out, says in [(photo, "is also one of the inputs"),
+                          (tmp_path, "is a folder: give a file name"),
+                          (notes, "exists and is not a results file of vila-tf (it starts with 'my notes')")]:
+            rc, err = cli("score", m, photo, "--output", out, capsys=capsys)
+            assert rc == 2 and len(err) == 1 and says in err[0], err
+        other = tmp_path / "other.png"
+        other.write_bytes(before)
+        rc, err = cli("score", m, three, "--output", other, capsys=capsys)  # a photo that is not an input
+        assert rc == 2 and "it is a PNG image): not overwritten" in err[0]
+        rc, err = cli("score", m, three, "--contact-sheet", other, capsys=capsys)
+        assert rc == 2 and "is not a contact sheet of vila-tf" in err[0]
+    assert photo.read_bytes() == before and other.read_bytes() == before and notes.read_text() == "my notes\n"
+
+
+def test_read_only_folders_are_found_before_the_model_loads(three, tmp_path, exported, capsys, monkeypatch):
+    """Root writes anywhere, so the read-only folder is simulated: creating a file in it fails as
+    it does for everyone else (EACCES)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_open = os.open
+
+    def os_open(path, flags, *a, **k):
+        if os.path.dirname(os.path.abspath(path)) == str(ro) and flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, *a, **k)
+    monkeypatch.setattr(os, "open", os_open)
+    ro.chmod(0o555)
+    try:
+        with model_never_loaded(monkeypatch):
+            rc, err = cli("score", exported["vila_r_tiny"], three, "--output", ro / "s.csv", capsys=capsys)
+            assert rc == 2 and err == [f"vila-tf: cannot write --output {ro / 's.csv'}: Permission denied (in {ro}): "
+                                       "choose a folder you can write to"]
+            rc, err = cli("score", exported["vila_r_tiny"], three, "--contact-sheet", ro / "sheet.png",
+                          "--output", tmp_path / "s.csv", capsys=capsys)
+            assert rc == 2 and len(err) == 1 and "cannot write --contact-sheet" in err[0]
+    finally:
+        ro.chmod(0o755)
+    assert not (tmp_path / "s.csv").exists()  # the refused run left nothing behind
+
+
+def test_a_second_run_on_a_locked_output_is_refused_naming_the_first(three, tmp_path, exported, capsys,
+                                                                    monkeypatch):
+    out = tmp_path / "s.csv"
+    out.write_text("input,score,error\n")
+    with open(out, "r+") as held, model_never_loaded(monkeypatch):
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a run writing it holds it
+        for extra in ([], ["--resume"]):
+            rc, err = cli("score", exported["vila_r_tiny"], three, "--output", out, *extra, capsys=capsys)
+            assert rc == 2 and err == [f"vila-tf: --output {out} is being written by another vila-tf run "
+                                       f"(process {os.getpid()}): wait for it to finish (then --resume continues it), "
+                                       "or choose another --output"]
+    assert out.read_text() == "input,score,error\n"
+
+
+@pytest.mark.long
+def test_two_runs_at_once_never_interleave(exported, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    arrays = [_png(30 + k, 40, k) for k in range(16)]
+    for k, p in enumerate(arrays):
+        (photos / f"{k:03d}.png").write_bytes(p)
+    out = tmp_path / "s.csv"
+    first = subprocess.Popen([VILA_TF, "score", exported["vila_r_tiny"], photos, "--output", out, "--batch-size", "1"],
+                             stderr=subprocess.PIPE, text=True, env=env_without_jax())
+    deadline = time.time() + 300
+    while first.poll() is None and not (out.exists() and out.read_text().count("\n") >= 2) and time.time() < deadline:
+        time.sleep(0.01)
+    assert first.poll() is None, "the first run ended before the second started"
+    rc, err = cli("score", exported["vila_r_tiny"], photos, "--output", out, capsys=capsys)
+    assert rc == 2 and f"(process {first.pid})" in err[0]
+    assert first.wait(300) == 0, first.stderr.read()
+    rows = rows_of(out)  # the first run's file, untouched by the second: every input once, in order
+    assert [os.path.basename(r["input"]) for r in rows] == [f"{k:03d}.png" for k in range(16)]
+    assert all(np.isfinite(float(r["score"])) and r["error"] == "" for r in rows)
+
+
+def test_resume_of_a_damaged_file_keeps_each_input_once(finished, three, tmp_path, exported, capsys):
+    """What two runs of an older version or a machine crash leave: NUL bytes, rows twice, a row
+    cut short mid-file. --resume drops the damage and scores the lost inputs once more."""
+    out = copy_results(finished, tmp_path)
+    header, r0, r1, r2 = out.read_text().splitlines(keepends=True)
+    out.write_bytes((header + r0 + r1 + r0 + "\0" * 4096 + r1[:9] + "\n" + r1 + r2[:7]).encode())
+    rc, err = cli("score", exported["vila_r_tiny"], three, "--output", out, "--resume", capsys=capsys)
+    assert rc == 0, err
+    assert any("dropped 1 damaged row" in e and "2 repeated rows" in e for e in err), err
+    assert out.read_text() == header + r0 + r1 + r2  # exactly the uninterrupted run's file
+
+
+def test_incompatible_tensorflow_is_one_line(exported, tmp_path, three, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(exported["vila_r_tiny"], model)
+    meta_path = model / "assets.extra" / "vila_tf.json"
+    meta = json.loads(meta_path.read_text())
+    meta["tensorflow_support"]["minimum"] = "9.0"
+    meta_path.write_text(json.dumps(meta))
+    rc, err = cli("score", model, three, capsys=capsys)
+    assert rc == 2 and len(err) == 1 and err[0].startswith("vila-tf: cannot load model: ") and "9.0" in err[0]
+
+
+def test_messy_folder_through_the_command(exported, messy, tmp_path, capsys):
+    """The folder with loops and FIFOs, plus names that are not UTF-8, hold line breaks or look
+    like formulas, a 1 GB file and a broken AVIF, written to CSV, then --resume on the finished
+    file: every real image once, readable names, nothing scored twice."""
+    for k, name in enumerate([LATIN1, "x\ry.png", "two\nlines.png", "=1+1.png"]):
+        (messy / name).write_bytes(_png(24, 24, 10 + k))
+    with open(messy / "big.jpg", "wb") as f:
+        f.truncate(10**9)
+    (messy / "broken.avif").write_bytes(b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(40))
+    out = tmp_path / "s.csv"
+    args = ["score", exported["vila_r_tiny"], messy, "--output", out, "--contact-sheet", tmp_path / "sheet.png"]
+    rc, err = _in_thread(lambda: cli(*args, capsys=capsys), timeout=300)
+    assert rc == 1, err  # two inputs failed: the huge file, the broken AVIF
+    rows = rows_of(out)
+    names = [r["input"][len(str(messy)) + 1:] for r in rows]
+    assert sorted(names) == sorted(["=1+1.png", "a.png", "big.jpg", "broken.avif", "caf\\xe9.png", "ext/e.png",
+                                    "sub/b.png", "two\nlines.png", "x\ry.png"])
+    errors = {n: r["error"] for n, r in zip(names, rows) if r["error"]}
+    assert errors == {"big.jpg": "file of 1.0 GB, more than the 500.0 MB an image may have (max_file_bytes; "
+                                 "vila-tf --max-file-size): not read",
+                      "broken.avif": "AVIF image that cannot be read: its header is broken or not one Pillow reads"}
+    assert any("not a regular file" in e for e in err) and any("a second time" in e for e in err)
+    assert Image.open(tmp_path / "sheet.png").info["Software"] == "vila-tf contact sheet"
+    before = out.read_bytes()
+    rc, err = cli(*args, "--resume", capsys=capsys)
+    assert rc == 1 and any("resuming" in e and "9 rows already there" in e for e in err), err
+    assert out.read_bytes() == before  # its own file read back: nothing scored again
+
+
+# --- errors a user can act on: disk full, Ctrl-C with a hung read -----------------------------------
+
+@pytest.mark.long
+def test_disk_full_is_one_line_and_resume_continues(exported, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    arrays = [_png(30 + k, 40, k) for k in range(16)]
+    for k, p in enumerate(arrays):
+        (photos / f"{k:03d}.png").write_bytes(p)
+    out = tmp_path / "s.csv"
+    limit = 1000  # bytes per file: the record, the header and some rows fit, then the kernel refuses (EFBIG)
+    cmd = [VILA_TF, "score", exported["vila_r_tiny"], photos, "--output", out, "--batch-size", "4"]
+    env = env_without_jax()
+    env.pop("TF_XLA_FLAGS", None)  # no compilation cache: its files would hit the limit too
+    small_files = (f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+                   "os.execv(sys.argv[1], sys.argv[1:])")
+    r = subprocess.run([sys.executable, "-c", small_files, *map(str, cmd)], capture_output=True, text=True, env=env,
+                       timeout=300)
+    ours = [line for line in r.stderr.splitlines() if line.startswith("vila-tf")]
+    assert r.returncode == 2 and len(ours) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert ours[0].startswith(f"vila-tf: cannot write {out}: File too large; the ") and \
+        ours[0].endswith("rows written before it are kept: free some space, then rerun the same command with "
+                         "--resume to continue")
+    assert 0 < out.stat().st_size <= limit
+    rc, err = cli(*cmd[1:], "--resume", capsys=capsys)
+    assert rc == 0, err
+    rows = rows_of(out)  # every input once, in order, the row the full disk cut short repaired
+    assert [os.path.basename(x["input"]) for x in rows] == [f"{k:03d}.png" for k in range(16)]
+    assert all(np.isfinite(float(r["score"])) and r["error"] == "" for r in rows)
+
+
+HUNG_READ = """
+import sys, threading
+from vila_tf import inputs
+real = inputs.load
+def load(item, *a, **k):  # one file on a hung network mount: its read never returns
+    if item.source.endswith("hung.png"):
+        threading.Event().wait()
+    return real(item, *a, **k)
+inputs.load = load
+from vila_tf import cli
+sys.argv = ["vila-tf"] + sys.argv[1:]
+sys.exit(cli.main())
+"""
+
+
+@pytest.mark.long
+def test_ctrl_c_ends_the_run_even_with_a_hung_read(exported, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k in range(3):
+        (photos / f"{k}.png").write_bytes(_png(20, 20, k))
+    (photos / "hung.png").write_bytes(_png(20, 20, 9))
+    out = tmp_path / "s.csv"
+    proc = subprocess.Popen([sys.executable, "-c", HUNG_READ, "score", exported["vila_r_tiny"], photos, "--output",
+                             out, "--batch-size", "1"], stderr=subprocess.PIPE, text=True, env=env_without_jax())
+    deadline = time.time() + 300
+    while proc.poll() is None and not (out.exists() and out.read_text().count("\n") >= 4) and time.time() < deadline:
+        time.sleep(0.02)  # the three good photos are written; the fourth read hangs
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    try:
+        rc = proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("Ctrl-C did not end the run")
+    assert rc == 130 and "interrupted" in proc.stderr.read()
+    assert [os.path.basename(r["input"]) for r in rows_of(out)] == ["0.png", "1.png", "2.png"]
+
+
+# --- safety: file modes, messages --------------------------------------------------------------------
+
+def test_atomic_writes_get_the_usual_modes(tmp_path):
+    from vila_tf.atomic import atomic_dir, atomic_file
+    old = os.umask(0o022)
+    try:
+        with atomic_file(str(tmp_path / "model.sha256")) as f:
+            f.write("x")
+        with atomic_dir(str(tmp_path / "1")) as d:
+            open(os.path.join(d, "saved_model.pb"), "w").close()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model.sha256").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "1").stat().st_mode & 0o777 == 0o755
+
+
+def test_broken_avif_header_message_names_no_buffer():
+    from vila_tf import image_formats
+    with pytest.raises(image_formats.ImageFormatError) as e:
+        image_formats.decode_host_format(b"\x00\x00\x00\x1cftypavif" + bytes(40), "avif", 50_000_000, True)
+    assert str(e.value) == "AVIF image that cannot be read: its header is broken or not one Pillow reads"
