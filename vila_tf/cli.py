@@ -113,8 +113,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="batches decoded ahead of the model, at most (default 2)")
         c.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
         c.add_argument("--decode-budget", type=float, default=None, metavar="MP",
-                       help="megapixels the decode threads may decode at once (default 64: one 49 MP photo at a "
-                            "time; memory grows about 40 bytes per pixel)")
+                       help="megapixels the decode threads may decode at once (default 64: one 49 MP TIFF at a "
+                            "time, about 1.6 GB; a JPEG counts a quarter of its pixels)")
         c.add_argument("--max-file-size", type=float, default=None, metavar="MB",
                        help="refuse image files larger than this, before reading them (default 500)")
         c.add_argument("--release-exact-orientation", action="store_true",

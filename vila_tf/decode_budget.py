@@ -1,13 +1,16 @@
 """How many pixels a model's decode threads may decode at once (docs/streaming.md).
 
-Decoding and resizing a photo holds several full-size copies of it (the encoded bytes, uint8
-pixels, float32 pixels, TensorFlow's own copies): about 15-40 bytes per pixel depending on the
-path, so a 49-megapixel TIFF costs close to 2 GB while it is decoded. Threads alone do not bound
-that: eight threads on eight such files want 14 GB. So every decode first takes its image's
-pixels (read from the header, before the file is read: `cost`) out of one budget shared by the
-model's threads, and gives them back when its 224 x 224 result is ready; a decode that does not
-fit waits. Waiters are served in arrival order, so a large photo is never starved by small ones,
-and one larger than the whole budget runs alone.
+Decoding a photo holds several full-size copies of it while it is resized. Measured on 49
+megapixels (peak resident memory, one photo alone): a TIFF, AVIF or HEIC decoded on the host,
+or a JPEG turned upright by its EXIF orientation, holds about 25 bytes per pixel (1.2 GB); a JPEG
+or PNG the graph decodes as stored holds 4-8 (0.2-0.4 GB). Threads alone do not bound that:
+eight threads on eight large TIFFs want 10 GB and more. So every decode first takes its cost out
+of one budget shared by the model's threads (`cost`: the pixels its header declares, read before
+the file is, a quarter of them for a photo the graph decodes as stored) and gives it back when
+its 224 x 224 result is ready; a decode that does not fit waits. Waiters are served in arrival
+order, so a large photo is never starved by small ones, and one larger than the whole budget
+decodes alone. The default, 64 million, is one 49 MP TIFF at a time (about 1.6 GB), or every
+thread busy on 12 MP JPEGs.
 """
 from __future__ import annotations
 
@@ -23,7 +26,11 @@ import numpy as np
 
 from vila_tf import image_formats
 
-DEFAULT_DECODE_BUDGET = 64_000_000  # pixels: one 49 MP photo at a time, or five 12 MP ones
+DEFAULT_DECODE_BUDGET = 64_000_000  # pixels (full weight): one 49 MP TIFF at a time
+GRAPH_SHARE = 4  # a photo the graph decodes as stored costs a quarter of its pixels (measured above)
+BYTES_PER_PIXEL = 25  # what a full-weight pixel holds while decoded: the encoded bytes count at this rate
+_GRAPH_FORMATS = {"JPEG", "PNG", "GIF", "BMP", "WEBP"}  # Pillow's names
+_ROTATABLE = {"JPEG", "PNG", "WEBP"}  # those whose EXIF orientation the runtime applies on the host
 
 
 class DecodeBudget:
@@ -61,8 +68,8 @@ class DecodeBudget:
                 self._cond.notify_all()
 
 
-def _header_pixels(f) -> Optional[int]:
-    """Width x height from an image header (Pillow reads the header only), None if unreadable."""
+def _header_cost(f, apply_orientation: bool) -> Optional[int]:
+    """The cost of decoding an image from its header (Pillow reads the header only), None if unreadable."""
     from PIL import Image
     try:
         head = f.read(image_formats.HEAD_BYTES)
@@ -71,24 +78,29 @@ def _header_pixels(f) -> Optional[int]:
             image_formats.register_heif()
         with Image.open(f) as im:
             width, height = im.size
-        return width * height
+            graph = im.format in _GRAPH_FORMATS
+            if graph and apply_orientation and im.format in _ROTATABLE:
+                orientation = im.getexif().get(image_formats.EXIF_ORIENTATION_TAG, 1)
+                graph = orientation not in range(2, 9)  # turned upright on the host: full weight
+        return width * height // (GRAPH_SHARE if graph else 1)
     except Image.DecompressionBombError:
         return 2 ** 62  # far over any budget: decoded alone, where the pixel guard refuses it
     except Exception:  # noqa: BLE001  (not an image, or a broken header: the decoder says why)
         return None
 
 
-def cost(item, max_file_bytes: int, unknown: int) -> int:
-    """The pixels a decode of `item` (a `vila_tf.inputs.Item`) holds: its header's width x height,
-    or its file size / 3 when that is more (the bytes are held too; 3 bytes per RGB pixel);
-    `unknown` when the header cannot be read. A file that will not be read costs nothing."""
+def cost(item, max_file_bytes: int, unknown: int, apply_orientation: bool = True) -> int:
+    """What a decode of `item` (a `vila_tf.inputs.Item`) takes out of the budget: the pixels its
+    header declares (a quarter for a photo the graph decodes as stored), or its file size / 25
+    when that is more (the bytes are held too); `unknown` when the header cannot be read. A file
+    that will not be read costs nothing."""
     if item.error:
         return 0
     if isinstance(item.data, np.ndarray):
         return int(item.data.shape[0]) * int(item.data.shape[1])
     if isinstance(item.data, (bytes, bytearray)):
-        pixels = _header_pixels(io.BytesIO(item.data))
-        return max(unknown if pixels is None else pixels, len(item.data) // 3)
+        pixels = _header_cost(io.BytesIO(item.data), apply_orientation)
+        return max(unknown if pixels is None else pixels, len(item.data) // BYTES_PER_PIXEL)
     if item.path is None:
         return 0
     try:
@@ -99,5 +111,5 @@ def cost(item, max_file_bytes: int, unknown: int) -> int:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > max_file_bytes:
             return 0  # refused by `inputs.load` before it reads anything
-        pixels = _header_pixels(f)
-    return max(unknown if pixels is None else pixels, st.st_size // 3)
+        pixels = _header_cost(f, apply_orientation)
+    return max(unknown if pixels is None else pixels, st.st_size // BYTES_PER_PIXEL)

@@ -250,7 +250,8 @@ def _to_rgb(im) -> np.ndarray:
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit gray: the high byte, as for 16-bit PNG
         gray = (np.asarray(im, np.uint32) >> 8).clip(0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=-1)
-    return np.asarray(im.convert("RGB"))  # RGBA, LA, PA: Pillow drops the alpha channel, no compositing
+    # RGBA, LA, PA: Pillow drops the alpha channel, no compositing; an RGB image is not copied again
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
 def _pil_reason(err: Exception) -> str:
@@ -282,7 +283,7 @@ def decode_host_format(data: bytes, fmt: str, max_pixels: int, apply_orientation
         try:
             im.load()
             if apply_orientation:
-                im = ImageOps.exif_transpose(im)
+                ImageOps.exif_transpose(im, in_place=True)  # no copy of the full-size photo when upright
             return _to_rgb(im)
         except Exception as e:  # noqa: BLE001
             raise ImageFormatError(f"{name} image that cannot be decoded: {_pil_reason(e)}") from None

@@ -149,7 +149,8 @@ class VilaModel:
     def _pixels(self, item: inputs_lib.Item) -> tuple[Optional[np.ndarray], Optional[str]]:
         """One item -> (float32 [224, 224, 3], None) or (None, why it failed). Runs in a decode
         thread, within the decode budget (its header's pixels are held until it is resized)."""
-        with self.decode_budget.hold(decode_budget.cost(item, self.max_file_bytes, self.max_pixels)):
+        with self.decode_budget.hold(decode_budget.cost(item, self.max_file_bytes, self.max_pixels,
+                                                        self.exif_orientation)):
             return self._decode_item(item)
 
     def _decode_item(self, item: inputs_lib.Item) -> tuple[Optional[np.ndarray], Optional[str]]:
@@ -165,7 +166,8 @@ class VilaModel:
                         lambda b: self._decode_only(tf.constant(b)).numpy(), self._graph_webp, item.source)
                     if pixels is None:
                         return self._decode(tf.constant(item.data)).numpy(), None
-                    return self._resize(tf.constant(pixels.astype(np.float32))).numpy(), None
+                    # cast in TensorFlow: no float32 copy of a full-size photo in numpy as well (decode memory)
+                    return self._resize(tf.cast(tf.constant(pixels), tf.float32)).numpy(), None
                 arr = item.data.astype(np.float32) * (255.0 if item.data.dtype != np.uint8 else 1.0)
                 return self._resize(tf.constant(arr)).numpy(), None
         except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError, tf.errors.UnknownError) as e:
