@@ -79,8 +79,10 @@ def write_summary(path: str, record: dict, plots: list[str]) -> None:
     for kind in ("missing", "failed"):
         entry = record[kind]
         if entry["count"]:
-            what = "have no image file" if kind == "missing" else "could not be scored"
-            lines += ["", f"{entry['count']} labelled images {what} (all listed in metrics.json):", ""]
+            n = entry["count"]
+            what = ("has no image file" if n == 1 else "have no image file") if kind == "missing" \
+                else "could not be scored"
+            lines += ["", f"{n} labelled image{'' if n == 1 else 's'} {what} (all listed in metrics.json):", ""]
             for item in entry["images"][:LISTED_IN_SUMMARY]:
                 lines.append(f"- `{item}`" if isinstance(item, str) else f"- `{item['image']}`: {item['error']}")
             if entry["count"] > LISTED_IN_SUMMARY:
@@ -112,7 +114,8 @@ def plot_scatter(path: str, pred: np.ndarray, mos: np.ndarray, record: dict) -> 
         ax.plot(xs, fit.intercept + fit.slope * xs, color="tab:red", lw=1.5, label="least-squares line")
     ax.axvline(record["threshold"], color="gray", ls="--", lw=1, label=f"MOS threshold {record['threshold']:g}")
     if record["score_threshold"] is not None and math.isfinite(record["score_threshold"]):
-        ax.axhline(record["score_threshold"], color="gray", ls=":", lw=1, label="score threshold")
+        ax.axhline(record["score_threshold"], color="gray", ls=":", lw=1,
+                   label=f"score threshold {record['score_threshold']:.3g}")
     ax.set_xlabel("mean opinion score (labels)")
     ax.set_ylabel("model score")
     ax.set_title(f"SRCC {_fmt(record['srcc'])}   PLCC {_fmt(record['plcc'])}   KRCC {_fmt(record['krcc'])}"
@@ -123,6 +126,7 @@ def plot_scatter(path: str, pred: np.ndarray, mos: np.ndarray, record: dict) -> 
 
 def plot_histograms(path: str, pred: np.ndarray, mos: np.ndarray, record: dict) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
     fig = Figure(figsize=(10, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
     left.hist(mos, bins=min(50, max(5, len(mos) // 5)), color="tab:blue", alpha=0.8)
@@ -130,6 +134,8 @@ def plot_histograms(path: str, pred: np.ndarray, mos: np.ndarray, record: dict) 
     left.set_title(f"labels: MOS (mean {_fmt(float(np.mean(mos)) if len(mos) else None, 2)})", fontsize=10)
     left.set_xlabel("mean opinion score")
     left.set_ylabel("images")
+    for ax in (left, right):
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     right.hist(pred, bins=min(50, max(5, len(pred) // 5)), color="tab:orange", alpha=0.8)
     if record["score_threshold"] is not None and math.isfinite(record["score_threshold"]):
         right.axvline(record["score_threshold"], color="gray", ls=":", lw=1)
