@@ -165,6 +165,9 @@ def _evaluate(args) -> int:
     mos = np.array([m for _, m in good], np.float64)
     rule = args.score_threshold
     values_now = evaluation.metrics(pred, mos, args.threshold, rule)
+    if args.bootstrap:
+        print(f"vila-tf: {len(good)} images: computing the metrics on {args.bootstrap} bootstrap resamples",
+              file=sys.stderr)
     boot = evaluation.bootstrap_intervals(pred, mos, args.threshold, rule, args.bootstrap, args.seed)
     record = {
         "n": len(good),
