@@ -288,7 +288,7 @@ def test_csv_labels_and_subset(evaluated, ava, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["no labels file", "no image found", "not labels", "not a score file",
-                                  "model and scores", "AVA without images"])
+                                  "model and scores", "AVA without images", "score column with a model"])
 def test_user_errors_are_one_line_exit_2(case, ava, evaluated, exported, tmp_path):
     out, model = evaluated[0], exported["vila_r_tiny"]
     junk = tmp_path / "junk.txt"
@@ -302,6 +302,8 @@ def test_user_errors_are_one_line_exit_2(case, ava, evaluated, exported, tmp_pat
         "not a score file": (["--scores", captions, "--labels", ava["labels"]], "'score'"),
         "model and scores": ([model, "--scores", out / "scores.jsonl", "--labels", ava["labels"]], "not both"),
         "AVA without images": ([model, "--labels", ava["labels"]], "--images"),
+        "score column with a model": ([model, "--labels", ava["labels"], "--images", ava["images"],
+                                       "--score-column", "composition"], "--score-column"),
     }[case]
     r = run("evaluate", *args, "--output", tmp_path / "o")
     assert r.returncode == 2, r.stderr

@@ -73,7 +73,7 @@ def test_ranking_equals_brute_force_cosine(model, exported, library):
 
 
 def test_memory_does_not_grow_with_the_number_of_photos(model, monkeypatch):
-    """300 photos from a generator: each query's heap never holds more than --top entries, and the
+    """160 photos from a generator: each query's heap never holds more than --top entries, and the
     generator is only ever a few batches ahead of the results (nothing collects the photos)."""
     peaks, pulled, ahead = [], [0], []
 
@@ -84,7 +84,7 @@ def test_memory_does_not_grow_with_the_number_of_photos(model, monkeypatch):
 
     def photos():
         rng = np.random.default_rng(0)
-        for _ in range(300):
+        for _ in range(160):
             pulled[0] += 1
             yield rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
 
@@ -93,7 +93,7 @@ def test_memory_does_not_grow_with_the_number_of_photos(model, monkeypatch):
 
     monkeypatch.setattr(ranking, "TopK", CountingTopK)
     result = ranking.rank(model, QUERIES, photos(), top=3, batch_size=8, batches_ahead=2, on_result=on_result)
-    assert result.seen == 300 and pulled[0] == 300
+    assert result.seen == 160 and pulled[0] == 160
     assert len(peaks) == 2 and all(h.peak == 3 and len(h.heap) == 3 for h in peaks)
     assert max(ahead) <= (2 + 1) * 8  # the decode window: batches_ahead batches plus the one in hand
     assert [m.rank for m in result.matches[QUERIES[0]]] == [1, 2, 3]

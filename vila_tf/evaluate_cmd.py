@@ -92,6 +92,8 @@ def _check_args(args) -> None:
         raise UsageError("give MODEL (to score the images) or --scores RESULTS (scores from an earlier run), not both")
     if not args.model and not args.scores:
         raise UsageError("give MODEL to score the labelled images, or --scores RESULTS with the scores of an earlier run")
+    if args.model and args.score_column != "score":
+        raise UsageError("--score-column picks a column of --scores RESULTS; MODEL's own scores are 'score'")
     if args.scores and args.resume:
         raise UsageError("--resume continues the scoring of MODEL; with --scores nothing is scored")
     for flag in ("batch_size", "batches_ahead", "decode_threads"):
@@ -137,9 +139,9 @@ def _evaluate(args) -> int:
     fmt, labels = _read_labels(args)
     if args.model:
         scores_path = os.path.join(args.output, SCORES_FILE)
-        missing = _score(args, labels, scores_path)
+        _score(args, labels, scores_path)
     else:
-        scores_path, missing = args.scores, None
+        scores_path = args.scores
     matcher = labels_lib.Matcher(labels, fmt)
     values: list = [None] * len(labels)  # per label: a float, or the error string
     unlabelled = 0
@@ -153,9 +155,8 @@ def _evaluate(args) -> int:
         raise UsageError(f"no row of {scores_path} is a labelled image of {args.labels} "
                          + ("(rows match an AVA label by file name <image id>.jpg)" if fmt == "ava" else
                             "(rows match a label by path, or by file name)"))
+    # With MODEL every image on disk now has a row: the labels without one are the missing files.
     missing_keys = [label.key for label, v in zip(labels, values) if v is None]
-    if missing is not None:  # model mode: the images not found on disk (the rest all have a row)
-        missing_keys = missing
     failed = [{"image": label.key, "error": v} for label, v in zip(labels, values) if isinstance(v, str)]
     good = [(v, label.mos) for label, v in zip(labels, values) if isinstance(v, float)]
     if not good:
@@ -245,14 +246,13 @@ def _result_rows(path: str, column: str):
                          "(or --score-column)")
 
 
-def _score(args, labels, scores_path: str) -> list[str]:
+def _score(args, labels, scores_path: str) -> None:
     """Scores the labelled images that have no row in OUT/scores.jsonl yet, appending rows as they
-    come; returns the keys of the labels whose image file does not exist."""
+    come (labels whose image file does not exist are left for the report)."""
     from vila_tf import results_file
     from vila_tf.progress import Progress
     cols = results_file.columns("score")
     exists = [os.path.isfile(label.path) for label in labels]
-    missing = [label.key for label, ok in zip(labels, exists) if not ok]
     if not any(exists):
         raise UsageError(f"none of the {len(labels)} labelled images exists (looked for {labels[0].path}"
                          + (", ..." if len(labels) > 1 else "") + "): check --images")
@@ -269,14 +269,13 @@ def _score(args, labels, scores_path: str) -> list[str]:
         print(f"vila-tf: resuming {scores_path}: {kept} rows already there", file=sys.stderr)
     todo = list(dict.fromkeys(label.path for label, ok in zip(labels, exists) if ok and label.path not in done))
     if not todo:
-        return missing
+        return
     skipped = sum(1 for label, ok in zip(labels, exists) if ok and label.path in done)
     model = _load(args)
     try:
         _stream_scores(args, model, todo, skipped, scores_path, cols, Progress)
     finally:
         model.close()
-    return missing
 
 
 def _load(args):
