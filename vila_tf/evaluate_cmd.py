@@ -283,7 +283,7 @@ def _load(args):
     try:
         return vila_tf.load(args.model, device=args.device, max_workers=args.decode_threads,
                             exif_orientation=not args.release_exact_orientation)
-    except (FileNotFoundError, OSError, ValueError) as e:
+    except (FileNotFoundError, OSError, ValueError, vila_tf.IncompatibleTensorFlowError) as e:
         raise UsageError(f"cannot load model: {e}") from None
 
 

@@ -50,7 +50,7 @@ def run(args) -> int:
     from vila_tf.progress import Progress
     try:
         model = vila_tf.load(args.model, device=args.device, max_workers=args.decode_threads)
-    except (FileNotFoundError, OSError, ValueError) as e:
+    except (FileNotFoundError, OSError, ValueError, vila_tf.IncompatibleTensorFlowError) as e:
         print(f"vila-tf rank: cannot load model: {e}", file=sys.stderr)
         return EXIT_ERROR
     progress = Progress("rank", args.progress or sys.stderr.isatty())
