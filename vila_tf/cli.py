@@ -4,6 +4,8 @@
   vila-tf score MODEL photos/ --contact-sheet sheet.png [--with-captions]
   vila-tf caption MODEL photos/ ;  vila-tf zero-shot MODEL ... ;  vila-tf embed MODEL ... --output emb.jsonl
   vila-tf info MODEL
+  vila-tf evaluate MODEL --labels AVA.txt --images DIR --output OUT   (vila_tf/evaluate_cmd.py)
+  vila-tf rank MODEL 'a misty forest at dawn' library/ [--top K]      (vila_tf/rank_cmd.py)
 
 Rows are written (and flushed per batch) as they are scored; `--resume` continues an interrupted
 run into the same --output (docs/streaming.md).
@@ -16,74 +18,24 @@ scored and do not fail the run: one summary line on stderr lists them (docs/form
 from __future__ import annotations
 
 import argparse
+import heapq
 import math
 import os
 import sys
-import threading
-import time
 import warnings
 from typing import Optional
 
+import vila_tf
+from vila_tf import buckets, contact_sheet, image_formats, inputs as inputs_lib, names, output_file, results_file, tasks
+from vila_tf import evaluate_cmd, rank_cmd  # commands with their own options and runner
+from vila_tf.atomic import atomic_file
+from vila_tf.progress import Progress
+from vila_tf.results import DemoModelWarning
+
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 CONTACT_SHEET_MAX = 200  # thumbnails kept (and drawn) at most: the best-scored ones
-TASK = {"score": "score", "zero-shot": "zero_shot", "caption": "caption", "embed": "image_embedding"}
-COMMANDS = {
-    "score": "aesthetic score per image (VILA-R; zero-shot score for a pretrain model)",
-    "zero-shot": "zero-shot quality score from the release's six good/bad prompt pairs",
-    "caption": "an aesthetic comment per image (greedy decoding)",
-    "embed": "l2-normalized image embeddings",
-    "info": "what the model is: kind, config, signatures, source",
-}
-
-
-class Progress:
-    """A one-line progress bar on stderr (only on a terminal unless forced): done/total, rate, ETA.
-
-    The total is counted in a background thread (a walk of file names, no reading) so the first
-    rows never wait for it; until it is known the bar shows done/? and the rate."""
-
-    def __init__(self, label: str, enabled: bool):
-        self.label, self.enabled = label, enabled
-        self.total: Optional[int] = None
-        self.start = time.monotonic()
-        self._last = 0.0
-
-    def count_in_background(self, inputs) -> None:
-        if not self.enabled:
-            return
-
-        def count():
-            from vila_tf import inputs as inputs_lib
-            self.total = sum(1 for _ in inputs_lib.iter_items(inputs))
-        threading.Thread(target=count, daemon=True, name="vila-tf-count").start()
-
-    def message(self, text: str) -> None:
-        """A line on stderr that does not run into the bar (the bar is redrawn on the next update)."""
-        sys.stderr.write(("\r\x1b[K" if self.enabled and self._last else "") + text + "\n")
-        self._last = 0.0  # redraw the bar on the next update
-        sys.stderr.flush()
-
-    def update(self, processed: int, skipped: int = 0, final: bool = False) -> None:
-        """`processed` inputs scored by this run, `skipped` found done by --resume."""
-        now = time.monotonic()
-        if not self.enabled or (not final and now - self._last < 0.2):
-            return
-        self._last = now
-        done = processed + skipped
-        rate = processed / max(now - self.start, 1e-9)
-        total = done if final else self.total
-        if total:
-            frac = min(1.0, done / total)
-            bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-            eta = (total - done) / rate if rate > 0 else float("inf")
-            eta_text = "--:--" if not math.isfinite(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
-            text = f"{self.label} [{bar}] {done}/{total} {100 * frac:.0f}% {rate:.1f} img/s ETA {eta_text}"
-        else:
-            text = f"{self.label} [{'counting':^30}] {done}/? {rate:.1f} img/s"
-        sys.stderr.write("\r" + text)
-        if final:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+COMMANDS = {**{t.command: t.help for t in tasks.TASKS.values()},
+            "info": "what the model is: kind, config, signatures, source"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--resume", action="store_true",
                        help="continue an interrupted run into the same --output: inputs with a row there are "
                             "skipped, a torn last row is repaired")
-        c.add_argument("--batch-size", type=int, default=32, help="images per model call (at most 32)")
+        c.add_argument("--batch-size", type=int, default=buckets.MAX_BATCH,
+                       help=f"images per model call (at most {buckets.MAX_BATCH})")
         c.add_argument("--device", help="e.g. GPU:0 (default: CPU)")
         c.add_argument("--decode-threads", type=int, default=None, metavar="N",
                        help="threads reading and decoding images (default: min(8, CPU count))")
@@ -125,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--contact-sheet-max", metavar="N", type=int, default=CONTACT_SHEET_MAX,
                            help=f"draw the N best-scored images (default {CONTACT_SHEET_MAX})")
             c.add_argument("--with-captions", action="store_true", help="also caption each image")
+    # Commands with their own options and runner (set_defaults(run=...)), each in its own module.
+    evaluate_cmd.add_parser(sub)
+    rank_cmd.add_parser(sub)
     return p
 
 
@@ -146,7 +102,6 @@ class _Best:
         self.size, self.heap, self.count = max(0, size), [], 0
 
     def add(self, score: float, source: str, caption: Optional[str]) -> None:
-        import heapq
         if not math.isfinite(score):
             return
         self.count += 1
@@ -158,9 +113,6 @@ class _Best:
 
 
 def _write_contact_sheet(best: _Best, path: str, with_captions: bool) -> None:
-    from vila_tf import contact_sheet
-    from vila_tf.atomic import atomic_file
-    from vila_tf import inputs as inputs_lib, names, output_file
     from PIL import PngImagePlugin
     images = []
     for _, _, source, _ in best.heap:  # only the drawn images are read again, at the end
@@ -180,16 +132,17 @@ def _write_contact_sheet(best: _Best, path: str, with_captions: bool) -> None:
 def _info(model) -> int:
     meta = model.metadata
     print(f"model: {model.path}")
-    print(f"kind: {meta.get('model_kind', model.model_type)}" + ("  (DEMO weights: outputs mean nothing)"
-                                                               if model.is_demo else ""))
-    for k in ("source_checkpoint", "source_sha256", "dtype", "platforms", "calling_convention_version"):
-        if k in meta:
-            print(f"{k}: {meta[k]}")
-    if "tensorflow_support" in meta:
-        print(f"runs on TensorFlow: {meta['tensorflow_support']['minimum']} and newer")
-    cfg = meta.get("config", {})
-    if cfg:
-        print("config: " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())))
+    print(f"kind: {meta.model_kind or meta.model_type}" + ("  (DEMO weights: outputs mean nothing)"
+                                                           if model.is_demo else ""))
+    for k in ("source_checkpoint", "source_sha256", "dtype", "compute_dtype", "platforms",
+              "calling_convention_version"):
+        value = getattr(meta, k)
+        if value not in (None, ()):
+            print(f"{k}: {list(value) if isinstance(value, tuple) else value}")
+    if meta.tensorflow_support:
+        print(f"runs on TensorFlow: {meta.tensorflow_support['minimum']} and newer")
+    if meta.config:
+        print("config: " + ", ".join(f"{k}={v}" for k, v in sorted(meta.config.items())))
     print("signatures:")
     for name, fn in sorted(model.signatures.items()):
         ins = ", ".join(f"{k} {v.dtype.name}{v.shape}" for k, v in fn.structured_input_signature[1].items())
@@ -225,22 +178,19 @@ class _Skipper:
     """
 
     def __init__(self, path: str, fmt: str, cols: list[str], command: str, best: Optional[_Best]):
-        from vila_tf import results_file
         self.path, self.fmt, self.cols, self.best = path, fmt, cols, best
         self.rows = results_file.read_rows(path, fmt, cols)
-        self.value_column = results_file.VALUE_COLUMN[command]
+        self.value_column = tasks.BY_COMMAND[command].field
         self.skipped = self.failed = 0
         self.done: Optional[dict] = None  # source -> row, once the inputs stopped matching the rows
 
     def _count(self, row: dict) -> None:
-        from vila_tf import names
         self.skipped += 1
         self.failed += "error" in row
         if self.best is not None and "error" not in row:
             self.best.add(float(row[self.value_column]), names.source_of(row["input"]), row.get("caption"))
 
     def filter(self, items):
-        from vila_tf import names, results_file
         for item in items:
             written = names.written(item.source)  # rows hold names as results files write them
             if self.done is None:
@@ -265,7 +215,6 @@ class _Skipper:
 
 def _load(args):
     """The model, or None after a one-line reason on stderr."""
-    import vila_tf
     mb = getattr(args, "max_file_size", None)
     mp = getattr(args, "decode_budget", None)
     try:
@@ -294,12 +243,11 @@ def _run(args) -> int:
 def _prepare_outputs(args, fmt: str, cols: list[str]):
     """The checks on every file the run will write, before the model loads: the locked
     --output (None for stdout) and the --contact-sheet path. Raises output_file.OutputError."""
-    from vila_tf import output_file
     output = None
     if args.output:
         try:
             model = output_file.model_record(args.model)
-        except (FileNotFoundError, OSError) as e:
+        except (FileNotFoundError, OSError, ValueError) as e:
             raise output_file.OutputError(f"cannot load model: {e}") from None
         record = output_file.run_record(args.command, fmt, cols, model,
                                         exif_orientation=not args.release_exact_orientation)
@@ -325,7 +273,6 @@ def _write_failed(args, e: OSError, written: int) -> int:
 
 
 def _score_all(args) -> int:
-    from vila_tf import output_file, results_file
     for flag in ("batch_size", "batches_ahead", "decode_threads", "decode_budget", "max_file_size"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             print(f"vila-tf: --{flag.replace('_', '-')} must be > 0", file=sys.stderr)
@@ -355,7 +302,6 @@ def _score_all(args) -> int:
 
 
 def _stream_rows(args, model, output, fmt: str, cols: list[str], with_captions: bool) -> int:
-    from vila_tf import image_formats, inputs as inputs_lib, names, output_file, results_file
     best = _Best(args.contact_sheet_max) if getattr(args, "contact_sheet", None) else None
     # Files of folder/glob walks that are not images: listed in one summary line at the end.
     skipped_files = image_formats.SkipReport()
@@ -381,11 +327,12 @@ def _stream_rows(args, model, output, fmt: str, cols: list[str], with_captions: 
     else:
         fresh, out = True, sys.stdout
     failed = processed = flushed = 0
-    step = max(1, min(args.batch_size, 32))
+    step = max(1, min(args.batch_size, buckets.MAX_BATCH))
     try:
         writer = results_file.RowWriter(out, fmt, cols, header=fresh) if table is None else None
-        tasks = (TASK[args.command], "caption") if with_captions else TASK[args.command]
-        for r in model.stream(tasks, items, batch_size=args.batch_size, batches_ahead=args.batches_ahead):
+        task = tasks.BY_COMMAND[args.command].name
+        run_tasks = (task, "caption") if with_captions else task
+        for r in model.stream(run_tasks, items, batch_size=args.batch_size, batches_ahead=args.batches_ahead):
             value, caption = r.value if with_captions and r.value is not None else (r.value, None)
             row = results_file.make_row(args.command, r.source, value, r.error, caption, with_captions)
             if table is not None:
@@ -430,19 +377,18 @@ def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["beam"]:  # `vila-tf beam ...`: own parser, since unknown flags belong to Beam
         try:
-            from vila_tf import beam  # the package runs its command line: vila_tf.beam.cli
+            from vila_tf.beam import cli as beam_cli  # an optional integration: Apache Beam
         except ImportError as e:
             print(f"vila-tf: {e}", file=sys.stderr)
             return EXIT_ERROR
-        return beam.main(argv[1:])
+        return beam_cli.main(argv[1:])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     warnings.simplefilter("ignore", RuntimeWarning)  # per-image failures are reported below instead
-    from vila_tf.results import DemoModelWarning
     warnings.simplefilter("always", DemoModelWarning)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"vila-tf: WARNING: {msg}\n"
     try:
-        return _run(args)
+        return args.run(args) if hasattr(args, "run") else _run(args)
     except KeyboardInterrupt:
         print("\nvila-tf: interrupted (rows written so far are complete: rerun with --resume to continue)",
               file=sys.stderr)

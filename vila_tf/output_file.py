@@ -27,8 +27,7 @@ import stat
 import tempfile
 from typing import Iterable, Optional
 
-from vila_tf import image_formats, results_file, versions
-from vila_tf.signatures import METADATA_RELATIVE
+from vila_tf import image_formats, metadata, results_file, tasks, versions
 
 RECORD_SUFFIX = image_formats.RECORD_SUFFIX
 RECORD_VERSION = 1
@@ -50,12 +49,7 @@ def model_record(model_path: str) -> dict:
     the SavedModel's fingerprint.pb, which hashes its graph and weights; of saved_model.pb when an
     export has no fingerprint). Reads no weights and needs no TensorFlow."""
     path = os.path.abspath(versions.resolve_savedmodel(model_path))
-    meta = {}
-    try:
-        with open(os.path.join(path, METADATA_RELATIVE)) as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
-        pass
+    meta = metadata.read(path)  # MetadataError (a ValueError) for an export that is not complete
     ident = os.path.join(path, "fingerprint.pb")
     if not os.path.isfile(ident):
         ident = os.path.join(path, versions.SAVEDMODEL_FILE)
@@ -63,7 +57,7 @@ def model_record(model_path: str) -> dict:
     with open(ident, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return {"path": path, "kind": meta.get("model_kind", meta.get("model_type", "unknown")),
+    return {"path": path, "kind": meta.model_kind or meta.model_type,
             "identity": f"{os.path.basename(ident)} sha256 {digest.hexdigest()}"}
 
 
@@ -141,7 +135,7 @@ def _looks_like_results(path: str) -> Optional[str]:
             return "jsonl" if "input" in json.loads(text) else None
         except (ValueError, TypeError):
             return None
-    headers = {",".join(results_file.columns(c, w)) for c in results_file.VALUE_COLUMN for w in (False, True)}
+    headers = {",".join(results_file.columns(c, w)) for c in tasks.BY_COMMAND for w in (False, True)}
     return "csv" if text in headers else None
 
 
