@@ -8,11 +8,12 @@
   vila-tf rank MODEL 'a misty forest at dawn' library/ [--top K]      (vila_tf/rank_cmd.py)
 
 Rows are written (and flushed per batch) as they are scored; `--resume` continues an interrupted
-run into the same --output (docs/streaming.md).
+run into the same --output (docs/streaming.md). The files a run writes are checked, locked and
+recorded before the model loads (`vila_tf.output_file`, docs/reliability.md).
 
 Exit codes: 0 every input processed, 1 some inputs failed (reported on stderr and in the output
 with their reason; with --resume, rows kept from the interrupted run count too), 2 usage or
-model error, 130 interrupted by Ctrl-C. Files of a folder or glob that are not images are not
+model error, or an output the run must not or cannot write (one line), 130 interrupted by Ctrl-C. Files of a folder or glob that are not images are not
 scored and do not fail the run: one summary line on stderr lists them (docs/formats.md).
 """
 from __future__ import annotations

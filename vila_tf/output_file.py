@@ -238,6 +238,13 @@ class ResultsOutput:
 
     # -- before the model loads ---------------------------------------------------------------------
     def prepare(self) -> "ResultsOutput":
+        try:
+            return self._prepare()
+        except OSError as e:  # unreadable, vanished, or the disk filled while a damaged file was cleaned
+            self.abandon()
+            raise OutputError(f"cannot use --output {self.path}: {e.strerror or e}") from None
+
+    def _prepare(self) -> "ResultsOutput":
         st = _check_target(self.path, "--output", self.inputs)
         if st is not None and not stat.S_ISREG(st.st_mode):
             if self.resume:
