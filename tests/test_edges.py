@@ -157,7 +157,12 @@ def messy(tmp_path):
     os.mkfifo(photos / "pipe")
     os.symlink("/dev/zero", photos / "zero.png")
     sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(photos / "sock.png"))
+    cwd = os.getcwd()
+    os.chdir(photos)  # a relative name: socket paths are limited to 108 bytes
+    try:
+        sock.bind("sock.png")
+    finally:
+        os.chdir(cwd)
     yield photos
     sock.close()
 
