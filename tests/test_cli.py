@@ -119,6 +119,8 @@ def test_usage_and_model_errors(exported, tmp_path):
 def test_help(command):
     r = run(command, "--help")
     assert r.returncode == 0 and "usage: vila-tf " + command in r.stdout
+    if command != "info":  # no device is set by default: TensorFlow places the model (a GPU when it sees one)
+        assert "--device" in r.stdout and "TensorFlow's placement: its first GPU" in " ".join(r.stdout.split())
 
 
 def test_info(exported):

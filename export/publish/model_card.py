@@ -222,7 +222,8 @@ def _details(facts: ModelFacts, pkg: PackageInfo) -> str:
                          f"width {cfg.get('model_dims')}, {cfg.get('num_heads')} heads, "
                          f"patch {cfg.get('patch_size')}, vocabulary {cfg.get('vocab_size')}, "
                          f"captions of up to {cfg.get('decoding_max_len')} tokens"),
-        ("Weights dtype", f"{m.get('dtype', 'float32')} (computation in float32)"),
+        ("Weights dtype", m.get("dtype", "float32")),
+        ("Compute dtype", compute_dtype_text(m)),
         ("Source checkpoint", source),
         ("Source sha256", f"`{m['source_sha256']}`" if m.get("source_sha256") else "not recorded"),
         ("Platforms", ", ".join(m.get("platforms", [])) + " (StableHLO serialized for each; one artifact)"),
@@ -234,6 +235,16 @@ def _details(facts: ModelFacts, pkg: PackageInfo) -> str:
         ("License", license_text(m)),
     ]
     return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def compute_dtype_text(m: dict) -> str:
+    """What the matrix units compute in, as the export recorded it (exports made before the record
+    existed computed in float32)."""
+    compute = m.get("compute_dtype", "float32")
+    if compute == "float32":
+        return "float32"
+    return (f"{compute}: matrix multiplications take {compute} operands and accumulate in float32; "
+            "layer norms, softmax, activations, the decode loop and the scores are float32")
 
 
 def _tensorflow_range(m: dict) -> str:

@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                         f"(a {shards.SCORE_KEY} feature / column / .{shards.SCORE_KEY} member)")
     p.add_argument("--batch-size", type=int, default=buckets.MAX_BATCH, choices=buckets.BUCKETS,
                    help=f"images per model call (default {buckets.MAX_BATCH})")
-    p.add_argument("--device", help="e.g. GPU:0 on GPU workers (default: TensorFlow's choice)")
+    p.add_argument("--device", help="e.g. GPU:0 on GPU workers (default: TensorFlow's placement: "
+                                    "its first GPU when it sees one, else the CPU)")
     p.add_argument("--release-exact-orientation", action="store_true",
                    help="score photos as stored, ignoring their EXIF orientation, exactly as the release did")
     p.add_argument("--detach", action="store_true",
