@@ -60,10 +60,13 @@ def photos(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def expected(model, photos):
-    """What `vila_tf` itself says about every file: {name: score} and {name: error reason}."""
+def expected(model, references, photos):
+    """{name: score} of the images by the reference path (tests/reference.py: the release's
+    preprocessing and the golden-checked pixel signatures) and {name: reason} of the files that are
+    not images, as `vila_tf` words them."""
     good = sorted(p for p in os.listdir(photos) if p.startswith("img"))
-    scores = {f: float(s) for f, s in zip(good, model.score([str(photos / f) for f in good]))}
+    scores = references["vila_r_tiny"].score([(photos / f).read_bytes() for f in good])
+    scores = {f: float(s) for f, s in zip(good, scores)}
     reasons = {}
     for name in BAD:
         try:
@@ -108,7 +111,7 @@ def read_jsonl(pattern):
 
 
 def check_outputs(prefix, photos, expected):
-    """Every good image scored as vila_tf scores it, every bad one in the errors, none missing or twice."""
+    """Every good image scored as the reference scores it, every bad one in the errors, none missing or twice."""
     scores, reasons = expected
     results, errors = read_jsonl(f"{prefix}-results-*.jsonl"), read_jsonl(f"{prefix}-errors-*.jsonl")
     names = [os.path.basename(r["input"]) for r in results + errors]
@@ -158,12 +161,11 @@ def test_readme_commands_parse():
 
 @pytest.mark.parametrize("task, fixture", [("zero-shot", "vila_p_tiny"), ("caption", "vila_r_tiny"),
                                            ("embed", "vila_r_tiny")])
-def test_other_tasks_match_vila_tf(task, fixture, exported, photos, tmp_path):
-    import vila_tf
-    m = vila_tf.load(exported[fixture])
+def test_other_tasks_match_the_reference(task, fixture, exported, references, photos, tmp_path):
+    ref = references[fixture]
     files = sorted(str(p) for p in photos.glob("img0*.png"))
-    method = {"zero-shot": m.zero_shot, "caption": m.caption, "embed": m.image_embedding}[task]
-    want = dict(zip(files, method(files)))
+    method = {"zero-shot": ref.zero_shot, "caption": ref.caption, "embed": ref.image_embedding}[task]
+    want = dict(zip(files, method([open(f, "rb").read() for f in files])))
     prefix = str(tmp_path / task)
     # Overlapping patterns: every file still comes out once.
     rc = vila_beam.main([task, exported[fixture], "--input", f"{photos}/img0*.png", "--input", files[0],
@@ -282,7 +284,7 @@ class _PrefixedLocalFileSystem(LocalFileSystem):
         return super().exists(self._local(path))
 
 
-def test_remote_model_is_copied_once_per_machine(exported, photos, tmp_path, monkeypatch):
+def test_remote_model_is_copied_once_per_machine(exported, references, photos, tmp_path, monkeypatch):
     import shutil
     import tempfile
     base = tmp_path / "models" / "vila_r"  # a TF Serving base folder: the newest version wins
@@ -297,9 +299,7 @@ def test_remote_model_is_copied_once_per_machine(exported, photos, tmp_path, mon
     assert len(os.listdir(tmp_path / "tmp" / "vila_tf-models")) == 1  # no partial copies left behind
     image = (photos / "img01.png").read_bytes()
     [r] = handler.run_inference([image], m)
-    import vila_tf
-    assert r.inference["score"] == pytest.approx(float(vila_tf.load(exported["vila_r_tiny"]).score([image])[0]),
-                                                 abs=1e-5)
+    assert r.inference["score"] == pytest.approx(float(references["vila_r_tiny"].score([image])[0]), abs=1e-5)
     with pytest.raises(FileNotFoundError, match="not a SavedModel folder"):
         vila_beam.fetch_savedmodel(f"vilatest://{tmp_path / 'models'}")
 
