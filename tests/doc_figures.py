@@ -12,11 +12,11 @@ marker at its end for all its figures (the row's label, before them, is not chec
     | 8 | 1.84 (1.88) | 2.13 (2.22) |<!-- bench results.json#scoring.8.{median,best}: images_per_s.native; images_per_s.pixels -->
 
 `#PREFIX` is put in front of every path of the marker's expressions (a path written `$.a.b` starts
-from the top of the file instead). An expression is arithmetic
-(`+ - * /`, parentheses, numbers, `max(...)`, `min(...)`) over paths into the JSON: keys joined by
-dots (`"2.16"` quoted where a key holds a dot, a space or a slash), `{a,b}` for several keys in turn
-(a path then gives several values, and arithmetic works value by value), `*` in a key as a glob
-(so write a multiplication with spaces: `share * 100`), and `[field=value,...]` to pick the one
+from the top of the file instead). An expression is arithmetic (`+ - * /`, parentheses, numbers,
+`max(...)`, `min(...)`) over paths into the JSON: keys joined by dots (`"2.16"` quoted where a key
+holds a dot, a space or a slash; a list's elements by number), `{a,b}` for several keys in turn (a
+path then gives several values, and arithmetic works value by value), `*` in a key as a glob (so
+write a multiplication with spaces: `share * 100`), and `[field=value,...]` to pick the one
 element of a list whose fields match.
 
 How a written figure must relate to its value (`precision` = one unit in the figure's last written
