@@ -179,7 +179,7 @@ def test_benchmark_figures_match_their_json():
     """Every figure marked `<!-- bench FILE: EXPR -->` in README.md and docs/ is what the
     benchmark's JSON says, to the precision the page writes it (bounds hold and are tight)."""
     figures, problems = doc_figures.check_pages()
-    assert len(figures) > 250  # the pages really were read (about 280 marked figures)
+    assert len(figures) > 250  # the pages really were read (290 marked figures)
     assert not problems, "figures that differ from their benchmark's JSON:\n" + "\n".join(problems)
 
 
