@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import warnings
@@ -212,9 +213,17 @@ def test_missing_model_is_a_usage_error(photos, tmp_path, capsys):
     assert "cannot use model" in capsys.readouterr().err
 
 
-def test_a_model_that_does_not_load_fails_the_job(photos, tmp_path, capsys):
-    (tmp_path / "broken" / "1").mkdir(parents=True)
+def test_a_model_that_does_not_load_fails_the_job(exported, photos, tmp_path, capsys):
+    (tmp_path / "broken" / "1" / "assets.extra").mkdir(parents=True)
     (tmp_path / "broken" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    # Without its metadata record: refused before any worker starts, in one line.
+    assert vila_beam.main(["score", str(tmp_path / "broken"), "--input", f"{photos}/img0*",
+                           "--output", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vila-tf beam: cannot use model: ") and err.count("\n") == 1 and "vila_tf.json is missing" in err
+    # With it, the graph itself does not parse: the job fails on the workers and says why.
+    shutil.copy(os.path.join(exported["vila_r_tiny"], "assets.extra", "vila_tf.json"),
+                tmp_path / "broken" / "1" / "assets.extra" / "vila_tf.json")
     assert vila_beam.main(["score", str(tmp_path / "broken"), "--input", f"{photos}/img0*",
                            "--output", str(tmp_path / "x")]) == 2
     assert "vila-tf beam: the job failed: OSError: Cannot parse file" in capsys.readouterr().err

@@ -149,7 +149,7 @@ def test_cli_errors_name_the_problem(exported, tmp_path, capsys):
     no_metadata = tmp_path / "no_metadata"
     shutil.copytree(exported["vila_r_tiny"], no_metadata, ignore=shutil.ignore_patterns("assets.extra"))
     assert export_main(["package", str(no_metadata), "--out", str(tmp_path / "d")]) == 2
-    assert os.path.join("assets.extra", "vila_tf.json") + ": not found" in capsys.readouterr().err
+    assert os.path.join("assets.extra", "vila_tf.json") + " is missing" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()  # every check runs before anything is written
 
 

@@ -23,6 +23,7 @@ from vila_tf.beam import io as beam_io, shards
 from vila_tf.beam.handler import (ERRORS, EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, METRICS_NAMESPACE, RESULTS, TASKS,
                                   is_remote, log, remote_savedmodel)
 from vila_tf.beam.transforms import build
+from vila_tf import metadata as export_metadata
 from vila_tf.metadata import ExportMetadata
 from vila_tf.signatures import METADATA_RELATIVE
 from vila_tf.versions import resolve_savedmodel
@@ -173,8 +174,8 @@ def _check_model(path: str, runner: str) -> None:
             raise UsageError(f"cannot use model {path}: {e}") from e
     elif os.path.exists(path) or runner in StandardOptions.LOCAL_RUNNERS:
         try:
-            resolve_savedmodel(path)
-        except FileNotFoundError as e:
+            export_metadata.read(resolve_savedmodel(path))  # before any worker starts
+        except (FileNotFoundError, export_metadata.MetadataError) as e:
             raise UsageError(f"cannot use model: {e}") from e
     else:
         log.warning("model %s is not on this machine: the %s workers must have it at that path "
