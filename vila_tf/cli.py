@@ -180,7 +180,8 @@ def _info(model) -> int:
         if k in meta:
             print(f"{k}: {meta[k]}")
     if "tensorflow_support" in meta:
-        print(f"runs on TensorFlow: {meta['tensorflow_support']['minimum']} and newer")
+        from vila_tf.tf_compat import supported_releases
+        print(f"runs on TensorFlow: {supported_releases(meta)}")
     cfg = meta.get("config", {})
     if cfg:
         print("config: " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())))

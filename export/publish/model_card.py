@@ -243,7 +243,8 @@ def _tensorflow_range(m: dict) -> str:
     target = f"exported with `--target-tensorflow {support['target_tensorflow']}`" \
         if support.get("target_tensorflow") else "default export"
     webp = "" if support.get("webp_in_graph") else "; no WebP decoding in the graph"
-    return (f"**{support['minimum']} and newer** ({target}: XlaCallModule calling convention "
+    from vila_tf.tf_compat import supported_releases
+    return (f"**{supported_releases(m)}** ({target}: XlaCallModule calling convention "
             f"{support['calling_convention_version']}, StableHLO {support['stablehlo_version']}{webp}); "
             "older releases fail at load time with a message naming the versions")
 
