@@ -344,11 +344,11 @@ def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["beam"]:  # `vila-tf beam ...`: own parser, since unknown flags belong to Beam
         try:
-            from vila_tf.beam import pipeline as beam
+            from vila_tf.beam import cli as beam_cli  # an optional integration: Apache Beam
         except ImportError as e:
             print(f"vila-tf: {e}", file=sys.stderr)
             return EXIT_ERROR
-        return beam.main(argv[1:])
+        return beam_cli.main(argv[1:])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     warnings.simplefilter("ignore", RuntimeWarning)  # per-image failures are reported below instead

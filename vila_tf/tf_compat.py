@@ -43,14 +43,18 @@ def _release(version: str) -> str:
     return "%d.%d" % release_key(version)
 
 
+def _support(metadata) -> dict:
+    return (metadata.get(METADATA_KEY) if isinstance(metadata, dict) else getattr(metadata, METADATA_KEY, None)) or {}
+
+
 def minimum_tensorflow(metadata: dict) -> Optional[str]:
     """The oldest release the export runs on, as its metadata records it (None: not recorded)."""
-    return (metadata.get(METADATA_KEY) or {}).get("minimum")
+    return _support(metadata).get("minimum")
 
 
 def known_bad(metadata: dict) -> dict:
     """{"X.Y": why} of the releases refused for this export: the recorded ones and this table's."""
-    return {**KNOWN_BAD, **((metadata.get(METADATA_KEY) or {}).get("known_bad") or {})}
+    return {**KNOWN_BAD, **(_support(metadata).get("known_bad") or {})}
 
 
 def supported_releases(metadata: dict) -> Optional[str]:

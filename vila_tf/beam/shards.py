@@ -221,9 +221,9 @@ def tfrecord_with_score(payload: bytes, score: float) -> bytes:
 
 def _split_name(name: str) -> tuple[str, str]:
     """WebDataset's convention: the key is the path up to the first dot of the file name."""
-    folder, _, base = name.rpartition("/")
+    folder, slash, base = name.rpartition("/")
     stem, dot, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower() if dot else ""
+    return (f"{folder}/{stem}" if slash else stem), ext.lower() if dot else ""
 
 
 def _webdataset_image(key: str, members: Sequence[tuple[str, bytes]], image_key: Optional[str]
