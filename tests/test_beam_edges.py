@@ -354,15 +354,25 @@ def test_model_cache_is_private_and_follows_the_source(remote_model, tmp_path):
 
 @pytest.mark.parametrize("planted", ["open to others", "another user's"])
 def test_model_cache_planted_by_someone_else_is_not_used(planted, remote_model, tmp_path, monkeypatch):
+    """The copy was looked up in the shared temporary folder by the source's name alone: anyone on
+    the machine could put a model there first."""
+    import hashlib
+    source = f"vilaedge://{remote_model}"
+    # The name this source's copy gets (learned from a fetch into a folder of the test's own).
+    name = os.path.basename(beam_handler.fetch_savedmodel(source, cache_dir=str(tmp_path / "mine")))
     uid = os.getuid() + (1 if planted == "another user's" else 0)
     monkeypatch.setattr(os, "getuid", lambda: uid)
     cache = tmp_path / "tmp" / f"vila_tf-models-{uid}"
-    cache.mkdir(mode=0o700)
+    before_the_fix = tmp_path / "tmp" / "vila_tf-models" / hashlib.sha256(source.encode()).hexdigest()[:16]
+    for fake in (cache / name, before_the_fix):
+        fake.mkdir(parents=True)
+        (fake / "saved_model.pb").write_bytes(b"planted")
     if planted == "open to others":
         os.chmod(cache, 0o777)
-    got = beam_handler.fetch_savedmodel(f"vilaedge://{remote_model}")
-    assert not got.startswith(str(cache)) and os.path.isfile(os.path.join(got, "saved_model.pb"))
-    assert os.listdir(cache) == []
+    got = beam_handler.fetch_savedmodel(source)
+    assert not got.startswith(str(cache))
+    with open(os.path.join(got, "saved_model.pb"), "rb") as f:
+        assert f.read() == (remote_model / "saved_model.pb").read_bytes()
 
 
 @pytest.mark.parametrize("name", ["../../evil", "variables/../../../evil", "a//b"])

@@ -194,7 +194,7 @@ def read_tfrecord(f: BinaryIO, path: str, image_key: str = DEFAULT_TFRECORD_IMAG
             if error:
                 yield Sample(sample_id, error=error)
                 continue
-            sample_id = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            sample_id = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
         if image_key not in features:
             yield Sample(sample_id, error=f"no image feature {image_key!r} (features: {', '.join(sorted(features))})")
             continue
