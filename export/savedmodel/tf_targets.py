@@ -71,12 +71,11 @@ def release_key(release: str) -> tuple:
 def target(release: str) -> TargetTF:
     """The target for `--target-tensorflow X.Y`; names the reachable releases otherwise."""
     key = release_of(release)
+    known = ", ".join(r for r in TARGETS if r not in KNOWN_BAD)
     if key in KNOWN_BAD:
-        good = ", ".join(r for r in TARGETS if r not in KNOWN_BAD)
         raise ValueError(f"--target-tensorflow {release}: {KNOWN_BAD[key]}, so vila-tf refuses to run there; "
-                         f"target one of {good} (docs/compatibility.md)")
+                         f"target one of {known} (docs/compatibility.md)")
     if key not in TARGETS:
-        known = ", ".join(TARGETS)
         oldest = min(TARGETS, key=release_key)
         if release_key(key) < release_key(oldest):
             from jax import export as jax_export
