@@ -63,23 +63,27 @@ def _score(model, data):
 # -- file names that are not UTF-8 ----------------------------------------------------------------------
 
 def test_non_utf8_file_names_are_scored_and_written_losslessly(exported, model, tmp_path, capsys):
-    """A name like b'caf\\xe9.png' (Latin-1) failed the whole job (UnicodeEncodeError in Beam's coder)."""
+    """A name like b'caf\\xe9.png' (Latin-1) failed the whole job (UnicodeEncodeError in Beam's coder);
+    a FIFO among the files hung it."""
     photos = tmp_path / "photos"
     photos.mkdir()
     good, other = _png(1), _png(2)
     paths = {_write(photos, b"caf\xe9.png", good): good, _write(photos, b"ok.png", other): other,
              _write(photos, b"\xff\xfe-notes.jpg", b"not an image"): None}
+    fifo = os.path.join(os.fsencode(str(photos)), b"pipe.jpg")
+    os.mkfifo(fifo)  # reading it would block the job forever
     prefix = str(tmp_path / "out" / "run")
     rc = vila_beam.main(["score", exported["vila_r_tiny"], "--input", f"{photos}/*", "--output", prefix])
     err = capsys.readouterr().err
     assert rc == 1, err  # one input is not an image
     results, errors = _jsonl(f"{prefix}-results-*.jsonl"), _jsonl(f"{prefix}-errors-*.jsonl")
     # The documented form: os.fsencode of the JSON string is the exact name, each input exactly once.
-    assert sorted(os.fsencode(r["input"]) for r in results + errors) == sorted(paths)
+    assert sorted(os.fsencode(r["input"]) for r in results + errors) == sorted([*paths, fifo])
     for r in results:
         assert r["score"] == pytest.approx(_score(model, paths[os.fsencode(r["input"])]), abs=1e-5)
-    [e] = errors
-    assert os.fsencode(e["input"]).endswith(b"/\xff\xfe-notes.jpg") and "not a JPEG" in e["error"]
+    errors = {os.path.basename(os.fsencode(e["input"])): e["error"] for e in errors}
+    assert "not a JPEG" in errors[b"\xff\xfe-notes.jpg"]
+    assert errors[b"pipe.jpg"] == f"{photos}/pipe.jpg is a FIFO, not a regular file: not read"
     with open(glob.glob(f"{prefix}-results-*.jsonl")[0], "rb") as f:
         assert b'caf\\udce9.png"' in f.read()  # the JSON escape of the undecodable byte
 

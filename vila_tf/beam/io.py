@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from typing import Optional
 
 import apache_beam as beam
@@ -62,6 +63,21 @@ class MatchPaths(beam.PTransform):
                 | "Distinct" >> beam.Distinct())
 
 
+def not_regular(path: str) -> Optional[str]:
+    """Why a local path must not be opened (reading a FIFO or a device would block or never end), or None."""
+    if FileSystems.get_scheme(path) not in (None, "file"):
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # opening it says why
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+    return f"{path} is {kind}, not a regular file: not read"
+
+
 def first_file(patterns) -> Optional[str]:
     for pattern in patterns:
         found = FileSystems.match([beam_pattern(pattern)], limits=[1])[0].metadata_list
@@ -77,6 +93,8 @@ def parquet_schema(patterns):
     problems = []
     for pattern in patterns:
         for m in sorted(FileSystems.match([beam_pattern(pattern)])[0].metadata_list, key=lambda m: m.path):
+            if not_regular(m.path):
+                continue
             try:
                 with FileSystems.open(m.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                     return pq.read_schema(f)
@@ -86,6 +104,8 @@ def parquet_schema(patterns):
 
 
 def tfrecord_is_gzip(path: str) -> bool:
+    if not_regular(path):
+        return False
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         return shards._is_gzip(f.read(12))
 
@@ -120,6 +140,11 @@ class _ReadShard(beam.DoFn):
         else:
             element = path
         emitted = 0
+        problem = not_regular(path)
+        if problem:
+            self.unreadable.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, _error(name, problem))
+            return
         try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 for sample in self._samples(f, element):
@@ -152,6 +177,11 @@ class _ParquetRowGroups(beam.DoFn):
     def process(self, name: names.Name):
         import pyarrow as pa
         path = names.local(name)
+        problem = not_regular(path)
+        if problem:
+            self.unreadable.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, _error(name, problem))
+            return
         try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 schema, groups = shards.parquet_row_groups(f)

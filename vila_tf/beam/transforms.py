@@ -26,6 +26,11 @@ class _ReadBytes(beam.DoFn):
 
     def process(self, name: names.Name):
         path = names.local(name)
+        problem = beam_io.not_regular(path)
+        if problem:
+            self.unreadable.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, {"input": name, "error": names.shown(problem)})
+            return
         try:
             # Bytes as stored: AUTO would decompress a photo whose name ends in .gz or .bz2.
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
