@@ -246,6 +246,14 @@ def test_outputs_that_could_overwrite_inputs_are_refused(argv, message, exported
     assert not list(tmp_path.glob("scores*")) and not list(dataset.glob("beam-temp-*"))
 
 
+def test_output_prefix_that_is_not_utf8_is_refused(exported, dataset, tmp_path, capsys):
+    out = os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), b"caf\xe9", b"run"))
+    assert vila_beam.main(["score", exported["vila_r_tiny"], "--input", f"{dataset}/*.tar", "--output", out]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"vila-tf beam: --output {tmp_path}/caf\\xe9/run: Beam cannot write file names that are not "
+                   "UTF-8; choose a UTF-8 prefix (inputs may have any names)\n")
+
+
 def test_glob_against_output_names():
     can = overlap.glob_can_match
     assert can("/d/*.tar", "/d/kept", ".tar") and can("/d/**", "/d/x/y", ".tar")

@@ -18,7 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from vila_tf.beam import io as beam_io, overlap, shards
+from vila_tf.beam import io as beam_io, names, overlap, shards
 from vila_tf.beam.leftovers import TempFolders
 from vila_tf import buckets
 
@@ -138,6 +138,10 @@ def _local_matches(pattern: str) -> list:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """No output may replace an input (a filtered copy named like its input shards replaced them)."""
+    for flag, prefix in (("--output", args.output), ("--filtered-output", args.filtered_output)):
+        if prefix is not None and names.carry(prefix) != prefix:  # Beam passes its file names as UTF-8 text
+            raise UsageError(f"{flag} {names.shown(prefix)}: Beam cannot write file names that are not UTF-8; "
+                             "choose a UTF-8 prefix (inputs may have any names)")
     problem = overlap.overwritten_input(args.input, _outputs(args), _local_matches)
     if problem:
         raise UsageError(problem)

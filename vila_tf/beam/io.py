@@ -133,12 +133,9 @@ class _ReadShard(beam.DoFn):
                                              self.keep_records)
 
     def process(self, element):
-        name = element[0] if isinstance(element, tuple) else element
+        name = element[0] if isinstance(element, tuple) else element  # a path, or (path, row group, ...)
         path = names.local(name)
-        if isinstance(element, tuple):
-            element = (path,) + element[1:]
-        else:
-            element = path
+        element = (path, *element[1:]) if isinstance(element, tuple) else path
         emitted = 0
         problem = not_regular(path)
         if problem:
