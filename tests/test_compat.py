@@ -4,6 +4,7 @@ was really lowered with, and the load-time refusal of an older TensorFlow.
 The cross-version run (an export for the oldest target, run in that TensorFlow) is slow: it creates
 a virtual environment per release (`make compat` runs every release).
 """
+import dataclasses
 import io
 import json
 import os
@@ -18,7 +19,7 @@ import tensorflow as tf
 from export.savedmodel import tf_targets
 from vila_tf import serving
 from vila_tf.serving.__main__ import main as serving_main
-from vila_tf import tf_compat
+from vila_tf import metadata, tf_compat
 from vila_tf.signatures import METADATA_RELATIVE
 
 
@@ -88,8 +89,8 @@ def test_webp_decoder_is_refused_for_older_targets():
 
 def test_version_check_names_both_versions(exported):
     path = exported["vila_r_tiny"]
-    meta = _metadata(path)
-    minimum = meta[tf_compat.METADATA_KEY]["minimum"]
+    meta = metadata.read(path)
+    minimum = meta.tensorflow_support["minimum"]
     with pytest.raises(tf_compat.IncompatibleTensorFlowError) as e:
         tf_compat.check(meta, path, "2.16.2")
     assert f"{minimum} and newer" in str(e.value) and "TensorFlow 2.16.2" in str(e.value)
@@ -97,7 +98,7 @@ def test_version_check_names_both_versions(exported):
     tf_compat.check(meta, path, minimum)  # the minimum itself and newer pass
     tf_compat.check(meta, path, "3.0.0")
     # An export from before the record: its calling convention against this TensorFlow's XlaCallModule.
-    legacy = {"calling_convention_version": 99}
+    legacy = dataclasses.replace(meta, tensorflow_support=None, calling_convention_version=99)
     with pytest.raises(tf_compat.IncompatibleTensorFlowError, match="calling convention 99"):
         tf_compat.check(legacy, path)
 
@@ -180,8 +181,9 @@ def test_known_bad_releases_are_the_measured_ones():
 
 def test_2_17_is_refused_saying_which_releases_to_use(exported):
     path = exported["vila_r_tiny"]
-    target_2_16 = {tf_compat.METADATA_KEY: tf_targets.support(9, "0.17.7", (), "2.16")}
-    assert target_2_16[tf_compat.METADATA_KEY]["known_bad"] == {"2.17": tf_compat.KNOWN_BAD["2.17"]}
+    default = metadata.read(path)
+    target_2_16 = dataclasses.replace(default, tensorflow_support=tf_targets.support(9, "0.17.7", (), "2.16"))
+    assert target_2_16.tensorflow_support["known_bad"] == {"2.17": tf_compat.KNOWN_BAD["2.17"]}
     assert tf_compat.supported_releases(target_2_16) == "2.16, or 2.18 and newer"
     for version in ("2.17.0", "2.17.1", "2.17"):
         with pytest.raises(tf_compat.IncompatibleTensorFlowError) as e:
@@ -192,16 +194,21 @@ def test_2_17_is_refused_saying_which_releases_to_use(exported):
     for version in ("2.16.2", "2.18.1", "2.21.0"):
         tf_compat.check(target_2_16, path, version)
     # An export made before the record is refused there too (the runtime's own table).
-    legacy = {tf_compat.METADATA_KEY: {"minimum": "2.16"}}
+    legacy = dataclasses.replace(default, tensorflow_support={"minimum": "2.16"})
     with pytest.raises(tf_compat.IncompatibleTensorFlowError, match="2.16, or 2.18 and newer"):
         tf_compat.check(legacy, path, "2.17.1")
     with pytest.raises(tf_compat.IncompatibleTensorFlowError, match="another release than 2.17"):
-        tf_compat.check({}, path, "2.17.1")
+        tf_compat.check(dataclasses.replace(default, tensorflow_support=None), path, "2.17.1")
     # A default export (2.20 and newer): the refusal names its own range, not a re-export for 2.17.
     with pytest.raises(tf_compat.IncompatibleTensorFlowError) as e:
-        tf_compat.check(_metadata(path), path, "2.17.1")
+        tf_compat.check(default, path, "2.17.1")
     assert "use TensorFlow / TF Serving 2.20 and newer" in str(e.value) and "--target-tensorflow" not in str(e.value)
-    assert _metadata(path)[tf_compat.METADATA_KEY]["known_bad"] == {}  # nothing at or above its minimum
+    assert default.tensorflow_support["known_bad"] == {}  # nothing at or above its minimum
+    # Ranges in words, for any table of bad releases.
+    words = tf_compat.releases_in_words
+    assert words({"minimum": "2.16", "known_bad": {"2.19": "x", "2.20": "y"}}) == "2.16 to 2.18, or 2.21 and newer"
+    assert words({"minimum": "2.18", "known_bad": {"2.21": "x"}}) == "2.18 to 2.20, or 2.22 and newer"
+    assert words({"minimum": "2.17"}) == "2.18 and newer" and words(None) is None
 
 
 def test_2_17_is_no_target_and_no_minimum():
@@ -213,14 +220,20 @@ def test_2_17_is_no_target_and_no_minimum():
     assert tf_targets.oldest_release_for(9, "1.2.0") == "2.18"
 
 
-def test_vila_tf_load_refuses_2_17(exported, tmp_path, monkeypatch):
-    import vila_tf
+def _target_2_16_copy(exported, tmp_path):
+    """The tiny export, its metadata as a `--target-tensorflow 2.16` export records it."""
     path = str(tmp_path / "target_2_16")
     shutil.copytree(exported["vila_r_tiny"], path)
     meta = _metadata(path)
     meta[tf_compat.METADATA_KEY] = tf_targets.support(9, "0.17.7", (), "2.16")
     with open(os.path.join(path, METADATA_RELATIVE), "w") as f:
         json.dump(meta, f)
+    return path
+
+
+def test_vila_tf_load_refuses_2_17(exported, tmp_path, monkeypatch):
+    import vila_tf
+    path = _target_2_16_copy(exported, tmp_path)
     loaded = []
     monkeypatch.setattr(tf.saved_model, "load", lambda *a, **k: loaded.append(a))
     monkeypatch.setattr(tf, "__version__", "2.17.1")
@@ -230,12 +243,7 @@ def test_vila_tf_load_refuses_2_17(exported, tmp_path, monkeypatch):
 
 
 def test_serving_check_refuses_2_17(exported, tmp_path):
-    path = str(tmp_path / "target_2_16")
-    shutil.copytree(exported["vila_r_tiny"], path)
-    meta = _metadata(path)
-    meta[tf_compat.METADATA_KEY] = tf_targets.support(9, "0.17.7", (), "2.16")
-    with open(os.path.join(path, METADATA_RELATIVE), "w") as f:
-        json.dump(meta, f)
+    path = _target_2_16_copy(exported, tmp_path)
     err = io.StringIO()
     with redirect_stderr(err):
         assert serving_main(["check", path, "--server-version", "2.17"]) == 1

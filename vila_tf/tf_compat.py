@@ -13,9 +13,9 @@ import os
 import re
 from typing import Optional
 
-from vila_tf.signatures import METADATA_RELATIVE
+from vila_tf.metadata import ExportMetadata, path_in
 
-METADATA_KEY = "tensorflow_support"
+METADATA_KEY = "tensorflow_support"  # the ExportMetadata field
 # Releases that run an export but compute other numbers than every other release (measured by
 # `make compat`, docs/compatibility.md): refused, since wrong numbers served quietly are worse than
 # a refusal. The exporter also records them in the metadata (`tensorflow_support.known_bad`); this
@@ -43,27 +43,32 @@ def _release(version: str) -> str:
     return "%d.%d" % release_key(version)
 
 
-def _support(metadata) -> dict:
-    return (metadata.get(METADATA_KEY) if isinstance(metadata, dict) else getattr(metadata, METADATA_KEY, None)) or {}
-
-
-def minimum_tensorflow(metadata: dict) -> Optional[str]:
+def minimum_tensorflow(metadata: ExportMetadata) -> Optional[str]:
     """The oldest release the export runs on, as its metadata records it (None: not recorded)."""
-    return _support(metadata).get("minimum")
+    return (metadata.tensorflow_support or {}).get("minimum")
 
 
-def known_bad(metadata: dict) -> dict:
+def known_bad(metadata: ExportMetadata) -> dict:
     """{"X.Y": why} of the releases refused for this export: the recorded ones and this table's."""
-    return {**KNOWN_BAD, **(_support(metadata).get("known_bad") or {})}
+    return _known_bad(metadata.tensorflow_support)
 
 
-def supported_releases(metadata: dict) -> Optional[str]:
+def _known_bad(support: Optional[dict]) -> dict:
+    return {**KNOWN_BAD, **((support or {}).get("known_bad") or {})}
+
+
+def supported_releases(metadata: ExportMetadata) -> Optional[str]:
     """The releases an export runs correctly on, in words: '2.16, or 2.18 and newer' (None: not recorded)."""
-    minimum = minimum_tensorflow(metadata)
+    return releases_in_words(metadata.tensorflow_support)
+
+
+def releases_in_words(support: Optional[dict]) -> Optional[str]:
+    """`supported_releases` of a `tensorflow_support` record (the exporter's and the model card's)."""
+    minimum = (support or {}).get("minimum")
     if minimum is None:
         return None
     parts, low = [], release_key(minimum)
-    for bad in sorted(release_key(b) for b in known_bad(metadata)):
+    for bad in sorted(release_key(b) for b in _known_bad(support)):
         if bad < low:
             continue
         if bad > low:
@@ -82,7 +87,7 @@ def _max_calling_convention() -> Optional[int]:
         return None
 
 
-def check(metadata: dict, path: str, tf_version: Optional[str] = None) -> None:
+def check(metadata: ExportMetadata, path: str, tf_version: Optional[str] = None) -> None:
     """Raises IncompatibleTensorFlowError naming both versions when `tf_version` (default: the
     running TensorFlow) is older than the export supports or a known-bad release, saying which
     releases to use."""
@@ -90,7 +95,7 @@ def check(metadata: dict, path: str, tf_version: Optional[str] = None) -> None:
     if running:
         import tensorflow as tf
         tf_version = tf.__version__
-    where = os.path.join(path, METADATA_RELATIVE)
+    where = path_in(path)
     minimum = minimum_tensorflow(metadata)
     bad = known_bad(metadata).get(_release(tf_version))
     if bad:  # first: re-exporting for this release (the advice below) would not help
@@ -107,7 +112,7 @@ def check(metadata: dict, path: str, tf_version: Optional[str] = None) -> None:
                 f"{_release(tf_version)}` (docs/compatibility.md lists the releases an export can target)")
         return
     # An export from before the record: its calling convention alone says something.
-    version = metadata.get("calling_convention_version")
+    version = metadata.calling_convention_version
     newest = _max_calling_convention() if running else None
     if version is not None and newest is not None and int(version) > newest:
         raise IncompatibleTensorFlowError(
