@@ -204,9 +204,9 @@ def test_2_17_is_refused_saying_which_releases_to_use(exported):
         tf_compat.check(default, path, "2.17.1")
     assert "use TensorFlow / TF Serving 2.20 and newer" in str(e.value) and "--target-tensorflow" not in str(e.value)
     assert default.tensorflow_support["known_bad"] == {}  # nothing at or above its minimum
-    # Ranges in words, for any table of bad releases.
+    # Ranges in words, for any table of bad releases (the runtime's own, 2.17, always counts).
     words = tf_compat.releases_in_words
-    assert words({"minimum": "2.16", "known_bad": {"2.19": "x", "2.20": "y"}}) == "2.16 to 2.18, or 2.21 and newer"
+    assert words({"minimum": "2.16", "known_bad": {"2.19": "x", "2.20": "y"}}) == "2.16, 2.18, or 2.21 and newer"
     assert words({"minimum": "2.18", "known_bad": {"2.21": "x"}}) == "2.18 to 2.20, or 2.22 and newer"
     assert words({"minimum": "2.17"}) == "2.18 and newer" and words(None) is None
 

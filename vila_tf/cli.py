@@ -26,7 +26,7 @@ import warnings
 from typing import Optional
 
 import vila_tf
-from vila_tf import buckets, contact_sheet, image_formats, inputs as inputs_lib, results_file, tasks
+from vila_tf import buckets, contact_sheet, image_formats, inputs as inputs_lib, results_file, tasks, tf_compat
 from vila_tf.atomic import atomic_file
 from vila_tf.results import DemoModelWarning
 
