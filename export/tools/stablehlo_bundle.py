@@ -24,6 +24,7 @@ import numpy as np
 from vila_tf.atomic import atomic_dir
 from vila_tf import metadata as export_metadata
 from vila_tf.signatures import ALL_SIGNATURES, PIXELS, SIGNATURES
+from .. import PROG
 
 FORMAT = "vila-tf-stablehlo/1"
 DEFAULT_MAX_WEIGHT_BYTES = 64 << 20  # what a remote accelerator run may carry in files
@@ -310,7 +311,7 @@ def write_bundle(savedmodel_dir: str, out_dir: str, max_weight_bytes: int = DEFA
 
 
 def cmd_stablehlo(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m export stablehlo",
+    p = argparse.ArgumentParser(prog=f"{PROG} stablehlo",
                                 description="Write a SavedModel's lowered StableHLO functions as a bundle that "
                                             "benchmarks/accelerator.py runs with jax alone (docs/accelerators.md).")
     p.add_argument("savedmodel", help="a vila-tf SavedModel folder")
