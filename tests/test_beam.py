@@ -303,9 +303,10 @@ def test_remote_model_is_copied_once_per_machine(exported, references, photos, t
     os.makedirs(tempfile.tempdir)
     handler = vila_beam.VilaModelHandler(f"vilatest://{base}")
     m = handler.load_model()
-    assert m.path.startswith(str(tmp_path / "tmp" / "vila_tf-models")) and m.model_type == "vila_r"
+    cache = tmp_path / "tmp" / f"vila_tf-models-{os.getuid()}"  # this user's own
+    assert m.path.startswith(str(cache)) and m.model_type == "vila_r"
     assert handler.load_model().path == m.path  # the second process reuses the copy
-    assert len(os.listdir(tmp_path / "tmp" / "vila_tf-models")) == 1  # no partial copies left behind
+    assert len(os.listdir(cache)) == 1  # no partial copies left behind
     image = (photos / "img01.png").read_bytes()
     [r] = handler.run_inference([image], m)
     assert r.inference["score"] == pytest.approx(float(references["vila_r_tiny"].score([image])[0]), abs=1e-5)

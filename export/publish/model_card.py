@@ -13,6 +13,7 @@ from typing import Optional
 from vila_tf import metadata as export_metadata
 from vila_tf import signatures as signatures_lib
 from vila_tf.signatures import SIGNATURES, WARMUP_RELATIVE
+from vila_tf.tf_compat import releases_in_words
 
 
 class ModelCardError(Exception):
@@ -236,7 +237,7 @@ def _tensorflow_range(m: dict) -> str:
     target = f"exported with `--target-tensorflow {support['target_tensorflow']}`" \
         if support.get("target_tensorflow") else "default export"
     webp = "" if support.get("webp_in_graph") else "; no WebP decoding in the graph"
-    return (f"**{support['minimum']} and newer** ({target}: XlaCallModule calling convention "
+    return (f"**{releases_in_words(support)}** ({target}: XlaCallModule calling convention "
             f"{support['calling_convention_version']}, StableHLO {support['stablehlo_version']}{webp}); "
             "older releases fail at load time with a message naming the versions")
 
