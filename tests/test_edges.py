@@ -418,25 +418,45 @@ def test_a_second_run_on_a_locked_output_is_refused_naming_the_first(three, tmp_
     assert out.read_text() == "input,score,error\n"
 
 
+SLOW_READ = """
+import os, sys, time
+from vila_tf import inputs
+real = inputs.load
+def load(item, *a, **k):  # a slow disk: this read waits until the test lets it go on
+    if item.source.endswith("wait.png"):
+        while not os.path.exists(os.environ["GO"]):
+            time.sleep(0.02)
+    return real(item, *a, **k)
+inputs.load = load
+from vila_tf import cli
+sys.argv = ["vila-tf"] + sys.argv[1:]
+sys.exit(cli.main())
+"""
+
+
 @pytest.mark.long
 def test_two_runs_at_once_never_interleave(exported, tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
-    arrays = [_png(30 + k, 40, k) for k in range(16)]
-    for k, p in enumerate(arrays):
-        (photos / f"{k:03d}.png").write_bytes(p)
-    out = tmp_path / "s.csv"
-    first = subprocess.Popen([VILA_TF, "score", exported["vila_r_tiny"], photos, "--output", out, "--batch-size", "1"],
-                             stderr=subprocess.PIPE, text=True, env=env_without_jax())
+    names = [f"{k:03d}.png" for k in range(6)] + ["wait.png"]
+    for k, name in enumerate(names):
+        (photos / name).write_bytes(_png(30 + k, 40, k))
+    out, go = tmp_path / "s.csv", tmp_path / "go"
+    first = subprocess.Popen([sys.executable, "-c", SLOW_READ, "score", exported["vila_r_tiny"], photos, "--output",
+                              out, "--batch-size", "1"], stderr=subprocess.PIPE, text=True,
+                             env=dict(env_without_jax(), GO=str(go)))
     deadline = time.time() + 300
-    while first.poll() is None and not (out.exists() and out.read_text().count("\n") >= 2) and time.time() < deadline:
-        time.sleep(0.01)
-    assert first.poll() is None, "the first run ended before the second started"
+    while first.poll() is None and not (out.exists() and out.read_text().count("\n") >= 7) and time.time() < deadline:
+        time.sleep(0.02)  # six rows written; the first run now waits on its last read, holding the file
+    assert first.poll() is None, first.stderr.read()
     rc, err = cli("score", exported["vila_r_tiny"], photos, "--output", out, capsys=capsys)
-    assert rc == 2 and f"(process {first.pid})" in err[0]
+    assert rc == 2 and err == [f"vila-tf: --output {out} is being written by another vila-tf run (process "
+                               f"{first.pid}): wait for it to finish (then --resume continues it), or choose another "
+                               "--output"]
+    go.touch()
     assert first.wait(300) == 0, first.stderr.read()
     rows = rows_of(out)  # the first run's file, untouched by the second: every input once, in order
-    assert [os.path.basename(r["input"]) for r in rows] == [f"{k:03d}.png" for k in range(16)]
+    assert [os.path.basename(r["input"]) for r in rows] == names
     assert all(np.isfinite(float(r["score"])) and r["error"] == "" for r in rows)
 
 

@@ -19,7 +19,6 @@ recorded, so that nothing else is ever overwritten and `--resume` never mixes ru
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -28,6 +27,11 @@ import tempfile
 from typing import Iterable, Optional
 
 from vila_tf import image_formats, metadata, results_file, tasks, versions
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): outputs are not locked there
+    fcntl = None
 
 RECORD_SUFFIX = image_formats.RECORD_SUFFIX
 RECORD_VERSION = 1
@@ -277,8 +281,15 @@ class ResultsOutput:
         except OSError as e:
             raise OutputError(f"cannot write --output {self.path}: {e.strerror or e}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                # A file system without locks (some network mounts): written unlocked, and said so.
+                self.notes.append(f"{self.path}: its file system cannot lock files ({e.strerror}): make sure no "
+                                  "other run writes it at the same time")
+                self.fd = fd
+                return
             holder = lock_holder(fd) if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES) else None
             os.close(fd)
             if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
