@@ -122,6 +122,57 @@ def _quantized(float32_path: str, variant: str) -> bytes:
         return bytes(q.quantize().quantized_model)
 
 
+# The accuracy images: photo-like (smooth structure and grain), of several sizes and aspect ratios.
+ACCURACY_SIZES = ((480, 640), (640, 480), (333, 500), (1024, 768), (256, 256), (600, 900))
+
+
+def accuracy_images(seed: int = 0) -> list:
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    out = []
+    for h, w in ACCURACY_SIZES:
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        f = rng.uniform(10, 60, size=3)
+        base = np.stack([np.sin(x / f[0] + rng.uniform(0, 6)), np.cos(y / f[1]), np.sin((x + y) / f[2])], -1)
+        img = 128 + 90 * base + rng.normal(0, 12, (h, w, 3))
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
+    return out
+
+
+def measure_accuracy(source, folder: str, records: dict, images: list) -> dict:
+    """Each variant against the float32 image heads in JAX on the same pixels (the release's
+    preprocessing in TensorFlow, then heads.image_outputs: what the SavedModel's `score_pixels`
+    computes): the largest score and zero-shot differences and the smallest embedding cosine."""
+    import jax
+    import numpy as np
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+    from vila_tf import preprocessing
+    from ..model import heads
+    cfg = source.config
+    fn = jax.jit(lambda p, x: heads.image_outputs(p, cfg, x, source.zero_shot_prompts, source.quality_prompt))
+    ref = []
+    for img in images:
+        pixels = preprocessing.crop_and_scale(tf.constant(img.astype(np.float32))).numpy()[None]
+        out = [np.asarray(o) for o in fn(source.params, pixels)]
+        score = out[2][0, 0] if cfg.has_quality_head else out[1][0]
+        ref.append((score, out[0][0], out[1][0]))
+    result = {}
+    for variant, rec in records.items():
+        runner = Interpreter(model_path=os.path.join(folder, rec["file"]), num_threads=os.cpu_count()) \
+            .get_signature_runner(litert_format.IMAGE_SIGNATURE)
+        score_err, zsl_err, cosine = [], [], []
+        for img, (score, emb, zsl) in zip(images, ref):
+            out = runner(**{litert_format.IMAGE_INPUT: img[None]})
+            e = out["image_embedding"][0]
+            score_err.append(abs(float(out["predictions"][0, 0]) - float(score)))
+            zsl_err.append(abs(float(out["zero_shot_score"][0]) - float(zsl)))
+            cosine.append(float(e @ emb / (np.linalg.norm(e) * np.linalg.norm(emb))))
+        result[variant] = {"images": len(images), "score_max_abs_error": max(score_err),
+                           "zero_shot_max_abs_error": max(zsl_err), "embedding_min_cosine": min(cosine)}
+    return result
+
+
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -173,6 +224,10 @@ def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.V
                                 "quantization": QUANTIZATION[variant]}
             log(f"{variant}: {records[variant]['bytes'] / 1e6:.1f} MB")
         del model
+        log(f"accuracy of each variant against the float32 heads in JAX ({len(ACCURACY_SIZES)} images)")
+        accuracy = measure_accuracy(source, tmp, records, accuracy_images())
+        for v, a in accuracy.items():
+            log(f"{v}: score error <= {a['score_max_abs_error']:.2e}, embedding cosine >= {a['embedding_min_cosine']:.6f}")
         log("GPU-delegate analysis")
         gpu = {v: gpu_delegate_report(os.path.join(tmp, records[v]["file"])) for v in variants}
         meta = {
@@ -192,6 +247,8 @@ def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.V
             "preprocessing": "inside the model: TF1 bilinear resize to 272x272 without half-pixel centers, "
                              "center crop 224, /255 (docs/model.md §11)",
             "variants": records,
+            "accuracy": {"reference": "float32 image heads in JAX on the same pixels (the SavedModel's score_pixels)",
+                         "images": [list(s) for s in ACCURACY_SIZES], "variants": accuracy},
             "ops": ops,
             "gpu_delegate": gpu,
             "versions": _versions(),
