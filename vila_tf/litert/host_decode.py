@@ -7,12 +7,10 @@ images over `max_pixels` are refused from their header, and the other formats of
 docs/formats.md (AVIF, HEIC, TIFF) go through `vila_tf.image_formats` exactly as for the
 SavedModel runtime.
 
-JPEG: TensorFlow decodes with libjpeg's fast integer IDCT (`dct_method` "INTEGER_FAST") and fancy
-chroma upsampling; Pillow uses the accurate IDCT, which differs by up to ~5 levels (mean ~1) on
-0..255. Pillow's reduced-quality decode mode is the fast IDCT without fancy upsampling: for JPEGs
-without chroma subsampling (4:4:4) and grayscale ones, where no upsampling happens, it gives
-TensorFlow's pixels exactly and is used; 4:2:0 and 4:2:2 JPEGs keep Pillow's accurate decode
-(docs/on_device.md gives the resulting score differences).
+JPEG: TensorFlow decodes with libjpeg's fast integer IDCT and fancy chroma upsampling, which
+Pillow cannot be asked for as such; vila_tf.litert.jpeg rebuilds TensorFlow's pixels exactly
+from Pillow's fast-IDCT planes (4:4:4, 4:2:2, 4:2:0 and gray JPEGs; other layouts are decoded
+by Pillow as it is).
 """
 from __future__ import annotations
 
@@ -22,6 +20,7 @@ import os
 import numpy as np
 
 from vila_tf import image_formats
+from vila_tf.litert import jpeg
 from vila_tf.image_formats import ImageFormatError
 
 _PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP"}
@@ -35,17 +34,9 @@ def _rgb(im) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def _tensorflow_idct(im) -> None:
-    """Pillow decodes this JPEG with the fast integer IDCT, as TensorFlow does, when that decode
-    is otherwise identical to TensorFlow's (no chroma upsampling: gray or 4:4:4)."""
-    from PIL import JpegImagePlugin
-    if im.mode == "L" or (im.mode in ("RGB", "YCbCr") and JpegImagePlugin.get_sampling(im) == 0):
-        im.decoderconfig = (1, 1)  # (scale, draft): draft = JDCT_IFAST and no fancy upsampling
-
-
 def decode(data: bytes, max_pixels: int, apply_orientation: bool, source: str = "") -> np.ndarray:
     """Encoded bytes -> uint8 [H, W, 3]; raises ImageFormatError with the reason reported for the image."""
-    from PIL import Image, ImageOps
+    from PIL import Image
     if not data:
         raise ImageFormatError("image_bytes is empty")
     fmt = "raw" if os.path.splitext(source)[1].lower() in image_formats.RAW_EXTENSIONS \
@@ -71,11 +62,12 @@ def decode(data: bytes, max_pixels: int, apply_orientation: bool, source: str = 
             raise ImageFormatError(f"header declares {height} x {width} = {width * height} pixels, more than "
                                    f"the allowed {max_pixels} (max_pixels)")
         try:
-            if fmt == "jpeg":
-                _tensorflow_idct(im)
-            im.load()
+            pixels = jpeg.decode_like_tensorflow(im) if fmt == "jpeg" else None
+            if pixels is None:
+                im.load()
+                pixels = _rgb(im)
             if apply_orientation and fmt in ("jpeg", "png", "webp"):
-                im = ImageOps.exif_transpose(im)
-            return _rgb(im)
+                pixels = image_formats.orient(pixels, image_formats.exif_orientation(data))
+            return pixels
         except Exception as e:  # noqa: BLE001
             raise ImageFormatError(f"{name} image that cannot be decoded: {e}") from None
