@@ -34,8 +34,19 @@ def model_file(variant: str) -> str:
     return f"vila_image_{variant}.tflite"
 
 
+def resolve(path) -> str | None:
+    """The LiteRT export at `path`: the folder itself, or the newest numbered version of a base
+    folder (`make litert` writes LITERT_OUT/<name>/<version>/, as TF Serving's layout); None if neither."""
+    from vila_tf.versions import local_versions, numbered
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, METADATA_FILE)):
+        return path
+    versions = local_versions(path, marker=METADATA_FILE)
+    return os.path.join(path, numbered(os.listdir(path))[versions[-1]]) if versions else None
+
+
 def is_litert_dir(path) -> bool:
-    return os.path.isfile(os.path.join(os.fspath(path), METADATA_FILE))
+    return resolve(path) is not None
 
 
 def read_metadata(path) -> dict:

@@ -51,7 +51,7 @@ class LiteRTModel:
 
     def __init__(self, path: str, variant: Optional[str] = None, max_workers: Optional[int] = None,
                  exif_orientation: bool = True, num_threads: Optional[int] = None):
-        self.path = os.path.abspath(os.fspath(path))
+        self.path = os.path.abspath(litert_format.resolve(path) or os.fspath(path))
         self.metadata = litert_format.read_metadata(self.path)
         self.variant = variant or litert_format.DEFAULT_VARIANT
         self.model_file = litert_format.variant_path(self.path, self.metadata, self.variant)
