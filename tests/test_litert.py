@@ -326,3 +326,53 @@ def test_fresh_virtualenv_with_litert_numpy_pillow_only(litert_exported, savedmo
     np.testing.assert_allclose(out["scores"], savedmodel_outputs["vila_r_tiny"]["score"], atol=1e-4)
     r = subprocess.run([py, "-m", "pip", "list"], capture_output=True, text=True, timeout=300)
     assert "tensorflow" not in r.stdout.lower()
+
+
+def test_package_publishes_the_litert_models(exported, litert_exported, tmp_path):
+    """`python -m export package --litert` (in a process without jax): each variant beside the
+    package with a checksum that verifies, the metadata, and the card's On device section."""
+    import hashlib
+    from conftest import env_without_jax
+    dist = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "export", "package", exported["vila_r_tiny"], "--name", "vila_r_tiny",
+           "--litert", litert_exported["vila_r_tiny"], "--out", str(dist)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env_without_jax(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.load(open(os.path.join(litert_exported["vila_r_tiny"], "vila_litert.json")))
+    card = (dist / "vila_r_tiny.md").read_text()
+    assert "## On device" in card and card.index("## On device") < card.index("## Limitations")
+    for variant, rec in meta["variants"].items():
+        f = dist / f"vila_r_tiny_1_{variant}.tflite"
+        assert hashlib.sha256(f.read_bytes()).hexdigest() == rec["sha256"]
+        assert (dist / f"vila_r_tiny_1_{variant}.tflite.sha256").read_text() == f"{rec['sha256']}  {f.name}\n"
+        acc = meta["accuracy"]["variants"][variant]
+        assert f"| {variant} | `{f.name}` |" in card
+        assert f"{acc['score_max_abs_error']:.1e} | {acc['zero_shot_max_abs_error']:.1e} | " \
+               f"{acc['embedding_min_cosine']:.6f} |" in card
+    assert json.loads((dist / "vila_r_tiny_1_litert.json").read_text()) == meta
+    assert "every op is supported by the GPU delegate" in card
+    assert 'getSignatureRunner("image")' in card and 'signatureRunner(with: "image")' in card
+    # a LiteRT export of another model is refused, and nothing of it is published
+    cmd[cmd.index("--litert") + 1] = litert_exported["vila_p_tiny"]
+    cmd[cmd.index("--out") + 1] = str(tmp_path / "dist2")
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env_without_jax(), timeout=600)
+    assert r.returncode == 2 and "is not the SavedModel's" in r.stderr
+    assert not (tmp_path / "dist2").exists() or not list((tmp_path / "dist2").glob("*.tflite"))
+
+
+def test_docs_quote_the_benchmark():
+    """docs/on_device.md's accuracy and speed rows are the ones benchmarks/litert.py wrote."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("litert_bench", os.path.join(REPO, "benchmarks", "litert.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with open(os.path.join(REPO, "benchmarks", "litert_results.json")) as f:
+        res = json.load(f)
+    with open(os.path.join(REPO, "docs", "on_device.md")) as f:
+        page = f.read()
+    rows = bench.doc_rows(res)
+    assert rows == res["doc_rows"]
+    for row in rows["speed"] + rows["accuracy"]:
+        assert row in page, row
+    assert f"{res['ratio_best']:.2f}" in page and f"{res['ratio_median']:.2f}" in page
+    assert res["agreement"]["abs_difference"] <= 1e-4 and res["accuracy"]["float32"]["score_max_abs_error"] <= 1e-4
