@@ -104,6 +104,7 @@ def gpu_delegate_report(model_path: str) -> dict:
 
 def _quantized(float32_path: str, variant: str) -> bytes:
     """The float32 model with its fully-connected weights quantized by ai-edge-quantizer."""
+    os.environ.setdefault("TQDM_DISABLE", "1")  # its progress bars (read when tqdm is imported)
     from ai_edge_quantizer import qtyping, quantizer
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
     q = quantizer.Quantizer(float32_path)
@@ -117,8 +118,7 @@ def _quantized(float32_path: str, variant: str) -> bytes:
         q.add_dynamic_config(regex=".*", operation_name=fc, num_bits=8)
     else:
         raise ValueError(f"unknown variant {variant!r}")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # its progress bars
-    with contextlib.redirect_stdout(io.StringIO()):  # and its summary table
+    with contextlib.redirect_stdout(io.StringIO()):  # its summary table
         return bytes(q.quantize().quantized_model)
 
 
