@@ -52,19 +52,19 @@ def test_jpeg_pixels_equal_tensorflows(progressive):
     """vila_tf.litert.jpeg gives tf.io.decode_image's pixels bit for bit (the release's decoder:
     fast IDCT, fancy upsampling), where plain Pillow is ~1 level off."""
     import tensorflow as tf
-    from vila_tf.litert import host_decode
+    from vila_tf.litert import pillow_decode
     worst_plain = 0
     for h, w in [(375, 500), (333, 251), (17, 9), (2, 3), (1, 1), (64, 4)]:
         photo = _photo(h % 7, h, w)
         for quality, subsampling in [(92, 0), (75, 2), (95, 1), (50, 2)]:
             data = _encode(photo, "JPEG", quality=quality, subsampling=subsampling, progressive=progressive)
             want = tf.io.decode_image(data, channels=3).numpy()
-            got = host_decode.decode(data, 10 ** 8, False)
+            got = pillow_decode.decode(data, 10 ** 8, False)
             assert np.array_equal(got, want), ((h, w), quality, subsampling)
             plain = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
             worst_plain = max(worst_plain, np.abs(plain - want).max())
         gray = _encode(photo[..., 1], "JPEG", quality=80, progressive=progressive)
-        assert np.array_equal(host_decode.decode(gray, 10 ** 8, False), tf.io.decode_image(gray, channels=3).numpy())
+        assert np.array_equal(pillow_decode.decode(gray, 10 ** 8, False), tf.io.decode_image(gray, channels=3).numpy())
     assert worst_plain >= 2  # the accurate IDCT alone would not do
 
 

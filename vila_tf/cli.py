@@ -4,6 +4,8 @@
   vila-tf score MODEL photos/ --contact-sheet sheet.png [--with-captions]
   vila-tf caption MODEL photos/ ;  vila-tf zero-shot MODEL ... ;  vila-tf embed MODEL ... --output emb.jsonl
   vila-tf info MODEL
+  vila-tf evaluate MODEL --labels AVA.txt --images DIR --output OUT   (vila_tf/evaluate_cmd.py)
+  vila-tf rank MODEL 'a misty forest at dawn' library/ [--top K]      (vila_tf/rank_cmd.py)
 
 Rows are written (and flushed per batch) as they are scored; `--resume` continues an interrupted
 run into the same --output (docs/streaming.md).
@@ -16,74 +18,24 @@ scored and do not fail the run: one summary line on stderr lists them (docs/form
 from __future__ import annotations
 
 import argparse
+import heapq
 import math
 import os
 import sys
-import threading
-import time
 import warnings
 from typing import Optional
 
+import vila_tf
+from vila_tf import buckets, contact_sheet, image_formats, inputs as inputs_lib, results_file, tasks
+from vila_tf import evaluate_cmd, rank_cmd  # commands with their own options and runner
+from vila_tf.atomic import atomic_file
+from vila_tf.progress import Progress
+from vila_tf.results import DemoModelWarning
+
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 CONTACT_SHEET_MAX = 200  # thumbnails kept (and drawn) at most: the best-scored ones
-TASK = {"score": "score", "zero-shot": "zero_shot", "caption": "caption", "embed": "image_embedding"}
-COMMANDS = {
-    "score": "aesthetic score per image (VILA-R; zero-shot score for a pretrain model)",
-    "zero-shot": "zero-shot quality score from the release's six good/bad prompt pairs",
-    "caption": "an aesthetic comment per image (greedy decoding)",
-    "embed": "l2-normalized image embeddings",
-    "info": "what the model is: kind, config, signatures, source",
-}
-
-
-class Progress:
-    """A one-line progress bar on stderr (only on a terminal unless forced): done/total, rate, ETA.
-
-    The total is counted in a background thread (a walk of file names, no reading) so the first
-    rows never wait for it; until it is known the bar shows done/? and the rate."""
-
-    def __init__(self, label: str, enabled: bool):
-        self.label, self.enabled = label, enabled
-        self.total: Optional[int] = None
-        self.start = time.monotonic()
-        self._last = 0.0
-
-    def count_in_background(self, inputs) -> None:
-        if not self.enabled:
-            return
-
-        def count():
-            from vila_tf import inputs as inputs_lib
-            self.total = sum(1 for _ in inputs_lib.iter_items(inputs))
-        threading.Thread(target=count, daemon=True, name="vila-tf-count").start()
-
-    def message(self, text: str) -> None:
-        """A line on stderr that does not run into the bar (the bar is redrawn on the next update)."""
-        sys.stderr.write(("\r\x1b[K" if self.enabled and self._last else "") + text + "\n")
-        self._last = 0.0  # redraw the bar on the next update
-        sys.stderr.flush()
-
-    def update(self, processed: int, skipped: int = 0, final: bool = False) -> None:
-        """`processed` inputs scored by this run, `skipped` found done by --resume."""
-        now = time.monotonic()
-        if not self.enabled or (not final and now - self._last < 0.2):
-            return
-        self._last = now
-        done = processed + skipped
-        rate = processed / max(now - self.start, 1e-9)
-        total = done if final else self.total
-        if total:
-            frac = min(1.0, done / total)
-            bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-            eta = (total - done) / rate if rate > 0 else float("inf")
-            eta_text = "--:--" if not math.isfinite(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
-            text = f"{self.label} [{bar}] {done}/{total} {100 * frac:.0f}% {rate:.1f} img/s ETA {eta_text}"
-        else:
-            text = f"{self.label} [{'counting':^30}] {done}/? {rate:.1f} img/s"
-        sys.stderr.write("\r" + text)
-        if final:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+COMMANDS = {**{t.command: t.help for t in tasks.TASKS.values()},
+            "info": "what the model is: kind, config, signatures, source"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--resume", action="store_true",
                        help="continue an interrupted run into the same --output: inputs with a row there are "
                             "skipped, a torn last row is repaired")
-        c.add_argument("--batch-size", type=int, default=32, help="images per model call (at most 32)")
+        c.add_argument("--batch-size", type=int, default=buckets.MAX_BATCH,
+                       help=f"images per model call (at most {buckets.MAX_BATCH})")
         c.add_argument("--device", help="e.g. GPU:0 (default: CPU)")
         c.add_argument("--decode-threads", type=int, default=None, metavar="N",
                        help="threads reading and decoding images (default: min(8, CPU count))")
@@ -123,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--contact-sheet-max", metavar="N", type=int, default=CONTACT_SHEET_MAX,
                            help=f"draw the N best-scored images (default {CONTACT_SHEET_MAX})")
             c.add_argument("--with-captions", action="store_true", help="also caption each image")
+    # Commands with their own options and runner (set_defaults(run=...)), each in its own module.
+    evaluate_cmd.add_parser(sub)
+    rank_cmd.add_parser(sub)
     return p
 
 
@@ -144,7 +100,6 @@ class _Best:
         self.size, self.heap, self.count = max(0, size), [], 0
 
     def add(self, score: float, source: str, caption: Optional[str]) -> None:
-        import heapq
         if not math.isfinite(score):
             return
         self.count += 1
@@ -156,8 +111,6 @@ class _Best:
 
 
 def _write_contact_sheet(best: _Best, path: str, with_captions: bool) -> None:
-    from vila_tf import contact_sheet
-    from vila_tf.atomic import atomic_file
     images = []
     for _, _, source, _ in best.heap:
         try:  # only the drawn images are read again, at the end
@@ -180,16 +133,17 @@ def _info(model) -> int:
         return EXIT_OK
     meta = model.metadata
     print(f"model: {model.path}")
-    print(f"kind: {meta.get('model_kind', model.model_type)}" + ("  (DEMO weights: outputs mean nothing)"
-                                                               if model.is_demo else ""))
-    for k in ("source_checkpoint", "source_sha256", "dtype", "platforms", "calling_convention_version"):
-        if k in meta:
-            print(f"{k}: {meta[k]}")
-    if "tensorflow_support" in meta:
-        print(f"runs on TensorFlow: {meta['tensorflow_support']['minimum']} and newer")
-    cfg = meta.get("config", {})
-    if cfg:
-        print("config: " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())))
+    print(f"kind: {meta.model_kind or meta.model_type}" + ("  (DEMO weights: outputs mean nothing)"
+                                                           if model.is_demo else ""))
+    for k in ("source_checkpoint", "source_sha256", "dtype", "compute_dtype", "platforms",
+              "calling_convention_version"):
+        value = getattr(meta, k)
+        if value not in (None, ()):
+            print(f"{k}: {list(value) if isinstance(value, tuple) else value}")
+    if meta.tensorflow_support:
+        print(f"runs on TensorFlow: {meta.tensorflow_support['minimum']} and newer")
+    if meta.config:
+        print("config: " + ", ".join(f"{k}={v}" for k, v in sorted(meta.config.items())))
     print("signatures:")
     for name, fn in sorted(model.signatures.items()):
         ins = ", ".join(f"{k} {v.dtype.name}{v.shape}" for k, v in fn.structured_input_signature[1].items())
@@ -218,10 +172,9 @@ class _Skipper:
     """
 
     def __init__(self, path: str, fmt: str, cols: list[str], command: str, best: Optional[_Best]):
-        from vila_tf import results_file
         self.path, self.fmt, self.cols, self.best = path, fmt, cols, best
         self.rows = results_file.read_rows(path, fmt, cols)
-        self.value_column = results_file.VALUE_COLUMN[command]
+        self.value_column = tasks.BY_COMMAND[command].field
         self.skipped = self.failed = 0
         self.done: Optional[dict] = None  # source -> row, once the inputs stopped matching the rows
 
@@ -232,7 +185,6 @@ class _Skipper:
             self.best.add(float(row[self.value_column]), row["input"], row.get("caption"))
 
     def filter(self, items):
-        from vila_tf import results_file
         for item in items:
             if self.done is None:
                 row = next(self.rows, None)
@@ -255,18 +207,17 @@ class _Skipper:
 
 
 def _run(args) -> int:
-    import vila_tf
     try:
         model = vila_tf.load(args.model, device=getattr(args, "device", None),
                              max_workers=getattr(args, "decode_threads", None),
                              exif_orientation=not getattr(args, "release_exact_orientation", False),
                              variant=args.variant)
-    except (FileNotFoundError, OSError, ValueError, ImportError) as e:
+    except (FileNotFoundError, OSError, ValueError, ImportError, vila_tf.IncompatibleTensorFlowError) as e:
         print(f"vila-tf: cannot load model: {e}", file=sys.stderr)
         return EXIT_ERROR
     if args.command == "info":
         return _info(model)
-    wanted = [TASK[args.command]] + (["caption"] if getattr(args, "with_captions", False) else [])
+    wanted = [tasks.BY_COMMAND[args.command].name] + (["caption"] if getattr(args, "with_captions", False) else [])
     missing = [t for t in wanted if t not in getattr(model, "tasks", wanted)]
     if missing:  # a LiteRT export has the image heads only
         print(f"vila-tf: {args.model}: no {missing[0]} in this export: a LiteRT export holds the image heads "
@@ -280,7 +231,6 @@ def _run(args) -> int:
 
 
 def _score_all(args, model) -> int:
-    from vila_tf import image_formats, inputs as inputs_lib, results_file
     for flag in ("batch_size", "batches_ahead", "decode_threads"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             print(f"vila-tf: --{flag.replace('_', '-')} must be >= 1", file=sys.stderr)
@@ -315,11 +265,12 @@ def _score_all(args, model) -> int:
     else:
         fresh, out = True, sys.stdout
     failed = processed = 0
-    step = max(1, min(args.batch_size, 32))
+    step = max(1, min(args.batch_size, buckets.MAX_BATCH))
     try:
         writer = results_file.RowWriter(out, fmt, cols, header=fresh) if table is None else None
-        tasks = (TASK[args.command], "caption") if with_captions else TASK[args.command]
-        for r in model.stream(tasks, items, batch_size=args.batch_size, batches_ahead=args.batches_ahead):
+        task = tasks.BY_COMMAND[args.command].name
+        run_tasks = (task, "caption") if with_captions else task
+        for r in model.stream(run_tasks, items, batch_size=args.batch_size, batches_ahead=args.batches_ahead):
             value, caption = r.value if with_captions and r.value is not None else (r.value, None)
             row = results_file.make_row(args.command, r.source, value, r.error, caption, with_captions)
             if table is not None:
@@ -357,19 +308,18 @@ def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["beam"]:  # `vila-tf beam ...`: own parser, since unknown flags belong to Beam
         try:
-            from vila_tf.beam import pipeline as beam
+            from vila_tf.beam import cli as beam_cli  # an optional integration: Apache Beam
         except ImportError as e:
             print(f"vila-tf: {e}", file=sys.stderr)
             return EXIT_ERROR
-        return beam.main(argv[1:])
+        return beam_cli.main(argv[1:])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     warnings.simplefilter("ignore", RuntimeWarning)  # per-image failures are reported below instead
-    from vila_tf.results import DemoModelWarning
     warnings.simplefilter("always", DemoModelWarning)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"vila-tf: WARNING: {msg}\n"
     try:
-        return _run(args)
+        return args.run(args) if hasattr(args, "run") else _run(args)
     except KeyboardInterrupt:
         print("\nvila-tf: interrupted (rows written so far are complete: rerun with --resume to continue)",
               file=sys.stderr)

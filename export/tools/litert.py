@@ -26,6 +26,7 @@ import tempfile
 import time
 from typing import Callable, Iterable, Optional
 
+from .. import PROG
 from vila_tf.atomic import atomic_dir
 from vila_tf.litert import format as litert_format
 
@@ -261,7 +262,7 @@ def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.V
 
 def cmd_litert(argv, add_overrides, get_overrides) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m export litert",
+        prog=f"{PROG} litert",
         description="LiteRT (.tflite) models of the image heads (score, image embedding, zero-shot score): "
                     "uint8 pixels of any size in, the release's preprocessing inside; float32, float16 "
                     "and int8 variants (docs/on_device.md).")

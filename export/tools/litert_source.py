@@ -18,7 +18,7 @@ import numpy as np
 from ..model import heads
 from ..model.config import VilaConfig
 from ..model.tree import unflatten
-from vila_tf.signatures import METADATA_RELATIVE
+from vila_tf import metadata as export_metadata
 
 # The parameters the image heads read (docs/model.md §4, §5, §7): the ViT, both poolers and the
 # VILA-R projection. The text tower is only needed for the prompt embeddings, which are constants.
@@ -56,23 +56,17 @@ def _checkpoint_key_to_path(key: str) -> str:
     return "".join(out)
 
 
-def read_export_metadata(savedmodel_dir: str) -> dict:
-    path = os.path.join(savedmodel_dir, METADATA_RELATIVE)
-    if not os.path.isfile(path):
-        raise SourceError(f"{savedmodel_dir}: not a vila-tf export (no {METADATA_RELATIVE}); "
-                          "give a folder written by `python -m export`, or --checkpoint and --spm")
-    with open(path) as f:
-        return json.load(f)
-
-
 def from_savedmodel(savedmodel_dir: str) -> ImageHeads:
     """The image heads of an export: its weights as stored (bfloat16 storage widened to float32)
     and the prompt embeddings it computed."""
     import tensorflow as tf
     from vila_tf.versions import resolve_savedmodel
     savedmodel_dir = resolve_savedmodel(savedmodel_dir)
-    meta = read_export_metadata(savedmodel_dir)
-    cfg = VilaConfig.from_dict(meta["config"])
+    try:
+        meta = export_metadata.read(savedmodel_dir)
+    except export_metadata.MetadataError as e:
+        raise SourceError(f"{e} (or give --checkpoint and --spm)") from None
+    cfg = VilaConfig.from_dict(meta.config)
     reader = tf.train.load_checkpoint(os.path.join(savedmodel_dir, "variables", "variables"))
     keys = reader.get_variable_to_shape_map()
 
@@ -93,10 +87,9 @@ def from_savedmodel(savedmodel_dir: str) -> ImageHeads:
     quality = value(quality_key) if cfg.has_quality_head else None
     return ImageHeads(cfg, unflatten(flat), value(prompts_key), quality, {
         "from": "savedmodel", "savedmodel": os.path.abspath(savedmodel_dir),
-        "demo_weights": bool(meta.get("demo_weights")), "source_checkpoint": meta.get("source_checkpoint"),
-        "source_sha256": meta.get("source_sha256"), "source_step": meta.get("source_step"),
-        "export_dtype": meta.get("dtype", "float32"),
-        "zero_shot_prompts": meta.get("zero_shot_prompts", [list(p) for p in heads.ZERO_SHOT_PROMPT_PAIRS])})
+        "demo_weights": bool(meta.demo_weights), "source_checkpoint": meta.source_checkpoint,
+        "source_sha256": meta.source_sha256, "source_step": meta.source_step, "export_dtype": meta.dtype,
+        "zero_shot_prompts": [list(p) for p in (meta.zero_shot_prompts or heads.ZERO_SHOT_PROMPT_PAIRS)]})
 
 
 def from_checkpoint(ckpt: str, spm_path: str, step: Optional[int] = None, overrides: Optional[dict] = None) -> ImageHeads:

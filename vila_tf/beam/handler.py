@@ -8,14 +8,14 @@ import os
 import shutil
 import tempfile
 import warnings
-from typing import Any, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 import vila_tf
-from vila_tf import buckets
+from vila_tf import buckets, tasks
 from vila_tf.versions import numbered
 
 log = logging.getLogger("vila_tf.beam")
@@ -25,27 +25,8 @@ RESULTS, ERRORS = "results", "errors"
 FAILED_ON_IMAGE = "the model failed on this image"
 
 
-class Task(NamedTuple):
-    method: str  # the VilaModel method that runs it
-    field: str  # the key of its value in a result record (as the `vila-tf` command's jsonl output)
-    help: str
-
-
-TASKS = {
-    "score": Task("score", "score", "aesthetic score per image (VILA-R; zero-shot score for a pretrain model)"),
-    "zero-shot": Task("zero_shot", "score", "zero-shot quality score from the release's good/bad prompt pairs"),
-    "caption": Task("caption", "caption", "an aesthetic comment per image (greedy decoding)"),
-    "embed": Task("image_embedding", "embedding", "l2-normalized image embeddings"),
-}
-
-
-def _json_value(field: str, value) -> Any:
-    # Same rounding as `vila-tf ... --format jsonl`, so both commands write the same records.
-    if field == "embedding":
-        return [round(float(x), 7) for x in value]
-    if field == "caption":
-        return value
-    return round(float(value), 6)
+# `vila-tf beam` tasks by command name (score, zero-shot, caption, embed): the runtime's registry.
+TASKS = tasks.BY_COMMAND
 
 
 # -- the model on a worker ---------------------------------------------------------------------------
@@ -144,14 +125,14 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
             values, failed = self._run(model, batch)
         except Exception as batch_error:  # noqa: BLE001
             values, failed = self._run_one_by_one(model, batch, batch_error)
-        value = (lambda v: v) if self.raw_values else (lambda v: _json_value(field, v))
+        value = (lambda v: v) if self.raw_values else TASKS[self.task].json_value
         return [PredictionResult(example, {"error": failed[i]} if i in failed else {field: value(values[i])},
                                  self.model_path)
                 for i, example in enumerate(batch)]
 
     def _run(self, model, images: list) -> tuple[list, dict]:
         """VilaModel reports the images it cannot read (NaN rows) instead of raising."""
-        values, errors = getattr(model, TASKS[self.task].method)(images, batch_size=self.batch_size,
+        values, errors = getattr(model, TASKS[self.task].name)(images, batch_size=self.batch_size,
                                                                   return_errors=True)
         return list(values), {e.index: e.reason for e in errors}
 

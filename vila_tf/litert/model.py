@@ -8,7 +8,7 @@
         print(r.index, r.source, r.value, r.error)
 
 Inputs are what `VilaModel` takes (paths, folders, globs, bytes, arrays, PIL images; lazily, through
-vila_tf.inputs), decoded on the host with Pillow (vila_tf.litert.host_decode) by a pool of decode
+vila_tf.inputs), decoded on the host with Pillow (vila_tf.litert.pillow_decode) by a pool of decode
 threads a few images ahead of the model (vila_tf.pipeline). The model itself resizes and crops
 (the release's preprocessing is inside the `.tflite`), one image per call: the models are lowered
 for batch 1, where the phone runs them too. One call gives the score, the embedding and the
@@ -24,26 +24,22 @@ import concurrent.futures
 import logging
 import os
 import threading
-import warnings
 from typing import Iterator, Optional
 
 import numpy as np
 
-from vila_tf import image_formats, inputs as inputs_lib, pipeline
+from vila_tf import image_formats, inputs as inputs_lib, pipeline, tasks as tasks_lib
+from vila_tf.warn import warn
 from vila_tf.litert import format as litert_format
-from vila_tf.litert import host_decode
+from vila_tf.litert import pillow_decode
 from vila_tf.results import DemoModelWarning, ImageError, Result
 
 log = logging.getLogger("vila_tf")
 
 DEFAULT_MAX_PIXELS = 50_000_000  # as the SavedModel runtime (vila_tf.preprocessing)
-# task -> (output of the `image` signature, one output -> the result's value)
-TASKS = {
-    "score": ("predictions", lambda v: float(v[0, 0])),
-    "zero_shot": ("zero_shot_score", lambda v: float(v[0])),
-    "image_embedding": ("image_embedding", lambda v: np.array(v[0], np.float32)),
-}
-NOT_ON_DEVICE = ("caption", "text_embedding", "similarity")
+# The tasks of the registry (vila_tf.tasks) that the image heads compute: the `image` signature has
+# each task's output, under the same key as the SavedModel's pixel signature.
+TASKS = ("score", "zero_shot", "image_embedding")
 
 
 class LiteRTModel:
@@ -61,7 +57,7 @@ class LiteRTModel:
         if self.is_demo:
             msg = (f"{self.path} is a DEMO export with random weights: its scores and embeddings mean "
                    "nothing. Export the released checkpoints for real results.")
-            warnings.warn(msg, DemoModelWarning, stacklevel=3)
+            warn(msg, DemoModelWarning)
             log.warning(msg)
         try:
             from ai_edge_litert.interpreter import Interpreter
@@ -100,7 +96,7 @@ class LiteRTModel:
             return None, item.error
         try:
             if isinstance(item.data, bytes):
-                return host_decode.decode(item.data, self.max_pixels, self.exif_orientation, item.source), None
+                return pillow_decode.decode(item.data, self.max_pixels, self.exif_orientation, item.source), None
             arr = item.data
             if arr.dtype != np.uint8:  # float in [0, 1] (vila_tf.inputs checked): the model's uint8 levels
                 arr = np.round(arr * 255.0).astype(np.uint8)
@@ -138,13 +134,13 @@ class LiteRTModel:
                     value = None
                     if d.error is None:
                         out = self._run(d.pixels)
-                        values = tuple(TASKS[t][1](out[TASKS[t][0]]) for t in tasks)
+                        values = tuple(tasks_lib.TASKS[t].value(out[tasks_lib.TASKS[t].output][0]) for t in tasks)
                         value = values if len(tasks) > 1 or not isinstance(task, str) else values[0]
                     yield Result(d.index, d.source, value, d.error)
         finally:
             batches.close()
         if skipped is None:
-            report.warn(stacklevel=3)
+            report.warn()  # at the code that ran the stream to its end
 
     def _unsupported(self, task: str) -> str:
         if task in ("caption", "text_embedding", "similarity"):
@@ -160,14 +156,14 @@ class LiteRTModel:
             values.append(r.value)
             if r.error is not None:
                 errors.append(ImageError(r.index, r.source, r.error))
-        skipped.warn(stacklevel=4)
+        skipped.warn()
         dims = (int(self.metadata["config"]["model_dims"]),) if task == "image_embedding" else ()
         out = np.full((len(values),) + dims, np.nan, np.float32)
         for i, v in enumerate(values):
             if v is not None:
                 out[i] = v
         for e in errors:
-            warnings.warn(f"{e.source}: {e.reason}", RuntimeWarning, stacklevel=3)
+            warn(f"{e.source}: {e.reason}")
         return (out, errors) if return_errors else out
 
     def score(self, images, batch_size: int = 32, return_errors: bool = False):
