@@ -20,8 +20,8 @@ from ..model.config import VilaConfig
 from ..model.tree import unflatten
 from vila_tf import metadata as export_metadata
 
-# The parameters the image heads read (docs/model.md §4, §5, §7): the ViT, both poolers and the
-# VILA-R projection. The text tower is only needed for the prompt embeddings, which are constants.
+# The parameters the image heads read (docs/model.md §4-5 and docs/model.md §7): the ViT, both
+# poolers and the VILA-R projection. The text tower only embeds the prompts, which are constants.
 IMAGE_TOWER = ("encoder/", "generative_img_pooler/", "contrastive_img_pooler/", "residual_ffn/")
 
 _FLAT_PREFIX = "_variables_flat/"  # the export's variables: VilaModule._variables_flat, keyed by path
