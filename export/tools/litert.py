@@ -199,6 +199,7 @@ def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.V
     from . import litert_graph
     from vila_tf import preprocessing
     variants = list(dict.fromkeys(variants))
+    variants.sort(key=lambda v: litert_format.VARIANTS.index(v) if v in litert_format.VARIANTS else -1)  # float32 first
     unknown = [v for v in variants if v not in litert_format.VARIANTS]
     if unknown or "float32" not in variants:
         raise ValueError(f"variants {', '.join(variants)}: choose from {', '.join(litert_format.VARIANTS)}, "

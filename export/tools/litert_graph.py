@@ -1,6 +1,6 @@
 """The TensorFlow functions the LiteRT converter turns into the on-device image heads.
 
-Two choices make the `.tflite` fast on a phone's (or laptop's) CPU:
+What makes the `.tflite` fast on a phone's (or laptop's) CPU:
 
 - Static shapes. The SavedModel's heads are lowered with a polymorphic batch, which the converter
   keeps as ~250 shape-computation ops (SHAPE, BROADCAST_TO, UNSORTED_SEGMENT_PROD) that split the
@@ -64,7 +64,7 @@ def converter_stablehlo() -> str:
     return (known or newest_known).stablehlo
 
 
-def _pooler_constants(pool: dict, query: np.ndarray) -> dict:
+def _pooler_constants(pool: dict, query: np.ndarray) -> np.ndarray:
     """What a pooler's attention computes from its weights alone: its queries, projected and scaled
     (praxis per-dim scale, docs/model.md §5), [Q, N, H]."""
     attn = pool["pool_attn"]
