@@ -34,11 +34,11 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def expected_scores(exported, folder):
-    import vila_tf
-    m = vila_tf.load(exported["vila_r_tiny"])
+def expected_scores(references, folder):
+    """{file: score} by the reference path (tests/reference.py), not by vila_tf."""
     files = sorted(p for p in os.listdir(folder) if p.startswith("img"))
-    return {f: float(s) for f, s in zip(files, m.score([str(folder / f) for f in files]))}
+    scores = references["vila_r_tiny"].score([(folder / f).read_bytes() for f in files])
+    return {f: float(s) for f, s in zip(files, scores)}
 
 
 def test_score_csv_with_a_corrupt_file(exported, folder, expected_scores):
@@ -67,22 +67,30 @@ def test_all_good_exit_0_jsonl_and_output_file(exported, folder, expected_scores
     assert "score [" in r.stderr and "4/4" in r.stderr  # the progress bar
 
 
-def test_table_format(exported, folder):
+def test_table_format(exported, folder, references):
     r = run("zero-shot", exported["vila_p_tiny"], folder / "img1.png", "--format", "table")
     assert r.returncode == 0, r.stderr
     header, row = r.stdout.splitlines()
     assert header.split() == ["input", "score"] and row.split()[0].endswith("img1.png")
-    assert 0.0 < float(row.split()[1]) < 1.0
+    [want] = references["vila_p_tiny"].zero_shot([(folder / "img1.png").read_bytes()])
+    assert float(row.split()[1]) == pytest.approx(float(want), abs=1e-5)
 
 
-def test_caption_and_embed(exported, folder):
-    r = run("caption", exported["vila_r_tiny"], folder / "img1.png", "--format", "jsonl")
+def test_caption_and_embed(exported, folder, references):
+    """The caption is the reference's (caption_pixels on the release's pixels, detokenized by the
+    Python SentencePiece library); the embeddings are image_embedding_pixels' to JSON's 7 decimals."""
+    ref = references["vila_r_tiny"]
+    photos = [folder / "img1.png", folder / "img2.jpg", folder / "img3.png"]
+    r = run("caption", exported["vila_r_tiny"], *photos, "--format", "jsonl")
     assert r.returncode == 0, r.stderr
-    assert isinstance(json.loads(r.stdout)["caption"], str)
-    r = run("embed", exported["vila_r_tiny"], folder / "img1.png", folder / "img3.png")
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [x["input"] for x in rows] == [str(p) for p in photos]
+    assert [x["caption"] for x in rows] == ref.caption([p.read_bytes() for p in photos])
+    r = run("embed", exported["vila_r_tiny"], photos[0], photos[2])
     assert r.returncode == 0, r.stderr
-    embs = [json.loads(line)["embedding"] for line in r.stdout.splitlines()]
-    assert len(embs) == 2 and all(abs(np.linalg.norm(e) - 1) < 1e-4 for e in embs)
+    embs = np.array([json.loads(line)["embedding"] for line in r.stdout.splitlines()])
+    np.testing.assert_allclose(embs, ref.image_embedding([photos[0].read_bytes(), photos[2].read_bytes()]),
+                               atol=1e-6)
 
 
 def test_contact_sheet(exported, folder, tmp_path):
@@ -111,6 +119,8 @@ def test_usage_and_model_errors(exported, tmp_path):
 def test_help(command):
     r = run(command, "--help")
     assert r.returncode == 0 and "usage: vila-tf " + command in r.stdout
+    if command != "info":  # no device is set by default: TensorFlow places the model (a GPU when it sees one)
+        assert "--device" in r.stdout and "TensorFlow's placement: its first GPU" in " ".join(r.stdout.split())
 
 
 def test_info(exported):

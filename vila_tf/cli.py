@@ -26,7 +26,7 @@ import warnings
 from typing import Optional
 
 import vila_tf
-from vila_tf import buckets, contact_sheet, image_formats, inputs as inputs_lib, results_file, tasks
+from vila_tf import buckets, contact_sheet, image_formats, inputs as inputs_lib, results_file, tasks, tf_compat
 from vila_tf import evaluate_cmd, rank_cmd  # commands with their own options and runner
 from vila_tf.atomic import atomic_file
 from vila_tf.progress import Progress
@@ -62,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                             "skipped, a torn last row is repaired")
         c.add_argument("--batch-size", type=int, default=buckets.MAX_BATCH,
                        help=f"images per model call (at most {buckets.MAX_BATCH})")
-        c.add_argument("--device", help="e.g. GPU:0 (default: CPU)")
+        c.add_argument("--device", help="e.g. GPU:0 or CPU:0 (default: TensorFlow's placement: "
+                       "its first GPU when it sees one, else the CPU)")
         c.add_argument("--decode-threads", type=int, default=None, metavar="N",
                        help="threads reading and decoding images (default: min(8, CPU count))")
         c.add_argument("--batches-ahead", type=int, default=2, metavar="N",
@@ -141,7 +142,7 @@ def _info(model) -> int:
         if value not in (None, ()):
             print(f"{k}: {list(value) if isinstance(value, tuple) else value}")
     if meta.tensorflow_support:
-        print(f"runs on TensorFlow: {meta.tensorflow_support['minimum']} and newer")
+        print(f"runs on TensorFlow: {tf_compat.supported_releases(meta)}")
     if meta.config:
         print("config: " + ", ".join(f"{k}={v}" for k, v in sorted(meta.config.items())))
     print("signatures:")
