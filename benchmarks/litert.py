@@ -11,7 +11,7 @@ One process, the full-size demo model (random weights of the released architectu
      the SavedModel and the LiteRT variants.
 It exits non-zero when float32 LiteRT disagrees with the SavedModel (1e-4) or is slower than it at
 batch 1 (best calls), prints the tables docs/on_device.md quotes and writes them to a JSON file
-(tests/test_litert.py checks the page against it).
+(tests/test_docs.py checks the page's figures against it: docs/on_device.md marks each).
 
   python benchmarks/litert.py [--out benchmarks/litert_results.json] [--work-dir DIR [--reuse]] [--rounds N]
 """

@@ -358,21 +358,3 @@ def test_package_publishes_the_litert_models(exported, litert_exported, tmp_path
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env_without_jax(), timeout=600)
     assert r.returncode == 2 and "is not the SavedModel's" in r.stderr
     assert not (tmp_path / "dist2").exists() or not list((tmp_path / "dist2").glob("*.tflite"))
-
-
-def test_docs_quote_the_benchmark():
-    """docs/on_device.md's accuracy and speed rows are the ones benchmarks/litert.py wrote."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("litert_bench", os.path.join(REPO, "benchmarks", "litert.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    with open(os.path.join(REPO, "benchmarks", "litert_results.json")) as f:
-        res = json.load(f)
-    with open(os.path.join(REPO, "docs", "on_device.md")) as f:
-        page = f.read()
-    rows = bench.doc_rows(res)
-    assert rows == res["doc_rows"]
-    for row in rows["speed"] + rows["accuracy"]:
-        assert row in page, row
-    assert f"{res['ratio_best']:.2f}" in page and f"{res['ratio_median']:.2f}" in page
-    assert res["agreement"]["abs_difference"] <= 1e-4 and res["accuracy"]["float32"]["score_max_abs_error"] <= 1e-4
