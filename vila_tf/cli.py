@@ -48,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         c = sub.add_parser(name, help=help_text, description=help_text)
-        c.add_argument("model", help="exported SavedModel folder, or a TF Serving base folder (newest version)")
+        c.add_argument("model", help="exported SavedModel folder, or a TF Serving base folder (newest version), "
+                                     "or a LiteRT export (python -m export litert)")
+        c.add_argument("--variant", choices=["float32", "float16", "int8"], default=None,
+                       help="which model of a LiteRT export (default float32)")
         if name == "info":
             continue
         c.add_argument("inputs", nargs="+", help="image files, folders (walked recursively) or glob patterns")
@@ -133,6 +136,9 @@ def _write_contact_sheet(best: _Best, path: str, with_captions: bool) -> None:
 
 
 def _info(model) -> int:
+    if hasattr(model, "describe"):  # a LiteRT export (vila_tf.litert): its own summary
+        print("\n".join(model.describe()))
+        return EXIT_OK
     meta = model.metadata
     print(f"model: {model.path}")
     print(f"kind: {meta.model_kind or meta.model_type}" + ("  (DEMO weights: outputs mean nothing)"
@@ -224,9 +230,10 @@ def _load(args):
         return vila_tf.load(args.model, device=getattr(args, "device", None),
                             max_workers=getattr(args, "decode_threads", None),
                             exif_orientation=not getattr(args, "release_exact_orientation", False),
+                            variant=getattr(args, "variant", None),
                             decode_budget_pixels=int(mp * 1e6) if mp else None,
                             max_file_bytes=int(mb * 1e6) if mb else None)
-    except (FileNotFoundError, OSError, ValueError, vila_tf.IncompatibleTensorFlowError) as e:
+    except (FileNotFoundError, OSError, ValueError, ImportError, vila_tf.IncompatibleTensorFlowError) as e:
         print(f"vila-tf: cannot load model: {e}", file=sys.stderr)
         return None
 
@@ -243,13 +250,23 @@ def _run(args) -> int:
     return _score_all(args)
 
 
+def _missing_task(args, model) -> Optional[str]:
+    """Why `model` cannot run this command (a LiteRT export has the image heads only), or None."""
+    wanted = [tasks.BY_COMMAND[args.command].name] + (["caption"] if getattr(args, "with_captions", False) else [])
+    missing = [t for t in wanted if t not in getattr(model, "tasks", wanted)]
+    if missing:
+        return (f"{args.model}: no {missing[0]} in this export: a LiteRT export holds the image heads "
+                "(score, zero-shot, embed); captions need the SavedModel")
+    return None
+
+
 def _prepare_outputs(args, fmt: str, cols: list[str]):
     """The checks on every file the run will write, before the model loads: the locked
     --output (None for stdout) and the --contact-sheet path. Raises output_file.OutputError."""
     output = None
     if args.output:
         try:
-            model = output_file.model_record(args.model)
+            model = output_file.model_record(args.model, getattr(args, "variant", None))
         except (FileNotFoundError, OSError, ValueError) as e:
             raise output_file.OutputError(f"cannot load model: {e}") from None
         record = output_file.run_record(args.command, fmt, cols, model,
@@ -292,7 +309,11 @@ def _score_all(args) -> int:
         print(f"vila-tf: {e}", file=sys.stderr)
         return EXIT_ERROR
     model = _load(args)
-    if model is None:
+    why = _missing_task(args, model) if model is not None else None
+    if model is None or why:
+        if why:
+            print(f"vila-tf: {why}", file=sys.stderr)
+            model.close()
         if output is not None:
             output.abandon()
         return EXIT_ERROR

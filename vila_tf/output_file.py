@@ -48,21 +48,37 @@ def record_path(path: str) -> str:
 
 # -- what writes a results file ---------------------------------------------------------------------
 
-def model_record(model_path: str) -> dict:
+def model_record(model_path: str, variant: Optional[str] = None) -> dict:
     """The model as a record names it: where it is, what it is, and its identity (the SHA-256 of
     the SavedModel's fingerprint.pb, which hashes its graph and weights; of saved_model.pb when an
-    export has no fingerprint). Reads no weights and needs no TensorFlow."""
+    export has no fingerprint; for a LiteRT export, the SHA-256 of the variant's .tflite file its
+    metadata records). Reads no weights and needs no TensorFlow."""
+    from vila_tf.litert import format as litert_format
+    litert = litert_format.resolve(model_path)
+    if litert is not None:
+        meta = litert_format.read_metadata(litert)
+        variant = variant or litert_format.DEFAULT_VARIANT
+        file = litert_format.variant_path(litert, meta, variant)
+        sha = meta.get("variants", {}).get(variant, {}).get("sha256")
+        if not sha:
+            sha = _sha256(file)
+        return {"path": os.path.abspath(litert), "kind": f"LiteRT {variant} {meta.get('model_type', '')}".strip(),
+                "identity": f"{os.path.basename(file)} sha256 {sha}"}
     path = os.path.abspath(versions.resolve_savedmodel(model_path))
     meta = metadata.read(path)  # MetadataError (a ValueError) for an export that is not complete
     ident = os.path.join(path, "fingerprint.pb")
     if not os.path.isfile(ident):
         ident = os.path.join(path, versions.SAVEDMODEL_FILE)
+    return {"path": path, "kind": meta.model_kind or meta.model_type,
+            "identity": f"{os.path.basename(ident)} sha256 {_sha256(ident)}"}
+
+
+def _sha256(path: str) -> str:
     digest = hashlib.sha256()
-    with open(ident, "rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return {"path": path, "kind": meta.model_kind or meta.model_type,
-            "identity": f"{os.path.basename(ident)} sha256 {digest.hexdigest()}"}
+    return digest.hexdigest()
 
 
 def run_record(command: str, fmt: str, cols: list[str], model: dict, exif_orientation: bool) -> dict:
