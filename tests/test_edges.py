@@ -357,6 +357,26 @@ def test_resume_of_another_command_or_options_is_refused(finished, tmp_path, exp
     assert out.read_bytes() == before
 
 
+def test_records_identify_the_model(exported, tmp_path):
+    """A SavedModel by the SHA-256 of its fingerprint.pb; a LiteRT export by its variant's recorded
+    SHA-256; both without loading anything."""
+    import hashlib
+    from vila_tf import output_file
+    from vila_tf.litert import format as litert_format
+    got = output_file.model_record(exported["vila_r_tiny"])
+    fingerprint = hashlib.sha256(open(os.path.join(exported["vila_r_tiny"], "fingerprint.pb"), "rb").read())
+    assert got["identity"] == f"fingerprint.pb sha256 {fingerprint.hexdigest()}" and "VILA-R" in got["kind"]
+    assert output_file.model_record(exported["vila_p_tiny"])["identity"] != got["identity"]
+    lite = tmp_path / "lite"
+    lite.mkdir()
+    for variant in ("float32", "int8"):
+        (lite / litert_format.model_file(variant)).write_bytes(variant.encode())
+    (lite / litert_format.METADATA_FILE).write_text(json.dumps({"format": litert_format.FORMAT, "model_type": "vila_r",
+        "variants": {v: {"file": litert_format.model_file(v), "sha256": f"sha-of-{v}"} for v in ("float32", "int8")}}))
+    assert output_file.model_record(str(lite))["identity"] == "vila_image_float32.tflite sha256 sha-of-float32"
+    assert output_file.model_record(str(lite), "int8")["identity"] == "vila_image_int8.tflite sha256 sha-of-int8"
+
+
 def test_output_that_is_not_ours_is_never_touched(three, tmp_path, exported, capsys, monkeypatch):
     m = exported["vila_r_tiny"]
     photo = three / "p0.png"
