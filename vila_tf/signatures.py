@@ -19,14 +19,22 @@ SIGNATURE_INPUTS = {
     "text_embedding": ("text", TEXT),
 }
 
+# The release's six zero-shot attributes (its good/bad prompt pairs "good image"/"bad image", ...),
+# in its order. The zero-shot signatures return each one's score as its own output, named
+# `zero_shot_<attribute>`: self-describing to a TF Serving client (GetModelMetadata,
+# saved_model_cli, a REST response's keys) without the export metadata.
+ZERO_SHOT_ATTRIBUTES = ("image", "lighting", "content", "background", "foreground", "composition")
+ZERO_SHOT_ATTRIBUTE_OUTPUTS = tuple(f"zero_shot_{a}" for a in ZERO_SHOT_ATTRIBUTES)
+ZERO_SHOT_OUTPUTS = ("zero_shot_score",) + ZERO_SHOT_ATTRIBUTE_OUTPUTS
+
 # signature name -> output keys
 SIGNATURE_OUTPUTS = {
     "serving_default": ("predictions",),
     "score_pixels": ("predictions",),
     "image_embedding": ("image_embedding",),
     "image_embedding_pixels": ("image_embedding",),
-    "zero_shot": ("zero_shot_score",),
-    "zero_shot_pixels": ("zero_shot_score",),
+    "zero_shot": ZERO_SHOT_OUTPUTS,
+    "zero_shot_pixels": ZERO_SHOT_OUTPUTS,
     "caption": ("caption", "caption_ids", "caption_length"),
     "caption_pixels": ("caption", "caption_ids", "caption_length"),
     "preprocess": ("image",),

@@ -2,7 +2,8 @@
 
 Three functions of `export.heads` are lowered with jax2tf native serialization (StableHLO in an
 `XlaCallModule` op) for cpu, cuda and tpu at once, with a polymorphic batch dimension: the image
-heads as one (`image_outputs`: embedding, zero-shot and quality score from one tower pass), the
+heads as one (`image_outputs`: embedding, zero-shot score with its six per-attribute scores, and
+quality score from one tower pass), the
 caption and the text embedding. Parameters
 are `tf.Variable`s owned by the module and shared by every signature. The VILA-R prompt embedding
 and the twelve zero-shot prompt embeddings are computed once here and stored as variables, so
@@ -33,7 +34,7 @@ from ..model.params import ParamSource, as_source
 from .tokenizer import LingvoTokenizer
 from .warmup import write_warmup
 from vila_tf.atomic import atomic_dir
-from vila_tf.signatures import ALL_SIGNATURES, METADATA_RELATIVE
+from vila_tf.signatures import ALL_SIGNATURES, METADATA_RELATIVE, ZERO_SHOT_ATTRIBUTE_OUTPUTS
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 SPM_ASSET_NAME = "spm.model"
@@ -200,10 +201,14 @@ class VilaModule(tf.Module):
         prompts = [self.zero_shot_prompt_embeddings]
         if self.cfg.has_quality_head:
             prompts.append(self.quality_prompt_embedding)
-        outputs = self._image_jax(self.params, *prompts, image)
+        embedding, zero_shot_score, pairs, *quality = self._image_jax(self.params, *prompts, image)
         # A pretrain model has no quality head: its score is the zero-shot score (design contract).
-        score = outputs[2] if self.cfg.has_quality_head else outputs[1][:, None]
-        return {"image_embedding": outputs[0], "zero_shot_score": outputs[1], "predictions": score}
+        score = quality[0] if quality else zero_shot_score[:, None]
+        # The per-pair scores leave the lowered function as one [B, 6] array and are split here
+        # (slices, no model work) into one named output per attribute.
+        attributes = {key: pairs[:, i] for i, key in enumerate(ZERO_SHOT_ATTRIBUTE_OUTPUTS)}
+        return {"image_embedding": embedding, "zero_shot_score": zero_shot_score, "predictions": score,
+                **attributes}
 
     def score_pixels(self, image):
         return {"predictions": self.image_outputs_fn(image)["predictions"]}
@@ -212,7 +217,8 @@ class VilaModule(tf.Module):
         return {"image_embedding": self.image_outputs_fn(image)["image_embedding"]}
 
     def zero_shot_pixels(self, image):
-        return {"zero_shot_score": self.image_outputs_fn(image)["zero_shot_score"]}
+        out = self.image_outputs_fn(image)
+        return {key: out[key] for key in ("zero_shot_score",) + ZERO_SHOT_ATTRIBUTE_OUTPUTS}
 
     def caption_pixels(self, image):
         ids, lengths = self._caption_jax(self.params, image)
@@ -274,6 +280,8 @@ def metadata(cfg: VilaConfig, opts: ExportOptions, extra: dict) -> dict:
         "image_formats": list(preprocess.graph_formats(opts.webp)),
         "text_length": TEXT_LENGTH,
         "zero_shot_prompts": [list(p) for p in heads.ZERO_SHOT_PROMPT_PAIRS],
+        # The attribute of each pair, in the same order; its score is the output `zero_shot_<attribute>`.
+        "zero_shot_attributes": list(heads.ZERO_SHOT_ATTRIBUTES),
         "signatures": list(ALL_SIGNATURES),
         "versions": {"jax": jax.__version__, "flax": flax.__version__, "tensorflow": tf.__version__,
                      "numpy": np.__version__},

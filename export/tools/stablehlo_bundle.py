@@ -40,7 +40,8 @@ class BundleError(ValueError):
 
 
 # The score, image embedding and zero-shot signatures share one lowered function (its outputs:
-# embedding, zero-shot score and, for VILA-R, the quality score).
+# embedding, zero-shot score, the six per-attribute zero-shot scores [B, 6] and, for VILA-R, the
+# quality score).
 IMAGE_SIGNATURES = ("serving_default", "score_pixels", "image_embedding", "image_embedding_pixels",
                     "zero_shot", "zero_shot_pixels")
 
