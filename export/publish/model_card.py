@@ -173,7 +173,9 @@ def signature_purpose(name: str, metadata: dict) -> str:
                            "`google/vila/image` call)",
         "image_embedding": "l2-normalized contrastive image embedding",
         "text_embedding": "l2-normalized contrastive text embedding",
-        "zero_shot": "zero-shot aesthetic score: mean over the prompt pairs of softmax(good vs bad similarity)",
+        "zero_shot": "zero-shot aesthetic score `zero_shot_score`: mean over the prompt pairs of softmax(good vs "
+                     "bad similarity); each pair's own softmax as `zero_shot_<attribute>` (image, lighting, "
+                     "content, background, foreground, composition)",
         "caption": "greedy aesthetic comment: text, token ids and length",
         "preprocess": "the model's preprocessing alone: decoded, resized, cropped pixels in [0, 1]",
     }
@@ -271,7 +273,11 @@ def _preprocessing(facts: ModelFacts) -> str:
                      f"(lingvo conventions) to {m['text_length']} tokens; longer texts are truncated.")
     prompts = m.get("zero_shot_prompts")
     if prompts:
-        pairs = "; ".join(f"“{good}” vs “{bad}”" for good, bad in prompts)
+        attributes = m.get("zero_shot_attributes")
+        if attributes:  # each pair's score is its own output of the zero-shot signatures
+            pairs = "; ".join(f"`zero_shot_{a}`: “{good}” vs “{bad}”" for a, (good, bad) in zip(attributes, prompts))
+        else:
+            pairs = "; ".join(f"“{good}” vs “{bad}”" for good, bad in prompts)
         lines.append(f"- Zero-shot prompt pairs (embedded at export time): {pairs}.")
     return "\n".join(lines)
 
