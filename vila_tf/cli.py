@@ -2,7 +2,8 @@
 
   vila-tf score MODEL photos/ extra.jpg 'shots/*.png' [--format table|csv|jsonl] [--output FILE]
   vila-tf score MODEL photos/ --contact-sheet sheet.png [--with-captions]
-  vila-tf caption MODEL photos/ ;  vila-tf zero-shot MODEL ... ;  vila-tf embed MODEL ... --output emb.jsonl
+  vila-tf zero-shot MODEL photos/ [--prompt "sharp photo|blurry photo" ...] [--contact-sheet sheet.png]
+  vila-tf caption MODEL photos/ ;  vila-tf embed MODEL ... --output emb.jsonl
   vila-tf info MODEL
 
 Rows are written (and flushed per batch) as they are scored; `--resume` continues an interrupted
@@ -29,7 +30,8 @@ CONTACT_SHEET_MAX = 200  # thumbnails kept (and drawn) at most: the best-scored 
 TASK = {"score": "score", "zero-shot": "zero_shot", "caption": "caption", "embed": "image_embedding"}
 COMMANDS = {
     "score": "aesthetic score per image (VILA-R; zero-shot score for a pretrain model)",
-    "zero-shot": "zero-shot quality score from the release's six good/bad prompt pairs",
+    "zero-shot": "zero-shot quality score from the release's six good/bad prompt pairs, with each pair's own "
+                 "score (image, lighting, content, background, foreground, composition), or from your pairs",
     "caption": "an aesthetic comment per image (greedy decoding)",
     "embed": "l2-normalized image embeddings",
     "info": "what the model is: kind, config, signatures, source",
@@ -115,11 +117,21 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--release-exact-orientation", action="store_true",
                        help="score photos as stored, ignoring their EXIF orientation, exactly as the release did "
                             "(default: turned upright as photo viewers show them)")
-        if name == "score":
+        if name in ("score", "zero-shot"):
             c.add_argument("--contact-sheet", metavar="PNG", help="write thumbnails sorted by score to this PNG")
             c.add_argument("--contact-sheet-max", metavar="N", type=int, default=CONTACT_SHEET_MAX,
                            help=f"draw the N best-scored images (default {CONTACT_SHEET_MAX})")
+        if name == "score":
+            c.add_argument("--with-captions", action="store_true",
+                           help="explain each score: also caption each image and give its six zero-shot attribute "
+                                "scores (columns caption, image, lighting, content, background, foreground, "
+                                "composition; bars on the contact sheet)")
+        if name == "zero-shot":
             c.add_argument("--with-captions", action="store_true", help="also caption each image")
+            c.add_argument("--prompt", action="append", metavar="'GOOD|BAD'",
+                           help="score your own good/bad prompt pair instead of the release's six (repeatable): "
+                                "softmax of the image's similarity to GOOD against BAD, a column named 'GOOD|BAD'; "
+                                "score is the mean over your pairs")
     return p
 
 
@@ -140,23 +152,23 @@ class _Best:
     def __init__(self, size: int):
         self.size, self.heap, self.count = max(0, size), [], 0
 
-    def add(self, score: float, source: str, caption: Optional[str]) -> None:
+    def add(self, score: float, source: str, caption: Optional[str], pairs: Optional[tuple] = None) -> None:
         import heapq
         if not math.isfinite(score):
             return
         self.count += 1
-        entry = (score, -self.count, source, caption)  # ties: the earlier input wins
+        entry = (score, -self.count, source, caption, pairs)  # ties: the earlier input wins
         if len(self.heap) < self.size:
             heapq.heappush(self.heap, entry)
         elif self.heap and entry > self.heap[0]:
             heapq.heapreplace(self.heap, entry)
 
 
-def _write_contact_sheet(best: _Best, path: str, with_captions: bool) -> None:
+def _write_contact_sheet(best: _Best, path: str, with_captions: bool, pair_names: tuple = ()) -> None:
     from vila_tf import contact_sheet
     from vila_tf.atomic import atomic_file
     images = []
-    for _, _, source, _ in best.heap:
+    for _, _, source, _, _ in best.heap:
         try:  # only the drawn images are read again, at the end
             with open(source, "rb") as f:
                 images.append(f.read())
@@ -164,7 +176,9 @@ def _write_contact_sheet(best: _Best, path: str, with_captions: bool) -> None:
             images.append(b"")  # drawn as an empty box
     sheet = contact_sheet.render(images, [e[0] for e in best.heap],
                                  [e[3] for e in best.heap] if with_captions else None,
-                                 [os.path.basename(e[2]) for e in best.heap])
+                                 [os.path.basename(e[2]) for e in best.heap],
+                                 attributes=[e[4] for e in best.heap] if pair_names else None,
+                                 attribute_names=pair_names)
     with atomic_file(path, "wb") as f:
         sheet.save(f, format="PNG")
     print(f"vila-tf: contact sheet of {len(best.heap)} images"
@@ -211,9 +225,10 @@ class _Skipper:
     with a row is looked up in a set instead, and the missing inputs are appended in input order.
     """
 
-    def __init__(self, path: str, fmt: str, cols: list[str], command: str, best: Optional[_Best]):
+    def __init__(self, path: str, fmt: str, cols: list[str], command: str, best: Optional[_Best],
+                 pair_names: tuple = ()):
         from vila_tf import results_file
-        self.path, self.fmt, self.cols, self.best = path, fmt, cols, best
+        self.path, self.fmt, self.cols, self.best, self.pair_names = path, fmt, cols, best, pair_names
         self.rows = results_file.read_rows(path, fmt, cols)
         self.value_column = results_file.VALUE_COLUMN[command]
         self.skipped = self.failed = 0
@@ -223,7 +238,8 @@ class _Skipper:
         self.skipped += 1
         self.failed += "error" in row
         if self.best is not None and "error" not in row:
-            self.best.add(float(row[self.value_column]), row["input"], row.get("caption"))
+            pairs = tuple(float(row[n]) for n in self.pair_names) if self.pair_names else None
+            self.best.add(float(row[self.value_column]), row["input"], row.get("caption"), pairs)
 
     def filter(self, items):
         from vila_tf import results_file
@@ -237,8 +253,8 @@ class _Skipper:
                 # rows up by source from here on (the rows' sources in memory, not their values).
                 self.done = {}
                 if row is not None:
-                    keep = ("input", "error", self.value_column, "caption") if self.best is not None else \
-                        ("input", "error")
+                    keep = ("input", "error", self.value_column, "caption", *self.pair_names) \
+                        if self.best is not None else ("input", "error")
                     for r in results_file.read_rows(self.path, self.fmt, self.cols):
                         self.done[r.get("input")] = {k: r[k] for k in keep if k in r}
             row = self.done.pop(item.source, None)
@@ -250,6 +266,13 @@ class _Skipper:
 
 def _run(args) -> int:
     import vila_tf
+    if getattr(args, "prompt", None):  # a malformed pair fails before the model is loaded
+        from vila_tf import zero_shot
+        try:
+            zero_shot.pairs_from(args.prompt)
+        except zero_shot.PromptError as e:
+            print(f"vila-tf: --prompt: {e}", file=sys.stderr)
+            return EXIT_ERROR
     try:
         model = vila_tf.load(args.model, device=getattr(args, "device", None),
                              max_workers=getattr(args, "decode_threads", None),
@@ -265,6 +288,23 @@ def _run(args) -> int:
         model.close()  # queued decodes are cancelled, so an interrupted run exits at once
 
 
+def _unpack(values: Optional[tuple], tasks: list) -> tuple:
+    """One `stream` value over `tasks` -> (the score, embedding or caption of the command, the
+    caption or None, the zero-shot scores by pair name or None)."""
+    if values is None:
+        return None, None, None
+    value = caption = pairs = None
+    for task, v in zip(tasks, values):
+        if task == "caption" and len(tasks) > 1:
+            caption = v
+        elif isinstance(v, dict):  # zero-shot by pairs: the mean is zero-shot's own score
+            pairs = {k: x for k, x in v.items() if k != "score"}
+            value = v["score"] if value is None else value
+        else:
+            value = v
+    return value, caption, pairs
+
+
 def _score_all(args, model) -> int:
     from vila_tf import image_formats, inputs as inputs_lib, results_file
     for flag in ("batch_size", "batches_ahead", "decode_threads"):
@@ -276,7 +316,18 @@ def _score_all(args, model) -> int:
         print("vila-tf: --resume needs --output FILE in csv or jsonl format", file=sys.stderr)
         return EXIT_ERROR
     with_captions = bool(getattr(args, "with_captions", False))
-    cols = results_file.columns(args.command, with_captions)
+    # The zero-shot scores by pair: what `zero-shot` computes; the explanation `score --with-captions`
+    # adds to each score (the release's six attributes).
+    pair_task = None
+    if args.command == "zero-shot" or (args.command == "score" and with_captions):
+        from vila_tf import zero_shot
+        try:
+            pair_task = model.zero_shot_task(getattr(args, "prompt", None))
+        except zero_shot.PromptError as e:
+            print(f"vila-tf: --prompt: {e}", file=sys.stderr)
+            return EXIT_ERROR
+    pair_names = pair_task.names if pair_task is not None else ()
+    cols = results_file.columns(args.command, with_captions, pair_names)
     best = _Best(args.contact_sheet_max) if getattr(args, "contact_sheet", None) else None
     # Files of folder/glob walks that are not images: listed in one summary line at the end.
     skipped_files = image_formats.SkipReport()
@@ -288,7 +339,7 @@ def _score_all(args, model) -> int:
         except results_file.ResumeError as e:
             print(f"vila-tf: --resume: {e}", file=sys.stderr)
             return EXIT_ERROR
-        skipper = _Skipper(args.output, fmt, cols, args.command, best)
+        skipper = _Skipper(args.output, fmt, cols, args.command, best, pair_names)
         items = skipper.filter(items)
         print(f"vila-tf: resuming {args.output}: {kept} rows already there", file=sys.stderr)
     progress = Progress(args.command, args.progress or sys.stderr.isatty())
@@ -304,10 +355,12 @@ def _score_all(args, model) -> int:
     step = max(1, min(args.batch_size, 32))
     try:
         writer = results_file.RowWriter(out, fmt, cols, header=fresh) if table is None else None
-        tasks = (TASK[args.command], "caption") if with_captions else TASK[args.command]
-        for r in model.stream(tasks, items, batch_size=args.batch_size, batches_ahead=args.batches_ahead):
-            value, caption = r.value if with_captions and r.value is not None else (r.value, None)
-            row = results_file.make_row(args.command, r.source, value, r.error, caption, with_captions)
+        tasks = [pair_task if args.command == "zero-shot" else TASK[args.command]]
+        tasks += ["caption"] if with_captions else []
+        tasks += [pair_task] if pair_task is not None and args.command != "zero-shot" else []
+        for r in model.stream(tuple(tasks), items, batch_size=args.batch_size, batches_ahead=args.batches_ahead):
+            value, caption, pairs = _unpack(r.value, tasks)
+            row = results_file.make_row(args.command, r.source, value, r.error, caption, with_captions, pairs)
             if table is not None:
                 table.append(row)
             else:
@@ -316,7 +369,7 @@ def _score_all(args, model) -> int:
                 failed += 1
                 progress.message(f"vila-tf: {r.source}: {r.error}")
             elif best is not None:
-                best.add(value, r.source, caption)
+                best.add(value, r.source, caption, tuple(pairs.values()) if pairs else None)
             processed += 1
             if processed % step == 0:  # one batch: on disk (a SIGKILL loses at most what is in flight)
                 out.flush()
@@ -331,7 +384,7 @@ def _score_all(args, model) -> int:
     failed += skipper.failed if skipper else 0
     progress.update(processed, skipped, final=True)
     if best is not None:
-        _write_contact_sheet(best, args.contact_sheet, with_captions)
+        _write_contact_sheet(best, args.contact_sheet, with_captions, pair_names)
     for line in skipped_files.lines():
         print(f"vila-tf: {line}", file=sys.stderr)
     if failed:

@@ -41,12 +41,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops of the graph)
 
-from vila_tf import buckets, image_formats, inputs as inputs_lib, pipeline, preprocessing, tf_compat
+from vila_tf import buckets, image_formats, inputs as inputs_lib, pipeline, preprocessing, tf_compat, zero_shot as zsl
 from vila_tf.results import DemoModelWarning, ImageError, Result
 from vila_tf.signatures import METADATA_RELATIVE
 from vila_tf.versions import resolve_savedmodel
 
 log = logging.getLogger("vila_tf")
+PROMPT_SETS_KEPT = 16  # prompt sets whose text embeddings a model keeps
 IncompatibleTensorFlowError = tf_compat.IncompatibleTensorFlowError
 
 
@@ -106,6 +107,9 @@ class VilaModel:
         self._resize = tf.function(preprocessing.crop_and_scale,
                                    input_signature=[tf.TensorSpec([None, None, 3], tf.float32)], autograph=False)
         self._trace_lock = threading.Lock()
+        # Your prompt pairs -> their text embeddings, computed once per set (a few sets kept).
+        self._prompt_embeddings: dict = {}
+        self._prompt_lock = threading.Lock()
 
     # -- information -----------------------------------------------------------------------------
     def _read_metadata(self) -> dict:
@@ -220,8 +224,9 @@ class VilaModel:
                batches_ahead: int = pipeline.DEFAULT_BATCHES_AHEAD,
                skipped: Optional[image_formats.SkipReport] = None) -> Iterator[Result]:
         """Results in input order, while later inputs are still being read: `Result(index, source,
-        value, error)`, value a float ("score", "zero_shot"), a str ("caption") or a float32 [D]
-        row ("image_embedding"), and None with the reason in `error` for an input that failed.
+        value, error)`, value a float ("score", "zero_shot"), a str ("caption"), a float32 [D]
+        row ("image_embedding") or a dict of zero-shot scores (a `zero_shot_task()`), and None
+        with the reason in `error` for an input that failed.
 
         `inputs`: anything `score` takes, or any iterable or generator (an endless one too).
         `task` may also be a tuple of tasks: each image is then decoded once and `value` is a tuple.
@@ -233,10 +238,10 @@ class VilaModel:
         are added to `skipped` as the walk meets them when one is given, else summarized in one
         `SkippedFilesWarning` per kind when the stream has run to its end.
         """
-        tasks = (task,) if isinstance(task, str) else tuple(task)
+        tasks = (task,) if isinstance(task, (str, zsl.PairTask)) else tuple(task)
         for t in tasks:
-            if t not in TASKS:
-                raise ValueError(f"unknown task {t!r}: one of {', '.join(TASKS)}")
+            if not isinstance(t, zsl.PairTask) and t not in TASKS:
+                raise ValueError(f"unknown task {t!r}: one of {', '.join(TASKS)}, or a zero_shot_task()")
         step = max(1, min(int(batch_size), buckets.MAX_BATCH))
         self._warm_up()
         report = image_formats.SkipReport() if skipped is None else skipped
@@ -247,6 +252,10 @@ class VilaModel:
                 good = [d for d in batch if d.error is None]
                 per_task = []
                 for t in tasks:
+                    if isinstance(t, zsl.PairTask):  # a dict of scores per image
+                        out = t.values(self._run_batch(t.signature, [d.pixels for d in good])) if good else []
+                        per_task.append({d.index: v for d, v in zip(good, out)})
+                        continue
                     signature, key, convert = TASKS[t]
                     out = self._run_batch(signature, [d.pixels for d in good])[key] if good else []
                     per_task.append({d.index: convert(v) for d, v in zip(good, out)})
@@ -255,7 +264,7 @@ class VilaModel:
                         value = None
                     else:
                         values = tuple(p[d.index] for p in per_task)
-                        value = values if len(tasks) > 1 or not isinstance(task, str) else values[0]
+                        value = values if not isinstance(task, (str, zsl.PairTask)) else values[0]
                     yield Result(d.index, d.source, value, d.error)
         finally:
             batches.close()
@@ -289,9 +298,38 @@ class VilaModel:
         """Aesthetic score per image, float32 [N] (VILA-R; the zero-shot score for a pretrain model)."""
         return self._image_call(images, "score", batch_size, return_errors)
 
-    def zero_shot(self, images, batch_size: int = buckets.MAX_BATCH, return_errors: bool = False):
-        """Zero-shot quality score per image from the release's good/bad prompt pairs, float32 [N]."""
-        return self._image_call(images, "zero_shot", batch_size, return_errors)
+    def zero_shot(self, images, batch_size: int = buckets.MAX_BATCH, return_errors: bool = False,
+                  attributes: bool = False, prompts=None):
+        """Zero-shot quality score per image from the release's good/bad prompt pairs, float32 [N].
+
+        `attributes=True`: a `ZeroShotScores` instead, with each pair's own score too (the
+        release's six attributes: image, lighting, content, background, foreground, composition).
+        `prompts=[("sharp photo", "blurry photo"), "warm light|cold light", ...]`: a
+        `ZeroShotScores` for your own pairs instead, each scored like the release's (softmax over
+        image·good, image·bad), `score` their mean; their text embeddings are computed once per
+        prompt set. See docs/runtime.md."""
+        if not attributes and prompts is None:
+            return self._image_call(images, "zero_shot", batch_size, return_errors)
+        task = self.zero_shot_task(prompts)
+        values, errors = self._collect(task, images, batch_size)
+        return self._finish(zsl.scores_from_values(values, task), errors, return_errors)
+
+    def zero_shot_task(self, prompts=None) -> zsl.PairTask:
+        """A `stream` task giving each image's zero-shot scores as a dict {"score", name: ...}: the
+        release's six attributes (prompts None), or your pairs ((good, bad) tuples or 'good|bad'
+        strings), whose text embeddings are computed here, once per prompt set."""
+        if prompts is None:
+            return zsl.release_task()
+        pairs = zsl.pairs_from(prompts)
+        with self._prompt_lock:
+            embeddings = self._prompt_embeddings.get(pairs)
+        if embeddings is None:
+            embeddings = self.text_embedding([p for pair in pairs for p in pair])
+            with self._prompt_lock:
+                if len(self._prompt_embeddings) >= PROMPT_SETS_KEPT:
+                    self._prompt_embeddings.clear()
+                self._prompt_embeddings[pairs] = embeddings
+        return zsl.PairTask(tuple(zsl.pair_name(p) for p in pairs), pairs, embeddings)
 
     def image_embedding(self, images, batch_size: int = buckets.MAX_BATCH, return_errors: bool = False):
         """l2-normalized contrastive image embeddings, float32 [N, D]."""

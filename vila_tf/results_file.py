@@ -17,14 +17,17 @@ FORMATS = ("csv", "jsonl")
 VALUE_COLUMN = {"score": "score", "zero-shot": "score", "caption": "caption", "embed": "embedding"}
 
 
-def columns(command: str, with_captions: bool = False) -> list[str]:
-    """The CSV columns of a command: fixed up front, since rows are written as they come."""
-    return ["input", VALUE_COLUMN[command]] + (["caption"] if with_captions else []) + ["error"]
+def columns(command: str, with_captions: bool = False, pair_names=()) -> list[str]:
+    """The CSV columns of a command: fixed up front, since rows are written as they come.
+    `pair_names`: a zero-shot column per attribute or prompt pair (vila_tf.zero_shot), after the
+    caption."""
+    return ["input", VALUE_COLUMN[command]] + (["caption"] if with_captions else []) + list(pair_names) + ["error"]
 
 
 def make_row(command: str, source: str, value, error: Optional[str], caption: Optional[str] = None,
-             with_captions: bool = False) -> dict:
-    """One output row. A failed input has its `error` and no value."""
+             with_captions: bool = False, pairs: Optional[dict] = None) -> dict:
+    """One output row. A failed input has its `error` and no value. `pairs`: zero-shot scores by
+    column name."""
     row: dict = {"input": source}
     if error is not None:
         row["error"] = error
@@ -36,6 +39,8 @@ def make_row(command: str, source: str, value, error: Optional[str], caption: Op
         row["score"] = round(float(value), 6)
         if with_captions:
             row["caption"] = caption
+        for name, v in (pairs or {}).items():
+            row[name] = round(float(v), 6)
     return row
 
 
@@ -101,6 +106,11 @@ def repair(path: str, fmt: str, cols: list[str]) -> int:
                     (fmt == "jsonl" and not (isinstance(rec, dict) and "input" in rec)):
                 raise ResumeError(f"{path}: row {n + 1} is not a {fmt} result row of this command: "
                                   "not a file this command wrote?")
+            elif fmt == "jsonl" and "error" not in rec and set(rec) != set(cols) - {"error"}:
+                # (a CSV file's header was compared above)
+                raise ResumeError(f"{path}: row {n + 1} has the columns {sorted(rec)}, not this run's "
+                                  f"{sorted(set(cols) - {'error'})}: resume with the same command and options "
+                                  "(or another --output)")
             else:
                 rows += 1
             good_end = offset

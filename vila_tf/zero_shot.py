@@ -15,7 +15,7 @@ No TensorFlow here: the Beam integration and result writers share it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -113,13 +113,52 @@ class ZeroShotScores:
         return {"score": self.score, **{n: self.pairs[:, k] for k, n in enumerate(self.names)}}
 
 
-def row_value(score: float, pair_values: Sequence[float], names: Sequence[str]) -> dict:
-    """One image's zero-shot value as `stream` yields it and the result rows write it:
-    {"score": mean, name: pair score, ...}."""
-    return {"score": float(score), **{n: float(v) for n, v in zip(names, pair_values)}}
+@dataclasses.dataclass(frozen=True)
+class PairTask:
+    """A zero-shot task for `VilaModel.stream` (make it with `VilaModel.zero_shot_task`): each
+    value is a dict {"score": mean over the pairs, name: that pair's score, ...} in column order.
+
+    The release's six attributes come straight from the zero-shot signature (computed in the
+    graph); your own pairs from the image-embedding signature and `embeddings`, the pairs' text
+    embeddings [2K, D] (good, bad alternating), computed once when the task is made."""
+    names: tuple
+    prompts: tuple
+    embeddings: Optional[np.ndarray] = None  # None: the release's six, from the graph
+
+    @property
+    def release(self) -> bool:
+        return self.embeddings is None
+
+    @property
+    def signature(self) -> str:
+        return "zero_shot_pixels" if self.release else "image_embedding_pixels"
+
+    def pair_values(self, outputs: dict) -> np.ndarray:
+        """The signature's outputs for a batch -> float32 [B, K]."""
+        if self.release:
+            return np.stack([np.asarray(outputs[k]) for k in ZERO_SHOT_ATTRIBUTE_OUTPUTS], axis=-1)
+        return pair_scores(outputs["image_embedding"], self.embeddings)
+
+    def values(self, outputs: dict) -> list:
+        """The signature's outputs for a batch -> one value per image."""
+        pairs = self.pair_values(outputs)
+        # The release's score is the graph's own mean; yours the mean of your pairs.
+        scores = np.asarray(outputs["zero_shot_score"]) if self.release else pairs.mean(axis=1)
+        return [{"score": float(s), **{n: float(v) for n, v in zip(self.names, row)}}
+                for s, row in zip(scores, pairs)]
 
 
-def attributes_from_outputs(outputs: dict) -> np.ndarray:
-    """The zero-shot signatures' six `zero_shot_<attribute>` outputs [B] -> [B, 6], release order."""
-    return np.stack([np.asarray(outputs[k]) for k in ZERO_SHOT_ATTRIBUTE_OUTPUTS], axis=-1)
+def release_task() -> PairTask:
+    return PairTask(ZERO_SHOT_ATTRIBUTES, RELEASE_PAIRS)
 
+
+def scores_from_values(values: Sequence[Optional[dict]], task: PairTask) -> ZeroShotScores:
+    """`stream` values (None for a failed image) -> ZeroShotScores with NaN rows for the failures."""
+    n, k = len(values), len(task.names)
+    score = np.full(n, np.nan, np.float32)
+    pairs = np.full((n, k), np.nan, np.float32)
+    for i, v in enumerate(values):
+        if v is not None:
+            score[i] = v["score"]
+            pairs[i] = [v[name] for name in task.names]
+    return ZeroShotScores(score, pairs, tuple(task.names), tuple(task.prompts))
