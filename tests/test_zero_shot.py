@@ -109,3 +109,105 @@ def test_sheet_draws_a_bar_per_attribute():
     assert pixel(0, 1, track // 4) == contact_sheet.BAD
     assert pixel(0, 2, track * 3 // 4) == pixel(0, 2, track // 4) == contact_sheet.TRACK  # 0.5: no bar
     assert pixel(1, 0, track * 3 // 4) == (255, 255, 255)  # no attributes: no track either
+
+
+# -- the runtime on the tiny exports, against praxis ----------------------------------------------
+
+def _praxis_inputs(name):
+    """The golden images as the runtime takes them: each 224x224 praxis input inside a 272x272
+    canvas, which the release's preprocessing (resize to 272: the identity here, center crop 224)
+    turns back into exactly praxis' input (within float32 rounding)."""
+    x = golden(name)["input/image"]
+    canvas = np.zeros((len(x), 272, 272, 3), np.float32)
+    canvas[:, 24:248, 24:248] = x
+    return list(canvas)
+
+
+def _flax_text(loaded_fixtures, spm_model, name, texts, length):
+    """Text embeddings from the Flax text tower (golden-checked in test_model_golden) on ids from
+    the Python SentencePiece library with lingvo's conventions: the goldens hold no praxis
+    embedding of these prompts."""
+    import sentencepiece as spm
+    from export.model import heads
+    from test_tokenizer import lingvo_strings_to_ids
+    ids, pad = lingvo_strings_to_ids(spm.SentencePieceProcessor(model_file=spm_model), list(texts), length)
+    ck = loaded_fixtures[name]
+    return np.asarray(heads.text_embedding(ck.params, ck.config, ids, pad))
+
+
+@pytest.fixture(scope="module")
+def models(exported):
+    import vila_tf
+    loaded = {name: vila_tf.load(path) for name, path in exported.items()}
+    yield loaded
+    for m in loaded.values():
+        m.close()
+
+
+@pytest.mark.parametrize("name", ["vila_r_tiny", "vila_p_tiny"])
+def test_attributes_equal_praxis_pair_softmax(models, loaded_fixtures, spm_model, name):
+    """model.zero_shot(attributes=True): the six per-pair softmaxes of praxis' image embeddings
+    against the release's prompts tokenized to 4 tokens, in the release's order, within 1e-5."""
+    image = golden(name)["pred/contrastive_img_embed_norm"]
+    prompts = [p for pair in zero_shot.RELEASE_PAIRS for p in pair]
+    want = _scipy_pairs(image, _flax_text(loaded_fixtures, spm_model, name, prompts, 4))
+    got = models[name].zero_shot(_praxis_inputs(name), attributes=True)
+    assert got.names == ATTRIBUTES and got.prompts == zero_shot.RELEASE_PAIRS
+    np.testing.assert_allclose(got.pairs, want, atol=1e-5)
+    np.testing.assert_allclose(got.score, want.mean(1), atol=1e-5)
+    np.testing.assert_allclose(got["lighting"], want[:, 1], atol=1e-5)
+    np.testing.assert_allclose(models[name].zero_shot(_praxis_inputs(name)), want.mean(1), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vila_r_tiny", "vila_p_tiny"])
+def test_own_prompt_pairs_equal_praxis_pair_softmax(models, loaded_fixtures, spm_model, name):
+    """Your pairs: softmax over (image·good, image·bad) with praxis' image embeddings and the pairs'
+    text embeddings at the text_embedding signature's 64 tokens, within 1e-4."""
+    pairs = [("sharp photo", "blurry photo"), ("the colors are vivid and the focus is sharp", "too dark, underexposed shadows")]
+    image = golden(name)["pred/contrastive_img_embed_norm"]
+    want = _scipy_pairs(image, _flax_text(loaded_fixtures, spm_model, name, [p for q in pairs for p in q], 64))
+    got = models[name].zero_shot(_praxis_inputs(name), prompts=[pairs[0], "|".join(pairs[1])])
+    assert got.names == ("sharp photo|blurry photo",
+                         "the colors are vivid and the focus is sharp|too dark, underexposed shadows")
+    np.testing.assert_allclose(got.pairs, want, atol=1e-4)
+    np.testing.assert_allclose(got.score, want.mean(1), atol=1e-4)
+
+
+def test_release_pairs_as_own_prompts_give_the_attributes(models):
+    """The release's six pairs at 64 tokens (the text_embedding signature) give what the graph
+    computes from them at 4: trailing padding never changes a text embedding (docs/model.md §6)."""
+    m = models["vila_r_tiny"]
+    images = _praxis_inputs("vila_r_tiny")
+    own = m.zero_shot(images, prompts=zero_shot.RELEASE_PAIRS)
+    graph = m.zero_shot(images, attributes=True)
+    np.testing.assert_allclose(own.pairs, graph.pairs, atol=1e-6)
+    np.testing.assert_allclose(own.score, graph.score, atol=1e-6)
+
+
+def test_prompt_embeddings_computed_once_per_set(models, monkeypatch):
+    m = models["vila_r_tiny"]
+    calls = []
+    original = m.text_embedding
+    monkeypatch.setattr(m, "text_embedding", lambda texts, *a, **k: calls.append(list(texts)) or original(texts, *a, **k))
+    images = _praxis_inputs("vila_r_tiny")
+    first = m.zero_shot(images, prompts=["warm light|cold light"])
+    again = m.zero_shot(images + images, prompts=[("warm light", "cold light")])
+    m.zero_shot(images, prompts=["warm light|cold light", "sharp photo|blurry photo"])
+    assert calls == [["warm light", "cold light"], ["warm light", "cold light", "sharp photo", "blurry photo"]]
+    np.testing.assert_array_equal(again.pairs[:2], first.pairs)
+
+
+def test_stream_and_failed_images(models):
+    m = models["vila_r_tiny"]
+    images = _praxis_inputs("vila_r_tiny") + [b"not an image"]
+    task = m.zero_shot_task(["sharp photo|blurry photo"])
+    results = list(m.stream((task, "score"), images))
+    scores, errors = m.zero_shot(images, prompts=["sharp photo|blurry photo"], return_errors=True)
+    for r in results[:2]:
+        pairs, score = r.value
+        assert list(pairs) == ["score", "sharp photo|blurry photo"]
+        assert pairs["sharp photo|blurry photo"] == pytest.approx(float(scores.pairs[r.index, 0]), abs=1e-6)
+    assert results[2].value is None and "not a JPEG" in results[2].error
+    assert np.isnan(scores.pairs[2]).all() and np.isnan(scores.score[2]) and [e.index for e in errors] == [2]
+    with pytest.raises(zero_shot.PromptError, match="expected 'GOOD PROMPT"):
+        m.zero_shot(images, prompts=["sharp photo"])

@@ -108,6 +108,10 @@ class ZeroShotScores:
     def __len__(self) -> int:
         return len(self.score)
 
+    def row(self, i: int) -> dict:
+        """Image i's scores by column name, as `stream` and the result rows give them."""
+        return {"score": float(self.score[i]), **{n: float(v) for n, v in zip(self.names, self.pairs[i])}}
+
     def columns(self) -> dict:
         """{"score": [N], name: [N], ...} in column order."""
         return {"score": self.score, **{n: self.pairs[:, k] for k, n in enumerate(self.names)}}

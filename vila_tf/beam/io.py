@@ -192,7 +192,7 @@ class Judge(beam.DoFn):
             return
         self.done.inc()
         value = inference[self.field]
-        yield {self.id_field: sample_id, self.field: value}
+        yield {self.id_field: sample_id, **inference}  # zero-shot: the score and a column per pair
         if self.min_score is not None and float(value) >= self.min_score:
             self.kept.inc()
             score = float(value)
@@ -210,7 +210,7 @@ def json_record(record: dict) -> dict:
     for k, v in record.items():
         if k == "embedding":
             v = [round(float(x), 7) for x in v]
-        elif k == "score":
+        elif k == "score" or isinstance(v, float):  # zero-shot's pair columns too
             v = round(float(v), 6)
         out[k] = v
     return out
@@ -229,8 +229,9 @@ class WriteJsonLines(beam.PTransform):
                 | "Write" >> beam.io.WriteToText(self.prefix, file_name_suffix=".jsonl"))
 
 
-def results_schema(field: str, embedding_size: Optional[int] = None, id_field: str = "id"):
-    """One row per id: score float32, caption string, embedding a fixed-size float32 list."""
+def results_schema(field: str, embedding_size: Optional[int] = None, id_field: str = "id", pair_names=()):
+    """One row per id: score float32, caption string, embedding a fixed-size float32 list; zero-shot
+    adds a float32 column per attribute or prompt pair (`pair_names`)."""
     import pyarrow as pa
     if field == "embedding":
         if not embedding_size:
@@ -238,7 +239,8 @@ def results_schema(field: str, embedding_size: Optional[int] = None, id_field: s
         value = pa.list_(pa.float32(), embedding_size)
     else:
         value = pa.string() if field == "caption" else pa.float32()
-    return pa.schema([pa.field(id_field, pa.string(), nullable=False), pa.field(field, value)])
+    return pa.schema([pa.field(id_field, pa.string(), nullable=False), pa.field(field, value)]
+                     + [pa.field(name, pa.float32()) for name in pair_names])
 
 
 def _parquet_row(record: dict) -> dict:
@@ -248,9 +250,10 @@ def _parquet_row(record: dict) -> dict:
 class WriteParquetResults(beam.PTransform):
     """Result records -> PREFIX-00000-of-0000N.parquet."""
 
-    def __init__(self, prefix: str, field: str, embedding_size: Optional[int] = None, id_field: str = "id"):
+    def __init__(self, prefix: str, field: str, embedding_size: Optional[int] = None, id_field: str = "id",
+                 pair_names=()):
         super().__init__()
-        self.prefix, self.schema = prefix, results_schema(field, embedding_size, id_field)
+        self.prefix, self.schema = prefix, results_schema(field, embedding_size, id_field, pair_names)
 
     def expand(self, records):
         return (records
