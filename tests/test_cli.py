@@ -14,6 +14,7 @@ from PIL import Image
 from conftest import env_without_jax
 
 VILA_TF = os.path.join(os.path.dirname(sys.executable), "vila-tf")
+ATTRIBUTES = ("image", "lighting", "content", "background", "foreground", "composition")
 
 
 def run(*args):
@@ -71,8 +72,8 @@ def test_table_format(exported, folder):
     r = run("zero-shot", exported["vila_p_tiny"], folder / "img1.png", "--format", "table")
     assert r.returncode == 0, r.stderr
     header, row = r.stdout.splitlines()
-    assert header.split() == ["input", "score"] and row.split()[0].endswith("img1.png")
-    assert 0.0 < float(row.split()[1]) < 1.0
+    assert header.split() == ["input", "score"] + list(ATTRIBUTES) and row.split()[0].endswith("img1.png")
+    assert all(0.0 < float(v) < 1.0 for v in row.split()[1:])
 
 
 def test_caption_and_embed(exported, folder):
@@ -91,9 +92,76 @@ def test_contact_sheet(exported, folder, tmp_path):
     r = run("score", exported["vila_r_tiny"], folder, "--contact-sheet", sheet, "--with-captions", "--format", "csv")
     assert r.returncode == 1  # the corrupt file is still reported
     img = Image.open(sheet)
-    assert img.format == "PNG" and img.size == contact_sheet.sheet_size(6, with_captions=True)
-    assert "caption" in r.stdout.splitlines()[0]
+    # one bar per attribute under each score: the caption and the attributes explain it
+    assert img.format == "PNG" and img.size == contact_sheet.sheet_size(6, with_captions=True, attribute_rows=6)
+    assert r.stdout.splitlines()[0] == ",".join(["input", "score", "caption", *ATTRIBUTES, "error"])
     assert np.asarray(img).std() > 10  # thumbnails were drawn, not a blank page
+
+
+@pytest.fixture(scope="module")
+def expected_zero_shot(exported, folder):
+    """The runtime's own zero-shot scores of the good images (checked against praxis in
+    test_zero_shot.py): the release's attributes, and two pairs of your own."""
+    import vila_tf
+    m = vila_tf.load(exported["vila_p_tiny"])
+    files = sorted(str(folder / p) for p in os.listdir(folder) if p.startswith("img"))
+    return files, m.zero_shot(files, attributes=True), m.zero_shot(files, prompts=OWN_PAIRS)
+
+
+OWN_PAIRS = ["sharp photo|blurry photo", "warm light|cold light"]
+
+
+def _rows_by_input(text):
+    return {os.path.basename(r["input"]): r for r in csv.DictReader(io.StringIO(text))}
+
+
+def test_zero_shot_attribute_and_prompt_columns(exported, folder, expected_zero_shot):
+    files, attributes, own = expected_zero_shot
+    r = run("zero-shot", exported["vila_p_tiny"], folder, "--format", "csv")
+    assert r.returncode == 1, r.stderr  # broken.jpg
+    assert r.stdout.splitlines()[0] == ",".join(["input", "score", *ATTRIBUTES, "error"])
+    rows = _rows_by_input(r.stdout)
+    assert rows["broken.jpg"]["image"] == "" and "JPEG" in rows["broken.jpg"]["error"]
+    for i, f in enumerate(files):
+        row = rows[os.path.basename(f)]
+        assert float(row["score"]) == pytest.approx(float(attributes.score[i]), abs=1e-6)
+        for a in ATTRIBUTES:
+            assert float(row[a]) == pytest.approx(float(attributes[a][i]), abs=1e-6)
+    r = run("zero-shot", exported["vila_p_tiny"], *files, "--prompt", OWN_PAIRS[0], "--prompt", OWN_PAIRS[1],
+            "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert list(rows[0]) == ["input", "score", *OWN_PAIRS]
+    for i, row in enumerate(rows):
+        assert row["score"] == pytest.approx(float(own.score[i]), abs=1e-6)
+        assert [row[p] for p in OWN_PAIRS] == pytest.approx(own.pairs[i].tolist(), abs=1e-6)
+
+
+def test_zero_shot_resume_and_sheet_with_prompts(exported, folder, expected_zero_shot, tmp_path):
+    """--resume continues a --prompt run (its contact sheet draws the kept rows' bars too) and
+    refuses a file written with other pairs."""
+    from vila_tf import contact_sheet
+    files, _, own = expected_zero_shot
+    out, sheet = tmp_path / "zs.jsonl", tmp_path / "zs.png"
+    prompts = ["--prompt", OWN_PAIRS[0], "--prompt", OWN_PAIRS[1]]
+    assert run("zero-shot", exported["vila_p_tiny"], *files[:2], *prompts, "--output", out).returncode == 0
+    r = run("zero-shot", exported["vila_p_tiny"], *files, *prompts, "--output", out, "--resume",
+            "--contact-sheet", sheet)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [x["input"] for x in rows] == files
+    np.testing.assert_allclose([[x[p] for p in OWN_PAIRS] for x in rows], own.pairs, atol=1e-6)
+    assert Image.open(sheet).size == contact_sheet.sheet_size(len(files), False, attribute_rows=2)
+    r = run("zero-shot", exported["vila_p_tiny"], *files, "--prompt", OWN_PAIRS[0], "--output", out, "--resume")
+    assert r.returncode == 2 and "not this run's" in r.stderr
+
+
+@pytest.mark.parametrize("prompt, message", [("sharp photo", "expected 'GOOD PROMPT|BAD PROMPT'"),
+                                             ("a|b|c", "joined by one '|'")])
+def test_bad_prompt_is_a_usage_error(tmp_path, prompt, message):
+    # refused before the model is loaded: the model path need not even exist
+    r = run("zero-shot", tmp_path / "no-model", tmp_path / "x.jpg", "--prompt", prompt)
+    assert r.returncode == 2 and "vila-tf: --prompt: prompt pair" in r.stderr and message in r.stderr
 
 
 def test_usage_and_model_errors(exported, tmp_path):
