@@ -14,6 +14,7 @@ import os
 import sys
 
 from .model.config import ConfigError
+from . import PROG
 
 # Every subcommand with its one-line job: what `python -m export --help` lists. Without a
 # subcommand the arguments are the one-model export's (`export`).
@@ -27,7 +28,7 @@ SUBCOMMANDS = {
 
 
 def _print_help() -> None:
-    prog = f"python -m {__package__}"
+    prog = PROG
     print(f"usage: {prog} [SUBCOMMAND] ...\n\nThe vila-tf build-time toolkit. Subcommands:\n")
     for name, job in SUBCOMMANDS.items():
         print(f"  {name:<10} {job}")
@@ -49,7 +50,7 @@ def _overrides(args) -> dict:
 
 
 def cmd_convert(argv) -> int:
-    p = argparse.ArgumentParser(prog=f"python -m {__package__} convert",
+    p = argparse.ArgumentParser(prog=f"{PROG} convert",
                                 description="Convert a paxml VILA checkpoint to orbax params + config JSON.")
     p.add_argument("--checkpoint", required=True, help="paxml checkpoint folder (or checkpoint_<N>)")
     p.add_argument("--out", required=True, help="output folder (written atomically)")

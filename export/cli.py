@@ -13,10 +13,9 @@ import time
 if "tensorflow" not in sys.modules:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from .checkpoints import paxml as checkpoint, release
-from . import host_memory  # noqa: E402
+from . import PROG, host_memory  # noqa: E402
+from .checkpoints import paxml as checkpoint, release  # noqa: E402
 from .model.config import VilaConfig  # noqa: E402
-from .model import demo
 
 DEMO_NAME = "vila_demo"
 DEMO_SEED = 20230618
@@ -72,7 +71,7 @@ def export_demo(out: str, dtype: str = "float32", cfg: VilaConfig | None = None,
                 compute_dtype: str = "float32", target_tensorflow: str | None = None) -> str:
     """The full released architecture with seeded random weights and a tokenizer trained on the
     project's own text: the whole pipeline at real size, with scores that mean nothing."""
-    from .model import heads
+    from .model import demo
     from .savedmodel import writer as savedmodel, spm
     cfg = cfg or VilaConfig()
     host_memory.map_large_blocks()
@@ -112,7 +111,7 @@ def _check_target(p: argparse.ArgumentParser, release: str | None) -> None:
 
 
 def cmd_export(argv, add_overrides, get_overrides) -> int:
-    p = argparse.ArgumentParser(prog=f"python -m {__package__}",
+    p = argparse.ArgumentParser(prog=PROG,
                                 description="Export a VILA checkpoint as a TensorFlow SavedModel.")
     p.add_argument("--checkpoint", required=True,
                    help="paxml checkpoint folder (e.g. vila_rank_tuned) or a converted folder")
@@ -130,7 +129,7 @@ def cmd_export(argv, add_overrides, get_overrides) -> int:
 
 
 def cmd_all(argv) -> int:
-    p = argparse.ArgumentParser(prog=f"python -m {__package__} all",
+    p = argparse.ArgumentParser(prog=f"{PROG} all",
                                 description="Export every released checkpoint under --vila-dir "
                                             "(or the full-size demo model) to OUT/<name>/<version>/.")
     p.add_argument("--vila-dir", default="",

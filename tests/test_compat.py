@@ -4,6 +4,7 @@ was really lowered with, and the load-time refusal of an older TensorFlow.
 The cross-version run (an export for the oldest target, run in that TensorFlow) is slow: it creates
 a virtual environment per release (`make compat` runs every release).
 """
+import dataclasses
 import io
 import json
 import os
@@ -18,7 +19,7 @@ import tensorflow as tf
 from export.savedmodel import tf_targets
 from vila_tf import serving
 from vila_tf.serving.__main__ import main as serving_main
-from vila_tf import tf_compat
+from vila_tf import metadata, tf_compat
 from vila_tf.signatures import METADATA_RELATIVE
 
 
@@ -88,8 +89,8 @@ def test_webp_decoder_is_refused_for_older_targets():
 
 def test_version_check_names_both_versions(exported):
     path = exported["vila_r_tiny"]
-    meta = _metadata(path)
-    minimum = meta[tf_compat.METADATA_KEY]["minimum"]
+    meta = metadata.read(path)
+    minimum = meta.tensorflow_support["minimum"]
     with pytest.raises(tf_compat.IncompatibleTensorFlowError) as e:
         tf_compat.check(meta, path, "2.16.2")
     assert f"{minimum} and newer" in str(e.value) and "TensorFlow 2.16.2" in str(e.value)
@@ -97,10 +98,10 @@ def test_version_check_names_both_versions(exported):
     tf_compat.check(meta, path, minimum)  # the minimum itself and newer pass
     # 2.17 runs a 2.16-target export but computes other numbers (measured): a warning, not a refusal.
     with pytest.warns(RuntimeWarning, match="2.17"):
-        tf_compat.check({tf_compat.METADATA_KEY: {"minimum": "2.16"}}, path, "2.17.1")
+        tf_compat.check(dataclasses.replace(meta, tensorflow_support={"minimum": "2.16"}), path, "2.17.1")
     tf_compat.check(meta, path, "3.0.0")
     # An export from before the record: its calling convention against this TensorFlow's XlaCallModule.
-    legacy = {"calling_convention_version": 99}
+    legacy = dataclasses.replace(meta, tensorflow_support=None, calling_convention_version=99)
     with pytest.raises(tf_compat.IncompatibleTensorFlowError, match="calling convention 99"):
         tf_compat.check(legacy, path)
 

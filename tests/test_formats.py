@@ -137,7 +137,7 @@ def test_orientation_of_other_formats(model, fmt):
 
 def test_serving_default_on_webp_equals_png(model):
     fn = model.signatures["serving_default"]  # the SavedModel's own signature, bytes in
-    assert model.metadata["image_formats"] == ["JPEG", "PNG", "GIF", "BMP", "WebP"]
+    assert model.metadata.image_formats == ("JPEG", "PNG", "GIF", "BMP", "WebP")
     pixels = _photo(150, 210, seed=5)
     png = fn(image_bytes=tf.constant([_encode(pixels, "PNG")]))["predictions"].numpy()
     for webp in (_encode(pixels, "WEBP", lossless=True), _encode(pixels, "WEBP", lossless=True, save_all=True,

@@ -4,9 +4,13 @@ runtime module placed on one side of the core/integration line, and a docstring 
 sub-package's job."""
 import ast
 import configparser
+import contextlib
+import io
 import os
 import subprocess
 import sys
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,3 +42,32 @@ def test_sub_packages_say_their_job():
                 with open(os.path.join(dirpath, "__init__.py")) as f:
                     doc = ast.get_docstring(ast.parse(f.read()))
                 assert doc and len(doc.split()) >= 12, f"{dirpath}/__init__.py: a docstring saying its job"
+
+
+def test_export_help_lists_every_subcommand():
+    from export.__main__ import SUBCOMMANDS
+    r = subprocess.run([sys.executable, "-m", "export", "--help"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    listed = [line.split()[0] for line in r.stdout.splitlines() if line.startswith("  ")]
+    assert listed == list(SUBCOMMANDS) and {"export", "all", "convert", "package", "stablehlo"} <= set(listed)
+    from export.__main__ import main
+    for name in SUBCOMMANDS:  # and each one answers --help itself, named as the user runs it
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0 and out.getvalue().startswith("usage: python -m export"), (name, out.getvalue())
+        assert out.getvalue().startswith(f"usage: python -m export {name}") or name == "export"
+
+
+def test_serving_check_names_the_extra_when_tensorflow_serving_is_missing(tmp_path):
+    # A process where `tensorflow_serving` is not installed (a plain `pip install vila-tf`).
+    script = ("import importlib.util, sys\n"
+              "find = importlib.util.find_spec\n"
+              "importlib.util.find_spec = lambda n, *a: None if n == 'tensorflow_serving' else find(n, *a)\n"
+              "from vila_tf.serving.__main__ import main\n"
+              "sys.exit(main(['check', sys.argv[1]]))\n")
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "pip install 'vila-tf[serving]'" in r.stderr

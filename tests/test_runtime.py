@@ -192,3 +192,41 @@ def test_source_never_imports_jax():
         if name.endswith(".py"):
             text = open(os.path.join(root, name)).read()
             assert not re.search(r"^\s*(import|from)\s+(jax|flax|export)\b", text, re.M), name
+
+
+def test_warnings_point_at_the_callers_line(model, exported, tmp_path, photos):
+    """Every entry point attributes its warnings (a failed image, skipped files, a demo export) to
+    the line that called it, whichever depth of the runtime raised them."""
+    import json
+    import shutil
+    import vila_tf
+    from vila_tf import image_formats
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(_encode(photos[1][0]))
+    (folder / "notes.txt").write_text("not an image")
+    calls = {
+        "score": lambda: model.score([b"junk"]),
+        "zero_shot": lambda: model.zero_shot([b"junk"]),
+        "image_embedding": lambda: model.image_embedding([b"junk"]),
+        "caption": lambda: model.caption([b"junk"]),
+        "preprocess": lambda: model.preprocess([b"junk"]),
+        "similarity": lambda: model.similarity([b"junk"], ["a photo"]),
+        "stream": lambda: list(model.stream("score", [str(folder)])),
+    }
+    for name, call in calls.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        kinds = (RuntimeWarning, image_formats.SkippedFilesWarning)
+        ours = [w for w in caught if issubclass(w.category, kinds)]
+        assert ours, name
+        assert {w.filename for w in ours} == {__file__}, (name, [(w.filename, w.lineno) for w in ours])
+    demo = tmp_path / "demo"
+    shutil.copytree(exported["vila_p_tiny"], demo)
+    meta = json.loads((demo / "assets.extra" / "vila_tf.json").read_text())
+    (demo / "assets.extra" / "vila_tf.json").write_text(json.dumps({**meta, "demo_weights": True}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vila_tf.load(str(demo)).close()
+    assert [w.filename for w in caught if w.category is vila_tf.DemoModelWarning] == [__file__]

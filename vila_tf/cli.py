@@ -17,6 +17,7 @@ scored and do not fail the run: one summary line on stderr lists them (docs/form
 from __future__ import annotations
 
 import argparse
+import heapq
 import math
 import os
 import sys
@@ -25,17 +26,15 @@ import time
 import warnings
 from typing import Optional
 
+import vila_tf
+from vila_tf import buckets, contact_sheet, image_formats, inputs as inputs_lib, results_file, tasks, zero_shot
+from vila_tf.atomic import atomic_file
+from vila_tf.results import DemoModelWarning
+
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 CONTACT_SHEET_MAX = 200  # thumbnails kept (and drawn) at most: the best-scored ones
-TASK = {"score": "score", "zero-shot": "zero_shot", "caption": "caption", "embed": "image_embedding"}
-COMMANDS = {
-    "score": "aesthetic score per image (VILA-R; zero-shot score for a pretrain model)",
-    "zero-shot": "zero-shot quality score from the release's six good/bad prompt pairs, with each pair's own "
-                 "score (image, lighting, content, background, foreground, composition), or from your pairs",
-    "caption": "an aesthetic comment per image (greedy decoding)",
-    "embed": "l2-normalized image embeddings",
-    "info": "what the model is: kind, config, signatures, source",
-}
+COMMANDS = {**{t.command: t.help for t in tasks.TASKS.values()},
+            "info": "what the model is: kind, config, signatures, source"}
 
 
 class Progress:
@@ -55,7 +54,6 @@ class Progress:
             return
 
         def count():
-            from vila_tf import inputs as inputs_lib
             self.total = sum(1 for _ in inputs_lib.iter_items(inputs))
         threading.Thread(target=count, daemon=True, name="vila-tf-count").start()
 
@@ -107,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--resume", action="store_true",
                        help="continue an interrupted run into the same --output: inputs with a row there are "
                             "skipped, a torn last row is repaired")
-        c.add_argument("--batch-size", type=int, default=32, help="images per model call (at most 32)")
+        c.add_argument("--batch-size", type=int, default=buckets.MAX_BATCH,
+                       help=f"images per model call (at most {buckets.MAX_BATCH})")
         c.add_argument("--device", help="e.g. GPU:0 (default: CPU)")
         c.add_argument("--decode-threads", type=int, default=None, metavar="N",
                        help="threads reading and decoding images (default: min(8, CPU count))")
@@ -153,7 +152,6 @@ class _Best:
         self.size, self.heap, self.count = max(0, size), [], 0
 
     def add(self, score: float, source: str, caption: Optional[str], pairs: Optional[tuple] = None) -> None:
-        import heapq
         if not math.isfinite(score):
             return
         self.count += 1
@@ -165,8 +163,6 @@ class _Best:
 
 
 def _write_contact_sheet(best: _Best, path: str, with_captions: bool, pair_names: tuple = ()) -> None:
-    from vila_tf import contact_sheet
-    from vila_tf.atomic import atomic_file
     images = []
     for _, _, source, _, _ in best.heap:
         try:  # only the drawn images are read again, at the end
@@ -188,16 +184,17 @@ def _write_contact_sheet(best: _Best, path: str, with_captions: bool, pair_names
 def _info(model) -> int:
     meta = model.metadata
     print(f"model: {model.path}")
-    print(f"kind: {meta.get('model_kind', model.model_type)}" + ("  (DEMO weights: outputs mean nothing)"
-                                                               if model.is_demo else ""))
-    for k in ("source_checkpoint", "source_sha256", "dtype", "platforms", "calling_convention_version"):
-        if k in meta:
-            print(f"{k}: {meta[k]}")
-    if "tensorflow_support" in meta:
-        print(f"runs on TensorFlow: {meta['tensorflow_support']['minimum']} and newer")
-    cfg = meta.get("config", {})
-    if cfg:
-        print("config: " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())))
+    print(f"kind: {meta.model_kind or meta.model_type}" + ("  (DEMO weights: outputs mean nothing)"
+                                                           if model.is_demo else ""))
+    for k in ("source_checkpoint", "source_sha256", "dtype", "compute_dtype", "platforms",
+              "calling_convention_version"):
+        value = getattr(meta, k)
+        if value not in (None, ()):
+            print(f"{k}: {list(value) if isinstance(value, tuple) else value}")
+    if meta.tensorflow_support:
+        print(f"runs on TensorFlow: {meta.tensorflow_support['minimum']} and newer")
+    if meta.config:
+        print("config: " + ", ".join(f"{k}={v}" for k, v in sorted(meta.config.items())))
     print("signatures:")
     for name, fn in sorted(model.signatures.items()):
         ins = ", ".join(f"{k} {v.dtype.name}{v.shape}" for k, v in fn.structured_input_signature[1].items())
@@ -227,10 +224,9 @@ class _Skipper:
 
     def __init__(self, path: str, fmt: str, cols: list[str], command: str, best: Optional[_Best],
                  pair_names: tuple = ()):
-        from vila_tf import results_file
         self.path, self.fmt, self.cols, self.best, self.pair_names = path, fmt, cols, best, pair_names
         self.rows = results_file.read_rows(path, fmt, cols)
-        self.value_column = results_file.VALUE_COLUMN[command]
+        self.value_column = tasks.BY_COMMAND[command].field
         self.skipped = self.failed = 0
         self.done: Optional[dict] = None  # source -> row, once the inputs stopped matching the rows
 
@@ -242,7 +238,6 @@ class _Skipper:
             self.best.add(float(row[self.value_column]), row["input"], row.get("caption"), pairs)
 
     def filter(self, items):
-        from vila_tf import results_file
         for item in items:
             if self.done is None:
                 row = next(self.rows, None)
@@ -265,9 +260,7 @@ class _Skipper:
 
 
 def _run(args) -> int:
-    import vila_tf
     if getattr(args, "prompt", None):  # a malformed pair fails before the model is loaded
-        from vila_tf import zero_shot
         try:
             zero_shot.pairs_from(args.prompt)
         except zero_shot.PromptError as e:
@@ -277,7 +270,7 @@ def _run(args) -> int:
         model = vila_tf.load(args.model, device=getattr(args, "device", None),
                              max_workers=getattr(args, "decode_threads", None),
                              exif_orientation=not getattr(args, "release_exact_orientation", False))
-    except (FileNotFoundError, OSError, ValueError) as e:
+    except (FileNotFoundError, OSError, ValueError, vila_tf.IncompatibleTensorFlowError) as e:
         print(f"vila-tf: cannot load model: {e}", file=sys.stderr)
         return EXIT_ERROR
     if args.command == "info":
@@ -306,7 +299,6 @@ def _unpack(values: Optional[tuple], tasks: list) -> tuple:
 
 
 def _score_all(args, model) -> int:
-    from vila_tf import image_formats, inputs as inputs_lib, results_file
     for flag in ("batch_size", "batches_ahead", "decode_threads"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             print(f"vila-tf: --{flag.replace('_', '-')} must be >= 1", file=sys.stderr)
@@ -320,12 +312,7 @@ def _score_all(args, model) -> int:
     # adds to each score (the release's six attributes).
     pair_task = None
     if args.command == "zero-shot" or (args.command == "score" and with_captions):
-        from vila_tf import zero_shot
-        try:
-            pair_task = model.zero_shot_task(getattr(args, "prompt", None))
-        except zero_shot.PromptError as e:
-            print(f"vila-tf: --prompt: {e}", file=sys.stderr)
-            return EXIT_ERROR
+        pair_task = model.zero_shot_task(getattr(args, "prompt", None))  # the pairs were checked in _run
     pair_names = pair_task.names if pair_task is not None else ()
     cols = results_file.columns(args.command, with_captions, pair_names)
     best = _Best(args.contact_sheet_max) if getattr(args, "contact_sheet", None) else None
@@ -352,14 +339,14 @@ def _score_all(args, model) -> int:
     else:
         fresh, out = True, sys.stdout
     failed = processed = 0
-    step = max(1, min(args.batch_size, 32))
+    step = max(1, min(args.batch_size, buckets.MAX_BATCH))
     try:
         writer = results_file.RowWriter(out, fmt, cols, header=fresh) if table is None else None
-        tasks = [pair_task if args.command == "zero-shot" else TASK[args.command]]
-        tasks += ["caption"] if with_captions else []
-        tasks += [pair_task] if pair_task is not None and args.command != "zero-shot" else []
-        for r in model.stream(tuple(tasks), items, batch_size=args.batch_size, batches_ahead=args.batches_ahead):
-            value, caption, pairs = _unpack(r.value, tasks)
+        run_tasks = [pair_task if args.command == "zero-shot" else tasks.BY_COMMAND[args.command].name]
+        run_tasks += ["caption"] if with_captions else []
+        run_tasks += [pair_task] if pair_task is not None and args.command != "zero-shot" else []
+        for r in model.stream(tuple(run_tasks), items, batch_size=args.batch_size, batches_ahead=args.batches_ahead):
+            value, caption, pairs = _unpack(r.value, run_tasks)
             row = results_file.make_row(args.command, r.source, value, r.error, caption, with_captions, pairs)
             if table is not None:
                 table.append(row)
@@ -396,15 +383,14 @@ def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["beam"]:  # `vila-tf beam ...`: own parser, since unknown flags belong to Beam
         try:
-            from vila_tf.beam import pipeline as beam
+            from vila_tf.beam import cli as beam_cli  # an optional integration: Apache Beam
         except ImportError as e:
             print(f"vila-tf: {e}", file=sys.stderr)
             return EXIT_ERROR
-        return beam.main(argv[1:])
+        return beam_cli.main(argv[1:])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     warnings.simplefilter("ignore", RuntimeWarning)  # per-image failures are reported below instead
-    from vila_tf.results import DemoModelWarning
     warnings.simplefilter("always", DemoModelWarning)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"vila-tf: WARNING: {msg}\n"
     try:

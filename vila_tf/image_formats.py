@@ -15,10 +15,11 @@ from __future__ import annotations
 import collections
 import io
 import os
-import warnings
 from typing import Callable, Optional
 
 import numpy as np
+
+from vila_tf import warn
 
 # Formats by where they are decoded. Names are those sniff() returns.
 GRAPH_FORMATS = ("jpeg", "png", "gif", "bmp", "webp")
@@ -139,9 +140,10 @@ class SkipReport:
                        f"or export to JPEG/TIFF): {self._by_extension(self.raw)}")
         return out
 
-    def warn(self, stacklevel: int = 3) -> None:
+    def warn(self) -> None:
+        """One warning per kind of skipped file, attributed to the user's line."""
         for line in self.lines():
-            warnings.warn(line, SkippedFilesWarning, stacklevel=stacklevel)
+            warn.warn(line, SkippedFilesWarning)
 
 
 def keep(path: str, report: Optional[SkipReport] = None) -> bool:

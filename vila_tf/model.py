@@ -9,67 +9,42 @@
     for r in model.stream("score", photo_generator()):           # results as they come, any number
         print(r.index, r.source, r.value, r.error)                  # of inputs, in bounded memory
 
-Everything is a collector over `stream`: images are read and decoded by a thread pool, with the
-exact code the SavedModel runs in-graph (`vila_tf.preprocessing`), a few batches ahead of the
-model (`vila_tf.pipeline`), then scored in batches through the pixel signatures. A bad image
-(unreadable, empty, truncated, not an image, over the pixel limit) fails alone: its row is NaN
-(None for captions, value None in `stream`), a warning names it, and `return_errors=True` returns
-the failures too; every other image is still scored. See docs/streaming.md.
+`VilaModel` is a façade over three parts, each in its own module: the inputs (`vila_tf.inputs`:
+paths, folders, globs, bytes, arrays, PIL images, walked lazily), the host decoder
+(`vila_tf.host_decode`: the exact code the SavedModel runs in-graph, in a thread pool a few batches
+ahead of the model, `vila_tf.pipeline`) and the bucketed runner (`vila_tf.runner`: the pixel
+signatures on batches padded to the export's buckets). Everything is a collector over `stream`. A
+bad image (unreadable, empty, truncated, not an image, over the pixel limit) fails alone: its row
+is NaN (None for captions, value None in `stream`), a warning names it, and `return_errors=True`
+returns the failures too; every other image is still scored. See docs/streaming.md.
 
-Batches are padded up to the buckets of `vila_tf.buckets` (1, 4, 8, 16, 32) and longer inputs are
-split into chunks of 32: each distinct batch size is one XLA compilation of a 303 M parameter
-model (seconds), so any number of images costs at most five compilations per signature, and the
-padding wastes at most half a batch. The buckets are the ones the TF Serving warmup compiles.
-
-A VilaModel is safe to call from several threads at once. `device="GPU:0"` runs the model there
-(CPU by default). On TPU, load and call the model under `tf.distribute.TPUStrategy(...).scope()`
-with `device=None`; the exported StableHLO includes the TPU platform.
+A VilaModel is safe to call from several threads at once. By default TensorFlow places the model
+(a GPU when it sees one, else the CPU); `device="CPU:0"` or `device="GPU:1"` pins it. On TPU, load
+and call the model under `tf.distribute.TPUStrategy(...).scope()` with `device=None`; the exported
+StableHLO includes the TPU platform.
 """
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import json
 import logging
 import os
-import re
 import threading
-import warnings
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops of the graph)
 
-from vila_tf import buckets, image_formats, inputs as inputs_lib, pipeline, preprocessing, tf_compat, zero_shot as zsl
+from vila_tf import buckets, image_formats, inputs as inputs_lib, metadata, pipeline, preprocessing, tasks, tf_compat
+from vila_tf import zero_shot as zsl
+from vila_tf.host_decode import HostDecoder, on_device
 from vila_tf.results import DemoModelWarning, ImageError, Result
-from vila_tf.signatures import METADATA_RELATIVE
+from vila_tf.runner import BucketedRunner
 from vila_tf.versions import resolve_savedmodel
+from vila_tf.warn import warn
 
 log = logging.getLogger("vila_tf")
 PROMPT_SETS_KEPT = 16  # prompt sets whose text embeddings a model keeps
-IncompatibleTensorFlowError = tf_compat.IncompatibleTensorFlowError
-
-
-# task -> (pixel signature, its output, one output row -> the result's value)
-TASKS = {
-    "score": ("score_pixels", "predictions", lambda v: float(v[0])),
-    "zero_shot": ("zero_shot_pixels", "zero_shot_score", float),
-    "caption": ("caption_pixels", "caption", lambda v: v.decode("utf-8", "replace")),
-    "image_embedding": ("image_embedding_pixels", "image_embedding", lambda v: np.array(v)),  # a copy, not a view of the batch
-}
-
-
-def _reason(err: Exception) -> str:
-    """The useful sentence of a TensorFlow error about one image."""
-    msg = getattr(err, "message", None) or str(err)
-    for pattern in (r"Summarized data: b'(.*?)'", r"Summarized data: b\"(.*?)\"", r"assertion failed: \[(.*?)\]"):
-        m = re.search(pattern, msg, re.S)
-        if m:
-            return re.sub(r"^image: ", "", m.group(1)).strip()
-    first = msg.strip().splitlines()[0] if msg.strip() else type(err).__name__
-    first = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", first)  # TF's internal function name
-    return re.sub(r"\s*\[\[.*", "", first)[:300]
 
 
 class VilaModel:
@@ -79,147 +54,67 @@ class VilaModel:
                  exif_orientation: bool = True):
         self.path = resolve_savedmodel(path)
         self.device = device
-        # True: photos turned upright by their EXIF orientation, as viewers show them; False: the
-        # stored pixels, exactly as the release scored them (docs/formats.md).
-        self.exif_orientation = exif_orientation
-        self.metadata = self._read_metadata()
+        self.metadata = metadata.read(self.path)
         # Before loading: an older TensorFlow would load it and fail at the first call.
         tf_compat.check(self.metadata, self.path)
-        self.is_demo = bool(self.metadata.get("demo_weights"))
+        self.is_demo = self.metadata.demo_weights
         if self.is_demo:
             msg = (f"{self.path} is a DEMO export with random weights: its scores, embeddings and "
                    "captions mean nothing. Export the released checkpoints for real results.")
-            warnings.warn(msg, DemoModelWarning, stacklevel=3)
+            warn(msg, DemoModelWarning)
             log.warning(msg)
-        with self._on_device():
-            self._module = tf.saved_model.load(self.path)
-        self.signatures = dict(self._module.signatures)
-        self.max_pixels = int(self.metadata.get("max_pixels", preprocessing.DEFAULT_MAX_PIXELS))
+        with on_device(device):
+            module = tf.saved_model.load(self.path)
+        self.signatures = dict(module.signatures)
+        self._module = module  # owns the variables the signatures read
+        self._runner = BucketedRunner(self.signatures, device)
+        self._decoder = HostDecoder(int(self.metadata.max_pixels or preprocessing.DEFAULT_MAX_PIXELS),
+                                    exif_orientation, device)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers or min(8, os.cpu_count() or 2),
                                                            thread_name_prefix="vila_tf-decode")
-        # WebP in the graph needs a TensorFlow with its decoder; without one Pillow decodes it.
-        self._graph_webp = hasattr(tf.io, "decode_webp")
-        self._decode = tf.function(
-            lambda b: preprocessing.crop_and_scale(preprocessing.decode(b, None, self.max_pixels, self._graph_webp)),
-            input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
-        self._decode_only = tf.function(lambda b: preprocessing.decode(b, None, self.max_pixels, self._graph_webp),
-                                        input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
-        self._resize = tf.function(preprocessing.crop_and_scale,
-                                   input_signature=[tf.TensorSpec([None, None, 3], tf.float32)], autograph=False)
-        self._trace_lock = threading.Lock()
         # Your prompt pairs -> their text embeddings, computed once per set (a few sets kept).
         self._prompt_embeddings: dict = {}
         self._prompt_lock = threading.Lock()
 
     # -- information -----------------------------------------------------------------------------
-    def _read_metadata(self) -> dict:
-        p = os.path.join(self.path, METADATA_RELATIVE)
-        if not os.path.isfile(p):
-            return {}
-        with open(p) as f:
-            return json.load(f)
-
     @property
     def model_type(self) -> str:
-        return self.metadata.get("model_type", "unknown")
+        return self.metadata.model_type
 
     @property
     def has_quality_head(self) -> bool:
-        return self.model_type == "vila_r"
+        return self.metadata.has_quality_head
+
+    @property
+    def exif_orientation(self) -> bool:
+        """True: photos turned upright by their EXIF orientation, as viewers show them; False: the
+        stored pixels, exactly as the release scored them (docs/formats.md)."""
+        return self._decoder.exif_orientation
+
+    @exif_orientation.setter
+    def exif_orientation(self, value: bool) -> None:
+        self._decoder.exif_orientation = value
+
+    @property
+    def max_pixels(self) -> int:
+        """The pixel limit an image's header is checked against before decoding."""
+        return self._decoder.max_pixels
+
+    @max_pixels.setter
+    def max_pixels(self, value: int) -> None:  # the host decoders read it per image
+        self._decoder.max_pixels = value
 
     def __repr__(self) -> str:
         demo = ", DEMO weights" if self.is_demo else ""
         return f"VilaModel({self.path!r}, {self.model_type}{demo})"
 
-    def _on_device(self):
-        return tf.device(self.device) if self.device else contextlib.nullcontext()
-
-    # -- preprocessing -----------------------------------------------------------------------------
-    def _warm_up(self) -> None:
-        """Traces the decode functions once, before the threads call them (not once per thread)."""
-        if self._decode.experimental_get_tracing_count() and self._resize.experimental_get_tracing_count():
-            return
-        with self._trace_lock, self._on_device():
-            if not self._decode.experimental_get_tracing_count():
-                self._decode(tf.io.encode_png(tf.zeros([2, 2, 3], tf.uint8)))
-            if not self._resize.experimental_get_tracing_count():
-                self._resize(tf.zeros([2, 2, 3], tf.float32))
-
-    def _pixels(self, item: inputs_lib.Item) -> tuple[Optional[np.ndarray], Optional[str]]:
-        """One item -> (float32 [224, 224, 3], None) or (None, why it failed). Runs in a decode thread."""
-        item = inputs_lib.load(item)
-        if item.error:
-            return None, item.error
-        try:
-            with self._on_device():
-                if isinstance(item.data, bytes):
-                    # Photos the graph cannot decode or must turn upright come back as pixels.
-                    pixels = image_formats.decode_on_host(
-                        item.data, self.max_pixels, self.exif_orientation,
-                        lambda b: self._decode_only(tf.constant(b)).numpy(), self._graph_webp, item.source)
-                    if pixels is None:
-                        return self._decode(tf.constant(item.data)).numpy(), None
-                    return self._resize(tf.constant(pixels.astype(np.float32))).numpy(), None
-                arr = item.data.astype(np.float32) * (255.0 if item.data.dtype != np.uint8 else 1.0)
-                return self._resize(tf.constant(arr)).numpy(), None
-        except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError, tf.errors.UnknownError) as e:
-            return None, _reason(e)
-        except image_formats.ImageFormatError as e:
-            return None, str(e)
-
-    def preprocess(self, images, return_errors: bool = False):
-        """float32 [N, 224, 224, 3] of the release's preprocessing (NaN rows for failed images)."""
-        self._warm_up()
-        skipped = image_formats.SkipReport()
-        results = list(self._pool.map(self._pixels, inputs_lib.iter_items(images, skipped)))
-        skipped.warn(stacklevel=3)
-        out = np.full((len(results), preprocessing.IMAGE_SIZE, preprocessing.IMAGE_SIZE, 3), np.nan, np.float32)
-        for i, (p, _) in enumerate(results):
-            if p is not None:
-                out[i] = p
-        errors = []
-        if any(err for _, err in results):  # sources only when needed: a second, lazy pass
-            for i, it in enumerate(inputs_lib.iter_items(images)):
-                if results[i][1]:
-                    errors.append(ImageError(i, it.source, results[i][1]))
-        return self._finish(out, errors, return_errors)
-
-    # -- batching --------------------------------------------------------------------------------
-    def _run_batch(self, signature: str, arrays: list) -> dict:
-        """`signature` on one batch (at most MAX_BATCH arrays), padded to its bucket: {output: numpy [B, ...]}."""
-        fn = self.signatures[signature]
-        key = next(iter(fn.structured_input_signature[1]))
-        batch = np.stack(arrays)
-        size = buckets.bucket_for(len(arrays))
-        if size > len(arrays):
-            pad = np.zeros((size - len(arrays),) + batch.shape[1:], batch.dtype) if batch.dtype != object \
-                else np.array([b""] * (size - len(arrays)), dtype=object)
-            batch = np.concatenate([batch, pad])
-        with self._on_device():
-            result = fn(**{key: tf.constant(batch)})
-        return {k: v.numpy()[: len(arrays)] for k, v in result.items()}
-
-    def _run_batches(self, signature: str, arrays: list, batch_size: int) -> dict:
-        """Runs `signature` over the non-None entries of `arrays`, in bucket-padded batches."""
-        good = [i for i, a in enumerate(arrays) if a is not None]
-        step = max(1, min(batch_size, buckets.MAX_BATCH))
-        outputs: dict = {}
-        for start in range(0, len(good), step):
-            idx = good[start:start + step]
-            for k, v in self._run_batch(signature, [arrays[i] for i in idx]).items():
-                if k not in outputs:
-                    outputs[k] = np.zeros((len(arrays),) + v.shape[1:], v.dtype)
-                    if v.dtype.kind == "f":
-                        outputs[k][:] = np.nan
-                outputs[k][idx] = v
-        return outputs
-
-    def _finish(self, values, errors: list[ImageError], return_errors: bool):
-        for e in errors:
-            warnings.warn(f"{e.source}: {e.reason}", RuntimeWarning, stacklevel=3)
-        return (values, errors) if return_errors else values
-
     # -- streaming ---------------------------------------------------------------------------------
+    def _decoded_batches(self, inputs, batch_size: int, batches_ahead: int, report: image_formats.SkipReport):
+        self._decoder.warm_up()
+        step = max(1, min(int(batch_size), buckets.MAX_BATCH))
+        return pipeline.decoded_batches(inputs_lib.iter_items(inputs, report), self._decoder.pixels, self._pool,
+                                        step, batches_ahead)
+
     def stream(self, task, inputs, batch_size: int = buckets.MAX_BATCH,
                batches_ahead: int = pipeline.DEFAULT_BATCHES_AHEAD,
                skipped: Optional[image_formats.SkipReport] = None) -> Iterator[Result]:
@@ -238,27 +133,22 @@ class VilaModel:
         are added to `skipped` as the walk meets them when one is given, else summarized in one
         `SkippedFilesWarning` per kind when the stream has run to its end.
         """
-        tasks = (task,) if isinstance(task, (str, zsl.PairTask)) else tuple(task)
-        for t in tasks:
-            if not isinstance(t, zsl.PairTask) and t not in TASKS:
-                raise ValueError(f"unknown task {t!r}: one of {', '.join(TASKS)}, or a zero_shot_task()")
-        step = max(1, min(int(batch_size), buckets.MAX_BATCH))
-        self._warm_up()
+        # A zero_shot_task() gives a dict of scores per image; the registry's tasks one value each.
+        run = [t if isinstance(t, zsl.PairTask) else tasks.get(t)
+               for t in ((task,) if isinstance(task, (str, zsl.PairTask)) else tuple(task))]
         report = image_formats.SkipReport() if skipped is None else skipped
-        batches = pipeline.decoded_batches(inputs_lib.iter_items(inputs, report), self._pixels, self._pool, step,
-                                           batches_ahead)
+        batches = self._decoded_batches(inputs, batch_size, batches_ahead, report)
         try:
             for batch in batches:
                 good = [d for d in batch if d.error is None]
                 per_task = []
-                for t in tasks:
-                    if isinstance(t, zsl.PairTask):  # a dict of scores per image
-                        out = t.values(self._run_batch(t.signature, [d.pixels for d in good])) if good else []
-                        per_task.append({d.index: v for d, v in zip(good, out)})
+                for t in run:
+                    if isinstance(t, zsl.PairTask):
+                        out = t.values(self._runner.run(t.signature, [d.pixels for d in good])) if good else []
+                        per_task.append(dict(zip((d.index for d in good), out)))
                         continue
-                    signature, key, convert = TASKS[t]
-                    out = self._run_batch(signature, [d.pixels for d in good])[key] if good else []
-                    per_task.append({d.index: convert(v) for d, v in zip(good, out)})
+                    out = self._runner.run(t.signature, [d.pixels for d in good])[t.output] if good else []
+                    per_task.append({d.index: t.value(v) for d, v in zip(good, out)})
                 for d in batch:
                     if d.error is not None:
                         value = None
@@ -269,31 +159,55 @@ class VilaModel:
         finally:
             batches.close()
         if skipped is None:
-            report.warn(stacklevel=3)  # at the code that ran the stream to its end
+            report.warn()  # at the code that ran the stream to its end
 
-    def _collect(self, task: str, images, batch_size: int, stacklevel: int = 5) -> tuple[list, list[ImageError]]:
+    def preprocess(self, images, return_errors: bool = False, batch_size: int = buckets.MAX_BATCH):
+        """float32 [N, 224, 224, 3] of the release's preprocessing (NaN rows for failed images):
+        one pass over the inputs, decoded a few batches ahead like `stream`."""
+        rows, errors = [], []
+        nan = np.full((preprocessing.IMAGE_SIZE, preprocessing.IMAGE_SIZE, 3), np.nan, np.float32)
+        report = image_formats.SkipReport()
+        batches = self._decoded_batches(images, batch_size, pipeline.DEFAULT_BATCHES_AHEAD, report)
+        try:
+            for batch in batches:
+                for d in batch:
+                    rows.append(nan if d.error else d.pixels)
+                    if d.error:
+                        errors.append(ImageError(d.index, d.source, d.error))
+        finally:
+            batches.close()
+        report.warn()
+        out = np.stack(rows) if rows else np.zeros((0,) + nan.shape, np.float32)
+        return self._finish(out, errors, return_errors)
+
+    # -- collectors over `stream` ------------------------------------------------------------------
+    def _collect(self, task: str, images, batch_size: int) -> tuple[list, list[ImageError]]:
         values, errors = [], []
         skipped = image_formats.SkipReport()
         for r in self.stream(task, images, batch_size, skipped=skipped):
             values.append(r.value)
             if r.error is not None:
                 errors.append(ImageError(r.index, r.source, r.error))
-        skipped.warn(stacklevel=stacklevel)  # warn, _collect, _image_call, score: the user's line
+        skipped.warn()
         return values, errors
+
+    @staticmethod
+    def _finish(values, errors: list[ImageError], return_errors: bool):
+        for e in errors:
+            warn(f"{e.source}: {e.reason}", RuntimeWarning)
+        return (values, errors) if return_errors else values
 
     def _image_call(self, images, task: str, batch_size: int, return_errors: bool):
         values, errors = self._collect(task, images, batch_size)
-        signature, key, _ = TASKS[task]
-        dims = tuple(d or 0 for d in self.signatures[signature].structured_outputs[key].shape[1:])
-        if task == "score":
-            dims = ()  # the [B, 1] predictions as one float per image
+        t = tasks.TASKS[task]
+        # score: the [B, 1] predictions as one float per image
+        dims = () if t.field == "score" else self._runner.output_shape(t.signature, t.output)
         out = np.full((len(values),) + dims, np.nan, np.float32)
         for i, v in enumerate(values):
             if v is not None:
                 out[i] = v
         return self._finish(out, errors, return_errors)
 
-    # -- the heads (collectors over `stream`) ------------------------------------------------------
     def score(self, images, batch_size: int = buckets.MAX_BATCH, return_errors: bool = False):
         """Aesthetic score per image, float32 [N] (VILA-R; the zero-shot score for a pretrain model)."""
         return self._image_call(images, "score", batch_size, return_errors)
@@ -337,17 +251,16 @@ class VilaModel:
 
     def caption(self, images, batch_size: int = buckets.MAX_BATCH, return_errors: bool = False):
         """Greedy aesthetic comment per image: list of str (None for failed images)."""
-        texts, errors = self._collect("caption", images, batch_size, stacklevel=4)
+        texts, errors = self._collect("caption", images, batch_size)
         return self._finish(texts, errors, return_errors)
 
     def text_embedding(self, texts: Sequence[str] | str, batch_size: int = buckets.MAX_BATCH) -> np.ndarray:
         """l2-normalized text embeddings, float32 [N, D] (the text tower's CLS token)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        arrays = [np.array(t.encode("utf-8"), dtype=object) for t in texts]
         if not texts:
-            d = self.metadata.get("config", {}).get("model_dims", 0)
-            return np.zeros((0, d), np.float32)
-        return self._run_batches("text_embedding", arrays, batch_size)["text_embedding"]
+            return np.zeros((0, self.metadata.model_dims), np.float32)
+        arrays = [np.array(t.encode("utf-8"), dtype=object) for t in texts]
+        return self._runner.run_all("text_embedding", arrays, batch_size)["text_embedding"]
 
     def similarity(self, images, texts, batch_size: int = buckets.MAX_BATCH) -> np.ndarray:
         """Cosine image-text similarity matrix [N images, M texts] (NaN rows for failed images)."""

@@ -13,15 +13,18 @@ import json
 import os
 from typing import Iterator, Optional
 
+
+from vila_tf import tasks
+
 FORMATS = ("csv", "jsonl")
-VALUE_COLUMN = {"score": "score", "zero-shot": "score", "caption": "caption", "embed": "embedding"}
 
 
 def columns(command: str, with_captions: bool = False, pair_names=()) -> list[str]:
     """The CSV columns of a command: fixed up front, since rows are written as they come.
     `pair_names`: a zero-shot column per attribute or prompt pair (vila_tf.zero_shot), after the
     caption."""
-    return ["input", VALUE_COLUMN[command]] + (["caption"] if with_captions else []) + list(pair_names) + ["error"]
+    return (["input", tasks.BY_COMMAND[command].field] + (["caption"] if with_captions else []) + list(pair_names)
+            + ["error"])
 
 
 def make_row(command: str, source: str, value, error: Optional[str], caption: Optional[str] = None,
@@ -31,16 +34,13 @@ def make_row(command: str, source: str, value, error: Optional[str], caption: Op
     row: dict = {"input": source}
     if error is not None:
         row["error"] = error
-    elif command == "embed":
-        row["embedding"] = [round(float(x), 7) for x in value]
-    elif command == "caption":
-        row["caption"] = value
-    else:
-        row["score"] = round(float(value), 6)
-        if with_captions:
-            row["caption"] = caption
-        for name, v in (pairs or {}).items():
-            row[name] = round(float(v), 6)
+        return row
+    task = tasks.BY_COMMAND[command]
+    row[task.field] = task.json_value(value)
+    if with_captions and task.field == "score":
+        row["caption"] = caption
+    for name, v in (pairs or {}).items():
+        row[name] = tasks.json_value("score", v)
     return row
 
 

@@ -13,9 +13,9 @@ import re
 import warnings
 from typing import Optional
 
-from vila_tf.signatures import METADATA_RELATIVE
+from vila_tf.metadata import ExportMetadata, path_in
 
-METADATA_KEY = "tensorflow_support"
+METADATA_KEY = "tensorflow_support"  # the ExportMetadata field
 # Releases that run an export but compute different numbers (measured by `make compat`).
 DIFFERENT_NUMBERS = {
     (2, 17): "TensorFlow 2.17's XLA computes this model's outputs differently from every other release "
@@ -39,9 +39,9 @@ def _release(version: str) -> str:
     return "%d.%d" % release_key(version)
 
 
-def minimum_tensorflow(metadata: dict) -> Optional[str]:
+def minimum_tensorflow(metadata: ExportMetadata) -> Optional[str]:
     """The oldest release the export runs on, as its metadata records it (None: not recorded)."""
-    return (metadata.get(METADATA_KEY) or {}).get("minimum")
+    return (metadata.tensorflow_support or {}).get("minimum")
 
 
 def _max_calling_convention() -> Optional[int]:
@@ -52,14 +52,14 @@ def _max_calling_convention() -> Optional[int]:
         return None
 
 
-def check(metadata: dict, path: str, tf_version: Optional[str] = None) -> None:
+def check(metadata: ExportMetadata, path: str, tf_version: Optional[str] = None) -> None:
     """Raises IncompatibleTensorFlowError naming both versions when `tf_version` (default: the
     running TensorFlow) is older than the export supports."""
     running = tf_version is None
     if running:
         import tensorflow as tf
         tf_version = tf.__version__
-    where = os.path.join(path, METADATA_RELATIVE)
+    where = path_in(path)
     if release_key(tf_version) in DIFFERENT_NUMBERS:
         warnings.warn(f"{path}: {DIFFERENT_NUMBERS[release_key(tf_version)]}", RuntimeWarning, stacklevel=3)
     minimum = minimum_tensorflow(metadata)
@@ -72,7 +72,7 @@ def check(metadata: dict, path: str, tf_version: Optional[str] = None) -> None:
                 "(docs/compatibility.md lists the releases an export can target)")
         return
     # An export from before the record: its calling convention alone says something.
-    version = metadata.get("calling_convention_version")
+    version = metadata.calling_convention_version
     newest = _max_calling_convention() if running else None
     if version is not None and newest is not None and int(version) > newest:
         raise IncompatibleTensorFlowError(

@@ -7,18 +7,18 @@ The text depends only on those and on the package's bytes: no dates, so it is re
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Optional
 
-from vila_tf.signatures import METADATA_RELATIVE, WARMUP_RELATIVE
+from vila_tf import metadata as export_metadata
+from vila_tf import signatures as signatures_lib
+from vila_tf.signatures import SIGNATURES, WARMUP_RELATIVE
 
 
 class ModelCardError(Exception):
     """The folder is not a readable vila-tf export (the message names the file)."""
 
 
-REQUIRED_METADATA = ("model_type", "demo_weights", "config")
 UNKNOWN_SHAPE = "(any shape)"  # serving_default's image_bytes: a scalar (one image) or a batch
 
 PAPER = ("Junjie Ke, Keren Ye, Jiahui Yu, Yonghui Wu, Peyman Milanfar, Feng Yang. *VILA: Learning Image "
@@ -61,20 +61,12 @@ class PackageInfo:
 
 
 def read_metadata(savedmodel_dir: str) -> dict:
-    path = os.path.join(savedmodel_dir, METADATA_RELATIVE)
+    """The export's metadata record (checked: present, valid, a format this vila-tf reads), as the
+    JSON fields the card quotes."""
     try:
-        with open(path, encoding="utf-8") as f:
-            metadata = json.load(f)
-    except FileNotFoundError:
-        raise ModelCardError(f"{path}: not found; this is not a vila-tf export "
-                           "(export it with `python -m export`)") from None
-    except json.JSONDecodeError as e:
-        raise ModelCardError(f"{path}: not valid JSON ({e})") from None
-    missing = [k for k in REQUIRED_METADATA if k not in metadata]
-    if missing:
-        raise ModelCardError(f"{path}: missing key(s) {', '.join(missing)}; "
-                           "re-export the model with this version of vila-tf")
-    return metadata
+        return export_metadata.read(savedmodel_dir).to_json()
+    except export_metadata.MetadataError as e:
+        raise ModelCardError(str(e)) from None
 
 
 def shape_text(shape) -> str:
@@ -166,23 +158,11 @@ _DEMO_WARNING = ("> **Demo weights.** This package holds the full VILA architect
 
 
 def signature_purpose(name: str, metadata: dict) -> str:
+    if name not in SIGNATURES:
+        return ""
     scorer = ("the VILA-R aesthetic score" if metadata["model_type"] == "vila_r"
               else "the zero-shot aesthetic score (no VILA-R head in this model)")
-    purposes = {
-        "serving_default": f"{scorer}; one image as a scalar string or a batch `[B]` (the TF Hub "
-                           "`google/vila/image` call)",
-        "image_embedding": "l2-normalized contrastive image embedding",
-        "text_embedding": "l2-normalized contrastive text embedding",
-        "zero_shot": "zero-shot aesthetic score `zero_shot_score`: mean over the prompt pairs of softmax(good vs "
-                     "bad similarity); each pair's own softmax as `zero_shot_<attribute>` (image, lighting, "
-                     "content, background, foreground, composition)",
-        "caption": "greedy aesthetic comment: text, token ids and length",
-        "preprocess": "the model's preprocessing alone: decoded, resized, cropped pixels in [0, 1]",
-    }
-    if name.endswith("_pixels"):
-        twin = "serving_default" if name == "score_pixels" else name[: -len("_pixels")]
-        return f"as `{twin}`, on already preprocessed pixels (float32 in [0, 1])"
-    return purposes.get(name, "")
+    return signatures_lib.purpose(name, scorer)
 
 
 # --- rendering -----------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Callable, Optional
 from vila_tf.atomic import atomic_file
 
 from . import model_card
+from .. import PROG
 
 ARCHIVE_MTIME = 0          # every entry's mtime, and the gzip header's
 FILE_MODE = 0o644
@@ -208,7 +209,7 @@ def _log(msg: str) -> None:
 
 def cmd_package(argv) -> int:
     p = argparse.ArgumentParser(
-        prog=f"python -m {__package__} package",
+        prog=f"{PROG} package",
         description="Write TF Hub compressed packages (<name>_<version>.tar.gz, its .sha256, <name>.md "
                     "model card) for exported SavedModels; hub.load(URL) and hub.KerasLayer(URL) load them.")
     p.add_argument("savedmodels", nargs="+", metavar="SAVEDMODEL_DIR",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Callable, Optional
@@ -34,7 +33,9 @@ from ..model.params import ParamSource, as_source
 from .tokenizer import LingvoTokenizer
 from .warmup import write_warmup
 from vila_tf.atomic import atomic_dir
-from vila_tf.signatures import ALL_SIGNATURES, METADATA_RELATIVE, ZERO_SHOT_ATTRIBUTE_OUTPUTS
+from vila_tf import metadata as export_metadata
+from vila_tf.signatures import (ALL_SIGNATURES, BYTES, CAPTION_HEAD, IMAGE_HEAD, NO_HEAD, PIXELS, SIGNATURES,
+                                TEXT, ZERO_SHOT_ATTRIBUTE_OUTPUTS)
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 SPM_ASSET_NAME = "spm.model"
@@ -210,16 +211,6 @@ class VilaModule(tf.Module):
         return {"image_embedding": embedding, "zero_shot_score": zero_shot_score, "predictions": score,
                 **attributes}
 
-    def score_pixels(self, image):
-        return {"predictions": self.image_outputs_fn(image)["predictions"]}
-
-    def image_embedding_pixels(self, image):
-        return {"image_embedding": self.image_outputs_fn(image)["image_embedding"]}
-
-    def zero_shot_pixels(self, image):
-        out = self.image_outputs_fn(image)
-        return {key: out[key] for key in ("zero_shot_score",) + ZERO_SHOT_ATTRIBUTE_OUTPUTS}
-
     def caption_pixels(self, image):
         ids, lengths = self._caption_jax(self.params, image)
         return {"caption": self.tokenizer.ids_to_strings(ids, lengths), "caption_ids": ids,
@@ -234,59 +225,68 @@ class VilaModule(tf.Module):
 
     # -- signatures ------------------------------------------------------------------------------
     def _make_signatures(self):
+        """Every signature of the table in `vila_tf.signatures`, as tf.functions on this module."""
         s = self.cfg.image_size
-        pixels = tf.TensorSpec([None, s, s, 3], tf.float32, name="image")
-        bytes_batch = tf.TensorSpec([None], tf.string, name="image_bytes")
         tf_fn = lambda f, spec: tf.function(f, input_signature=[spec], autograph=False)
-        # The bytes signatures call the preprocess and pixel functions: each head is lowered and
-        # the decoder traced once, not once per signature (half the export's tracing time and
-        # retained graph memory), and the graph holds one copy of each.
-        self.preprocess_fn = tf_fn(self.preprocess, bytes_batch)
-        # One lowering of the image heads, called by the three pixel functions: lowered separately
-        # the modules would differ in their debug locations and be compiled once each.
-        self.image_outputs_fn = tf_fn(self._image_outputs, pixels)
-        pp = lambda f: (lambda image_bytes: f(self.preprocess_fn(tf.reshape(image_bytes, [-1]))["image"]))
-        self.score_pixels_fn = tf_fn(self.score_pixels, pixels)
-        self.image_embedding_pixels_fn = tf_fn(self.image_embedding_pixels, pixels)
-        self.zero_shot_pixels_fn = tf_fn(self.zero_shot_pixels, pixels)
-        self.caption_pixels_fn = tf_fn(self.caption_pixels, pixels)
-        # serving_default takes a scalar (the TF Hub VILA call) or a batch: unknown rank.
-        self.serving_default_fn = tf_fn(pp(self.score_pixels_fn), tf.TensorSpec(None, tf.string, name="image_bytes"))
-        self.image_embedding_fn = tf_fn(pp(self.image_embedding_pixels_fn), bytes_batch)
-        self.zero_shot_fn = tf_fn(pp(self.zero_shot_pixels_fn), bytes_batch)
-        self.caption_fn = tf_fn(pp(self.caption_pixels_fn), bytes_batch)
-        self.text_embedding_fn = tf_fn(self.text_embedding, tf.TensorSpec([None], tf.string, name="text"))
+        specs = {PIXELS: tf.TensorSpec([None, s, s, 3], tf.float32, name="image"),
+                 TEXT: tf.TensorSpec([None], tf.string, name="text"),
+                 BYTES: tf.TensorSpec([None], tf.string, name="image_bytes")}
+        # One lowering of each head, called by every signature that runs it: lowered separately the
+        # modules would differ in their debug locations and be compiled once each. The bytes
+        # signatures call the preprocess and pixel functions, so the decoder is traced once too.
+        self.preprocess_fn = tf_fn(self.preprocess, specs[BYTES])
+        self.image_outputs_fn = tf_fn(self._image_outputs, specs[PIXELS])
+        heads_on_pixels = {IMAGE_HEAD: self.image_outputs_fn, CAPTION_HEAD: self.caption_pixels}
+        self.signature_fns = {}
+        for sig in sorted(SIGNATURES.values(), key=lambda sig: sig.kind != PIXELS):  # pixel twins first
+            if sig.kind == PIXELS:
+                fn = _selecting(heads_on_pixels[sig.head], sig.outputs)
+            elif sig.kind == TEXT:
+                fn = self.text_embedding
+            elif sig.head is NO_HEAD:
+                self.signature_fns[sig.name] = self.preprocess_fn
+                continue
+            else:
+                fn = self._after_preprocess(self.signature_fns[sig.pixels])
+            spec = tf.TensorSpec(None, tf.string, name=sig.input) if sig.any_rank else specs[sig.kind]
+            self.signature_fns[sig.name] = tf_fn(fn, spec)
+
+    def _after_preprocess(self, pixel_fn):
+        return lambda image_bytes: pixel_fn(self.preprocess_fn(tf.reshape(image_bytes, [-1]))["image"])
 
     def signatures(self) -> dict:
-        return {name: getattr(self, f"{name}_fn") for name in ALL_SIGNATURES}
+        return {name: self.signature_fns[name] for name in ALL_SIGNATURES}
 
 
-def metadata(cfg: VilaConfig, opts: ExportOptions, extra: dict) -> dict:
+def _selecting(head_fn, outputs: tuple):
+    """A pixel signature: the head's outputs that the signature returns."""
+    return lambda image: {k: v for k, v in head_fn(image).items() if k in outputs}
+
+
+def metadata(cfg: VilaConfig, opts: ExportOptions, **recorded) -> export_metadata.ExportMetadata:
     import flax
-    return {
-        "format": "vila-tf/1",
-        "model_type": cfg.model_type,
-        "model_kind": "VILA-R (CoCaVilaRankBasedFinetune)" if cfg.has_quality_head
+    return export_metadata.ExportMetadata(
+        model_type=cfg.model_type,
+        model_kind="VILA-R (CoCaVilaRankBasedFinetune)" if cfg.has_quality_head
         else "VILA-P / CoCa pretrain (CoCaVilaPretrain)",
-        "demo_weights": opts.demo,
-        "config": cfg.to_dict(),
-        "source_checkpoint": opts.source,
-        "source_sha256": opts.source_sha256,
-        "source_step": opts.source_step,
-        "dtype": opts.dtype,
-        "compute_dtype": opts.compute_dtype,
-        "platforms": list(opts.platforms),
-        "max_pixels": opts.max_pixels,
-        "image_formats": list(preprocess.graph_formats(opts.webp)),
-        "text_length": TEXT_LENGTH,
-        "zero_shot_prompts": [list(p) for p in heads.ZERO_SHOT_PROMPT_PAIRS],
-        # The attribute of each pair, in the same order; its score is the output `zero_shot_<attribute>`.
-        "zero_shot_attributes": list(heads.ZERO_SHOT_ATTRIBUTES),
-        "signatures": list(ALL_SIGNATURES),
-        "versions": {"jax": jax.__version__, "flax": flax.__version__, "tensorflow": tf.__version__,
-                     "numpy": np.__version__},
-        **extra,
-    }
+        demo_weights=opts.demo,
+        config=cfg.to_dict(),
+        source_checkpoint=opts.source,
+        source_sha256=opts.source_sha256,
+        source_step=opts.source_step,
+        dtype=opts.dtype,
+        compute_dtype=opts.compute_dtype,
+        platforms=tuple(opts.platforms),
+        max_pixels=opts.max_pixels,
+        image_formats=tuple(preprocess.graph_formats(opts.webp)),
+        text_length=TEXT_LENGTH,
+        zero_shot_prompts=tuple(heads.ZERO_SHOT_PROMPT_PAIRS),
+        zero_shot_attributes=tuple(heads.ZERO_SHOT_ATTRIBUTES),
+        signatures=tuple(ALL_SIGNATURES),
+        versions={"jax": jax.__version__, "flax": flax.__version__, "tensorflow": tf.__version__,
+                  "numpy": np.__version__},
+        **recorded,
+    )
 
 
 def options_for_target(options: ExportOptions, log: Callable[[str], None] = print) -> ExportOptions:
@@ -334,8 +334,7 @@ def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
             f"{calling_convention}, StableHLO {stablehlo}; docs/compatibility.md)")
         log("writing TF Serving warmup requests")
         write_warmup(tmp, ALL_SIGNATURES, cfg.image_size)
-        with open(os.path.join(tmp, METADATA_RELATIVE), "w") as f:
-            json.dump(metadata(cfg, options, {"calling_convention_version": calling_convention,
-                                              tf_compat.METADATA_KEY: support,
-                                              "export_seconds": round(time.time() - t0, 1)}), f, indent=1)
+        export_metadata.write(tmp, metadata(cfg, options, calling_convention_version=calling_convention,
+                                            tensorflow_support=support,
+                                            export_seconds=round(time.time() - t0, 1)))
     return out_dir

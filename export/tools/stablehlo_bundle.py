@@ -22,7 +22,9 @@ import os
 import numpy as np
 
 from vila_tf.atomic import atomic_dir
-from vila_tf.signatures import ALL_SIGNATURES, METADATA_RELATIVE
+from vila_tf import metadata as export_metadata
+from vila_tf.signatures import ALL_SIGNATURES, PIXELS, SIGNATURES
+from .. import PROG
 
 FORMAT = "vila-tf-stablehlo/1"
 DEFAULT_MAX_WEIGHT_BYTES = 64 << 20  # what a remote accelerator run may carry in files
@@ -39,17 +41,10 @@ class BundleError(ValueError):
     pass
 
 
-# The score, image embedding and zero-shot signatures share one lowered function (its outputs:
-# embedding, zero-shot score, the six per-attribute zero-shot scores [B, 6] and, for VILA-R, the
-# quality score).
-IMAGE_SIGNATURES = ("serving_default", "score_pixels", "image_embedding", "image_embedding_pixels",
-                    "zero_shot", "zero_shot_pixels")
-
-
 def _function_name(signature: str) -> str:
-    if signature in IMAGE_SIGNATURES:
-        return "image"
-    return signature[:-len("_pixels")] if signature.endswith("_pixels") else signature
+    """The bundle's name for the lowered head a signature runs (the signature table's `head`:
+    score, image embedding and zero-shot share one, "image")."""
+    return SIGNATURES[signature].head or signature
 
 
 def _main_types(module_bytes: bytes) -> tuple[list, list]:
@@ -217,21 +212,18 @@ def write_bundle(savedmodel_dir: str, out_dir: str, max_weight_bytes: int = DEFA
     import tensorflow_text  # noqa: F401  (registers the SentencePiece ops of the graph)
     from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 
-    meta_path = os.path.join(savedmodel_dir, METADATA_RELATIVE)
-    if not os.path.isfile(meta_path):
-        raise FileNotFoundError(f"{meta_path}: not a vila-tf SavedModel (no export metadata)")
-    with open(meta_path) as f:
-        meta = json.load(f)
+    try:
+        meta = export_metadata.read(savedmodel_dir)
+    except export_metadata.MetadataError as e:
+        raise BundleError(str(e)) from None
     model = tf.saved_model.load(savedmodel_dir)
     variables_by_handle = {id(v.handle): v for v in model.variables}
-    text_length = int(meta.get("text_length", 64))
-    vocab = int(meta["config"]["vocab_size"])
-    compute_dtype = meta.get("compute_dtype", "float32")
+    text_length, vocab, compute_dtype = meta.text_length, int(meta.config["vocab_size"]), meta.compute_dtype
     rng = np.random.default_rng(0)
 
     functions, used = {}, {}
     # The pixel signatures first: the image-bytes ones call the same head after preprocessing.
-    for signature in sorted(ALL_SIGNATURES, key=lambda s: not s.endswith("_pixels")):
+    for signature in sorted(ALL_SIGNATURES, key=lambda s: SIGNATURES[s].kind != PIXELS):
         name = _function_name(signature)
         if name in functions:
             functions[name]["signatures"].append(signature)
@@ -295,9 +287,9 @@ def write_bundle(savedmodel_dir: str, out_dir: str, max_weight_bytes: int = DEFA
     manifest = {
         "format": FORMAT,
         "savedmodel": os.path.abspath(savedmodel_dir),
-        "model_type": meta.get("model_type"), "dtype": meta.get("dtype"), "compute_dtype": compute_dtype,
-        "demo_weights": meta.get("demo_weights"),
-        "config": meta.get("config"),
+        "model_type": meta.model_type, "dtype": meta.dtype, "compute_dtype": compute_dtype,
+        "demo_weights": meta.demo_weights,
+        "config": meta.config,
         "tolerance": TOLERANCES[compute_dtype],
         "weights": {"file": "weights.npz" if include else None, "bytes": weight_bytes,
                     "max_weight_bytes": max_weight_bytes,
@@ -319,7 +311,7 @@ def write_bundle(savedmodel_dir: str, out_dir: str, max_weight_bytes: int = DEFA
 
 
 def cmd_stablehlo(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m export stablehlo",
+    p = argparse.ArgumentParser(prog=f"{PROG} stablehlo",
                                 description="Write a SavedModel's lowered StableHLO functions as a bundle that "
                                             "benchmarks/accelerator.py runs with jax alone (docs/accelerators.md).")
     p.add_argument("savedmodel", help="a vila-tf SavedModel folder")

@@ -18,11 +18,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from vila_tf.beam import io as beam_io, shards
 from vila_tf import buckets, zero_shot
-
-from vila_tf.beam.handler import is_remote, remote_savedmodel, log, ERRORS, EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, METRICS_NAMESPACE, RESULTS, TASKS
+from vila_tf.beam import io as beam_io, shards
+from vila_tf.beam.handler import (ERRORS, EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, METRICS_NAMESPACE, RESULTS, TASKS,
+                                  is_remote, log, remote_savedmodel)
 from vila_tf.beam.transforms import build
+from vila_tf.metadata import ExportMetadata
+from vila_tf.signatures import METADATA_RELATIVE
+from vila_tf.versions import resolve_savedmodel
 
 # -- the command ------------------------------------------------------------------------------------------
 
@@ -159,22 +162,16 @@ def _check_dataset_args(args: argparse.Namespace) -> None:
 
 def _embedding_size(path: str) -> int:
     """The embedding width, from the export's metadata (the Parquet column is a fixed-size list)."""
-    from vila_tf.signatures import METADATA_RELATIVE
-    folder = remote_savedmodel(path) if is_remote(path) else _local_savedmodel(path)
+    folder = remote_savedmodel(path) if is_remote(path) else resolve_savedmodel(path)
     meta_path = FileSystems.join(folder, *METADATA_RELATIVE.split("/"))
     try:
         with FileSystems.open(meta_path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            size = json.load(f).get("config", {}).get("model_dims")
-    except Exception as e:  # noqa: BLE001
+            size = ExportMetadata.from_json(json.load(f), meta_path).model_dims
+    except Exception as e:  # noqa: BLE001  (any filesystem's error: the message names the file)
         raise UsageError(f"--output-format parquet: cannot read the embedding size from {meta_path}: {e}") from e
     if not size:
         raise UsageError(f"--output-format parquet: {meta_path} does not give the embedding size (config.model_dims)")
     return int(size)
-
-
-def _local_savedmodel(path: str) -> str:
-    from vila_tf.versions import resolve_savedmodel
-    return resolve_savedmodel(path)
 
 
 def _check_model(path: str, runner: str) -> None:
@@ -184,7 +181,6 @@ def _check_model(path: str, runner: str) -> None:
         except Exception as e:  # noqa: BLE001
             raise UsageError(f"cannot use model {path}: {e}") from e
     elif os.path.exists(path) or runner in StandardOptions.LOCAL_RUNNERS:
-        from vila_tf.versions import resolve_savedmodel
         try:
             resolve_savedmodel(path)
         except FileNotFoundError as e:

@@ -8,14 +8,14 @@ import os
 import shutil
 import tempfile
 import warnings
-from typing import Any, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 import vila_tf
-from vila_tf import buckets, zero_shot
+from vila_tf import buckets, tasks, zero_shot
 from vila_tf.versions import numbered
 
 log = logging.getLogger("vila_tf.beam")
@@ -25,27 +25,8 @@ RESULTS, ERRORS = "results", "errors"
 FAILED_ON_IMAGE = "the model failed on this image"
 
 
-class Task(NamedTuple):
-    method: str  # the VilaModel method that runs it
-    field: str  # the key of its value in a result record (as the `vila-tf` command's jsonl output)
-    help: str
-
-
-TASKS = {
-    "score": Task("score", "score", "aesthetic score per image (VILA-R; zero-shot score for a pretrain model)"),
-    "zero-shot": Task("zero_shot", "score", "zero-shot quality score from the release's good/bad prompt pairs"),
-    "caption": Task("caption", "caption", "an aesthetic comment per image (greedy decoding)"),
-    "embed": Task("image_embedding", "embedding", "l2-normalized image embeddings"),
-}
-
-
-def _json_value(field: str, value) -> Any:
-    # Same rounding as `vila-tf ... --format jsonl`, so both commands write the same records.
-    if field == "embedding":
-        return [round(float(x), 7) for x in value]
-    if field == "caption":
-        return value
-    return round(float(value), 6)
+# `vila-tf beam` tasks by command name (score, zero-shot, caption, embed): the runtime's registry.
+TASKS = tasks.BY_COMMAND
 
 
 # -- the model on a worker ---------------------------------------------------------------------------
@@ -150,11 +131,11 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
             values, failed = self._run(model, batch)
         except Exception as batch_error:  # noqa: BLE001
             values, failed = self._run_one_by_one(model, batch, batch_error)
-        value = (lambda v: v) if self.raw_values else (lambda v: _json_value(field, v))
+        value = (lambda v: v) if self.raw_values else TASKS[self.task].json_value
 
         def body(v):
             if isinstance(v, dict):  # zero-shot: the score and a score per pair
-                return {k: value(x) for k, x in v.items()}
+                return {k: x if self.raw_values else tasks.json_value("score", x) for k, x in v.items()}
             return {field: value(v)}
         return [PredictionResult(example, {"error": failed[i]} if i in failed else body(values[i]), self.model_path)
                 for i, example in enumerate(batch)]
@@ -166,8 +147,8 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
                                              attributes=True, prompts=self.prompts)
             values = [scores.row(i) for i in range(len(scores))]
         else:
-            values, errors = getattr(model, TASKS[self.task].method)(images, batch_size=self.batch_size,
-                                                                      return_errors=True)
+            values, errors = getattr(model, TASKS[self.task].name)(images, batch_size=self.batch_size,
+                                                                    return_errors=True)
         return list(values), {e.index: e.reason for e in errors}
 
     def _run_one_by_one(self, model, batch: list, batch_error: Exception) -> tuple[list, dict]:

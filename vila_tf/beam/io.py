@@ -21,9 +21,10 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from vila_tf import tasks
 from vila_tf.beam import shards
+from vila_tf.beam.handler import METRICS_NAMESPACE
 
-METRICS_NAMESPACE = "vila_tf"
 ERRORS, FILTERED, IMAGES = "errors", "filtered", "images"
 
 
@@ -206,14 +207,8 @@ class Judge(beam.DoFn):
 
 def json_record(record: dict) -> dict:
     """Same rounding as `vila-tf ... --format jsonl`, so both commands write the same records."""
-    out = {}
-    for k, v in record.items():
-        if k == "embedding":
-            v = [round(float(x), 7) for x in v]
-        elif k == "score" or isinstance(v, float):  # zero-shot's pair columns too
-            v = round(float(v), 6)
-        out[k] = v
-    return out
+    # zero-shot's pair columns (Python floats) are scores too
+    return {k: tasks.json_value("score" if isinstance(v, float) else k, v) for k, v in record.items()}
 
 
 class WriteJsonLines(beam.PTransform):

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from vila_tf import tf_compat
+from vila_tf import metadata as export_metadata, tf_compat
 from vila_tf.serving.check import MissingServingApiError, _child, check
 from vila_tf.serving.requests import rest_request
 from vila_tf.signatures import SIGNATURE_INPUTS
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     except tf_compat.IncompatibleTensorFlowError as e:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
-    except MissingServingApiError as e:
+    except (MissingServingApiError, export_metadata.MetadataError) as e:
         print(f"python -m vila_tf.serving: {e}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=1))

@@ -14,8 +14,8 @@ from typing import Mapping
 
 import numpy as np
 
-from vila_tf import tf_compat
-from vila_tf.signatures import METADATA_RELATIVE, WARMUP_RELATIVE
+from vila_tf import metadata as export_metadata, tf_compat
+from vila_tf.signatures import WARMUP_RELATIVE
 
 
 
@@ -31,6 +31,7 @@ class SessionModel:
 
     def __init__(self, path: str, config=None):
         import tensorflow as tf
+        import tensorflow_text  # noqa: F401  (the model server links these ops)
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         with self.graph.as_default():
@@ -75,6 +76,7 @@ def read_warmup(path: str) -> list:
 
 def unregistered_ops(path: str) -> list:
     """Ops in the graph or its functions that TensorFlow + tensorflow_text do not register."""
+    import tensorflow_text  # noqa: F401  (registers its ops: only unknown ones are reported)
     from tensorflow.core.protobuf import saved_model_pb2
     from tensorflow.python.framework import op_def_registry
     sm = saved_model_pb2.SavedModel()
@@ -128,18 +130,10 @@ def _in_subprocess(path: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def read_metadata(path: str) -> dict:
-    p = os.path.join(path, METADATA_RELATIVE)
-    if not os.path.isfile(p):
-        return {}
-    with open(p) as f:
-        return json.load(f)
-
-
 def check_tensorflow_version(path: str, server_version: str | None = None) -> None:
     """Refuses (IncompatibleTensorFlowError) this TensorFlow, or the named TF Serving release, when
     older than the export's recorded minimum."""
-    metadata = read_metadata(path)
+    metadata = export_metadata.read(path)
     tf_compat.check(metadata, path)
     if server_version:
         tf_compat.check(metadata, path, server_version)
@@ -169,8 +163,9 @@ def check(path: str, server_version: str | None = None) -> dict:
       checked before any compiled kernel is looked up, so the first part cannot mask it).
     """
     require_serving_api()
+    metadata = export_metadata.read(path)  # a missing or damaged record: refused here, in one line
     if server_version:  # the named release: from the metadata alone
-        tf_compat.check(read_metadata(path), path, server_version)
+        tf_compat.check(metadata, path, server_version)
     # The child checks this TensorFlow first: the parent never imports it (a 3 s start saved).
     report = _in_subprocess(path)
     if "incompatible" in report:

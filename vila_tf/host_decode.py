@@ -1,0 +1,80 @@
+"""One input item -> the model's pixels, float32 [224, 224, 3] in [0, 1], on the host, in a decode
+thread: the exact TensorFlow ops the SavedModel runs in-graph (`vila_tf.preprocessing`), with the
+photos the graph cannot decode or must turn upright decoded by `vila_tf.image_formats` first."""
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from vila_tf import image_formats, inputs as inputs_lib, preprocessing
+
+
+def on_device(device: Optional[str]):
+    """Where TensorFlow runs: the named device, or TensorFlow's own choice (a GPU when there is one)."""
+    return tf.device(device) if device else contextlib.nullcontext()
+
+
+def reason(err: Exception) -> str:
+    """The useful sentence of a TensorFlow error about one image."""
+    msg = getattr(err, "message", None) or str(err)
+    for pattern in (r"Summarized data: b'(.*?)'", r"Summarized data: b\"(.*?)\"", r"assertion failed: \[(.*?)\]"):
+        m = re.search(pattern, msg, re.S)
+        if m:
+            return re.sub(r"^image: ", "", m.group(1)).strip()
+    first = msg.strip().splitlines()[0] if msg.strip() else type(err).__name__
+    first = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", first)  # TF's internal function name
+    return re.sub(r"\s*\[\[.*", "", first)[:300]
+
+
+class HostDecoder:
+    """Thread-safe once warmed up: `pixels(item)` may run in many threads at once."""
+
+    def __init__(self, max_pixels: int, exif_orientation: bool = True, device: Optional[str] = None):
+        self.max_pixels, self.exif_orientation, self.device = max_pixels, exif_orientation, device
+        # WebP in the graph needs a TensorFlow with its decoder; without one Pillow decodes it.
+        self.graph_webp = hasattr(tf.io, "decode_webp")
+        self._decode = tf.function(
+            lambda b: preprocessing.crop_and_scale(preprocessing.decode(b, None, max_pixels, self.graph_webp)),
+            input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+        self._decode_only = tf.function(lambda b: preprocessing.decode(b, None, max_pixels, self.graph_webp),
+                                        input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+        self._resize = tf.function(preprocessing.crop_and_scale,
+                                   input_signature=[tf.TensorSpec([None, None, 3], tf.float32)], autograph=False)
+        self._trace_lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Traces the decode functions once, before the threads call them (not once per thread)."""
+        if self._decode.experimental_get_tracing_count() and self._resize.experimental_get_tracing_count():
+            return
+        with self._trace_lock, on_device(self.device):
+            if not self._decode.experimental_get_tracing_count():
+                self._decode(tf.io.encode_png(tf.zeros([2, 2, 3], tf.uint8)))
+            if not self._resize.experimental_get_tracing_count():
+                self._resize(tf.zeros([2, 2, 3], tf.float32))
+
+    def pixels(self, item: inputs_lib.Item) -> tuple[Optional[np.ndarray], Optional[str]]:
+        """(float32 [224, 224, 3], None), or (None, why it failed)."""
+        item = inputs_lib.load(item)
+        if item.error:
+            return None, item.error
+        try:
+            with on_device(self.device):
+                if isinstance(item.data, bytes):
+                    # Photos the graph cannot decode or must turn upright come back as pixels.
+                    pixels = image_formats.decode_on_host(
+                        item.data, self.max_pixels, self.exif_orientation,
+                        lambda b: self._decode_only(tf.constant(b)).numpy(), self.graph_webp, item.source)
+                    if pixels is None:
+                        return self._decode(tf.constant(item.data)).numpy(), None
+                    return self._resize(tf.constant(pixels.astype(np.float32))).numpy(), None
+                arr = item.data.astype(np.float32) * (255.0 if item.data.dtype != np.uint8 else 1.0)
+                return self._resize(tf.constant(arr)).numpy(), None
+        except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError, tf.errors.UnknownError) as e:
+            return None, reason(e)
+        except image_formats.ImageFormatError as e:
+            return None, str(e)
