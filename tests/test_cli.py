@@ -3,6 +3,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -185,3 +186,68 @@ def test_info(exported):
     r = run("info", exported["vila_r_tiny"])
     assert r.returncode == 0, r.stderr
     assert "VILA-R" in r.stdout and "serving_default(image_bytes" in r.stdout and "vocab_size=1000" in r.stdout
+
+
+DOCS_RUNTIME = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "runtime.md")
+
+
+def _doc_session():
+    """docs/runtime.md's terminal session on a folder: {command: its output lines}."""
+    text = open(DOCS_RUNTIME).read().split("### What you see on a folder", 1)[1]
+    block = text.split("```\n", 2)[1]
+    session, command = {}, None
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            command = line[2:]
+            session[command] = []
+        else:
+            session[command].append(line)
+    return session
+
+
+def _table(lines):
+    """The rows of a `--format table` printout, cut at the header's column starts."""
+    import re
+    header = next(i for i, line in enumerate(lines) if line.startswith("input "))
+    starts = [m.start() for m in re.finditer(r"(?:^|(?<=  ))\S", lines[header])]
+    names = [lines[header][a:b].strip() for a, b in zip(starts, starts[1:] + [None])]
+    rows = [line for line in lines[header + 1:] if line.startswith("holiday/")]
+    return names, [{n: line[a:b].strip() for n, a, b in zip(names, starts, starts[1:] + [None])} for line in rows]
+
+
+@pytest.mark.long
+def test_the_documented_folder_session(exported, tmp_path):
+    """docs/runtime.md's session, rerun on the same folder with the same tiny models: the same
+    columns, values, captions, messages and contact sheet size."""
+    import skimage.data
+    holiday = tmp_path / "holiday"
+    holiday.mkdir()
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        Image.fromarray(getattr(skimage.data, name)()).save(holiday / f"{name}.jpg", quality=90)
+    (holiday / "broken.jpg").write_bytes((holiday / "coffee.jpg").read_bytes()[:2000])
+    (holiday / "notes.txt").write_text("packing list")
+    (tmp_path / "exported").mkdir()
+    for name, path in exported.items():
+        os.symlink(os.path.dirname(path), tmp_path / "exported" / name)
+    session = _doc_session()
+    assert session.pop("ls holiday/") == ["  ".join(sorted(os.listdir(holiday)))]
+    assert len(session) == 2
+    for command, doc_lines in session.items():
+        argv = shlex.split(command)
+        assert argv[0] == "vila-tf"
+        r = subprocess.run([VILA_TF, *argv[1:]], capture_output=True, text=True, env=env_without_jax(),
+                           timeout=600, cwd=tmp_path)
+        assert r.returncode == 1, r.stderr  # the truncated JPEG
+        names, doc_rows = _table(doc_lines)
+        got = list(csv.DictReader(io.StringIO(r.stdout)))
+        assert list(got[0]) == names and [row["input"] for row in got] == [row["input"] for row in doc_rows]
+        for want, row in zip(doc_rows, got):
+            for name in names:
+                if want[name] and name not in ("input", "caption", "error"):
+                    assert float(row[name]) == pytest.approx(float(want[name]), abs=2e-6), (command, name)
+                else:
+                    assert row[name] == want[name], (command, name)
+        messages = [line for line in doc_lines if line.startswith("vila-tf: ")]
+        assert messages == [line for line in r.stderr.splitlines() if line.startswith("vila-tf: ")]
+    sheet = Image.open(tmp_path / "sheet.png")
+    assert f"`sheet.png` is {sheet.size[0]} × {sheet.size[1]} pixels" in open(DOCS_RUNTIME).read()
