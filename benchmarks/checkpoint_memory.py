@@ -2,7 +2,7 @@
 
 Writes a 1.25 GB checkpoint shaped like the release (484 parameter arrays, then the ShardedAdafactor
 state of docs/model.md §9), then reads it in a fresh process and reports that process's peak RSS.
-  python benchmarks/checkpoint_memory.py --dir /tmp/vila_mem [--json]
+  python benchmarks/checkpoint_memory.py --dir /tmp/vila_mem [--json] [--out benchmarks/checkpoint_memory.json]
 """
 import argparse
 import json
@@ -54,6 +54,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", required=True)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--out", help="also write the result to this JSON file (docs/export.md quotes it)")
     ap.add_argument("--read-only", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.read_only:
@@ -66,6 +67,11 @@ def main():
     result = json.loads(r.stdout.strip().splitlines()[-1])
     result["file_bytes"] = os.path.getsize(target)
     result["ratio"] = result["peak_rss_bytes"] / result["file_bytes"]
+    result["machine"] = {"cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0]}
+    if a.out:
+        from vila_tf.atomic import atomic_file
+        with atomic_file(a.out) as f:
+            f.write(json.dumps(result, indent=1) + "\n")
     if a.json:
         print(json.dumps(result))
     else:

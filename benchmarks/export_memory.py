@@ -26,7 +26,7 @@ TARGET_RATIO = 2.0
 
 def float32_parameter_bytes() -> int:
     code = ("import sys, numpy as np; sys.path.insert(0, %r)\n"
-            "from export import checkpoint; from export.config import VilaConfig\n"
+            "from export.checkpoints import paxml as checkpoint; from export.model.config import VilaConfig\n"
             "print(sum(int(np.prod(s)) for s in checkpoint.expected_shapes(VilaConfig()).values()) * 4)\n") % ROOT
     return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
@@ -34,18 +34,18 @@ def float32_parameter_bytes() -> int:
 def _child_code(source: str, tmp: str, out: str, dtype: str, compute_dtype: str) -> str:
     if source == "demo":
         return ("import sys; sys.path.insert(0, %r)\n"
-                "from export import cli_export\n"
+                "from export import cli as cli_export\n"
                 "cli_export.export_demo(%r, %r, compute_dtype=%r)\n") % (ROOT, out, dtype, compute_dtype)
     # A release-shaped checkpoint and a tokenizer, made in another process (not measured).
     ckpt, spm_path = os.path.join(tmp, "ckpt"), os.path.join(tmp, "spm", "spm.model")
     setup = ("import sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
              "import checkpoint_memory\n"
-             "from export import spm\n"
+             "from export.savedmodel import spm\n"
              "checkpoint_memory.write(%r)\n"
              "spm.train(spm.repo_sentences(%r), %r, 64000)\n") % (ROOT, os.path.dirname(__file__), ckpt, ROOT, spm_path)
     subprocess.run([sys.executable, "-c", setup], check=True, capture_output=True)
     return ("import sys; sys.path.insert(0, %r)\n"
-            "from export import cli_export\n"
+            "from export import cli as cli_export\n"
             "cli_export.export_checkpoint(%r, %r, %r, %r, compute_dtype=%r)\n") % (
         ROOT, ckpt, spm_path, out, dtype, compute_dtype)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import tiny_models
+from reference import in_buckets  # noqa: F401  (re-exported for the tests)
 from tiny_models import DATA, FIXTURE_OVERRIDES, FIXTURES  # noqa: F401  (re-exported for the tests)
 
 
@@ -135,6 +136,20 @@ def model(exported):
     m.close()
 
 
+@pytest.fixture(scope="session")
+def references(exported, spm_model):
+    """{fixture name: reference.Reference}: each export's outputs on encoded images by the release's
+    TF-op preprocessing and the export's golden-checked pixel signatures, never by vila_tf. Built on
+    first use in each test process."""
+    import reference as ref
+
+    class Lazy(dict):
+        def __missing__(self, name):
+            self[name] = ref.Reference(exported[name], name, spm_model)
+            return self[name]
+    return Lazy()
+
+
 @pytest.fixture(scope="module")
 def reference(exported):
     """Scores straight from the tiny VILA-R export's serving_default on encoded bytes: the ground
@@ -147,18 +162,6 @@ def reference(exported):
         return in_buckets(lambda b: m.signatures["serving_default"](image_bytes=tf.constant(b))["predictions"].numpy(),
                           list(encoded))[:, 0]
     return score
-
-
-def in_buckets(fn, items: list) -> np.ndarray:
-    """fn over `items` in pieces of the runtime's bucket sizes (the last one padded with copies of
-    its first item, and those rows dropped): every shape a test compiles is one that vila_tf and
-    the warmup requests compile too, so the run's compilation cache serves them all once."""
-    from vila_tf import buckets
-    out = []
-    for start, stop, size in buckets.chunks(len(items)):
-        piece = items[start:stop]
-        out.append(fn(piece + [piece[0]] * (size - len(piece)))[: len(piece)])
-    return np.concatenate(out)
 
 
 def kill_after_rows(cmd, out, rows, env) -> bool:

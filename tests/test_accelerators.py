@@ -61,6 +61,11 @@ def test_bfloat16_compute_export_within_documented_bounds(tmp_path, spm_model, n
         assert np.abs(score - g["pred/quality_scores"]).max() <= BF16_SCORE_ABS
     meta = json.load(open(os.path.join(path, "assets.extra", "vila_tf.json")))
     assert meta["dtype"] == "float32" and meta["compute_dtype"] == "bfloat16"
+    # The model card states what this export computes in.
+    from export.publish import model_card
+    card = model_card.render(model_card.read_facts(path), model_card.PackageInfo(name, 1, f"{name}_1.tar.gz", "0" * 64, 1))
+    assert "| Weights dtype | float32 |" in card
+    assert "| Compute dtype | bfloat16: matrix multiplications take bfloat16 operands" in card
 
 
 @pytest.mark.parametrize("name", ["vila_r_tiny", "vila_p_tiny"])

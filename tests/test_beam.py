@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import warnings
@@ -60,10 +61,13 @@ def photos(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def expected(model, photos):
-    """What `vila_tf` itself says about every file: {name: score} and {name: error reason}."""
+def expected(model, references, photos):
+    """{name: score} of the images by the reference path (tests/reference.py: the release's
+    preprocessing and the golden-checked pixel signatures) and {name: reason} of the files that are
+    not images, as `vila_tf` words them."""
     good = sorted(p for p in os.listdir(photos) if p.startswith("img"))
-    scores = {f: float(s) for f, s in zip(good, model.score([str(photos / f) for f in good]))}
+    scores = references["vila_r_tiny"].score([(photos / f).read_bytes() for f in good])
+    scores = {f: float(s) for f, s in zip(good, scores)}
     reasons = {}
     for name in BAD:
         try:
@@ -108,7 +112,7 @@ def read_jsonl(pattern):
 
 
 def check_outputs(prefix, photos, expected):
-    """Every good image scored as vila_tf scores it, every bad one in the errors, none missing or twice."""
+    """Every good image scored as the reference scores it, every bad one in the errors, none missing or twice."""
     scores, reasons = expected
     results, errors = read_jsonl(f"{prefix}-results-*.jsonl"), read_jsonl(f"{prefix}-errors-*.jsonl")
     names = [os.path.basename(r["input"]) for r in results + errors]
@@ -158,12 +162,11 @@ def test_readme_commands_parse():
 
 @pytest.mark.parametrize("task, fixture", [("zero-shot", "vila_p_tiny"), ("caption", "vila_r_tiny"),
                                            ("embed", "vila_r_tiny")])
-def test_other_tasks_match_vila_tf(task, fixture, exported, photos, tmp_path):
-    import vila_tf
-    m = vila_tf.load(exported[fixture])
+def test_other_tasks_match_the_reference(task, fixture, exported, references, photos, tmp_path):
+    ref = references[fixture]
     files = sorted(str(p) for p in photos.glob("img0*.png"))
-    method = {"zero-shot": m.zero_shot, "caption": m.caption, "embed": m.image_embedding}[task]
-    want = dict(zip(files, method(files)))
+    method = {"zero-shot": ref.zero_shot, "caption": ref.caption, "embed": ref.image_embedding}[task]
+    want = dict(zip(files, method([open(f, "rb").read() for f in files])))
     prefix = str(tmp_path / task)
     # Overlapping patterns: every file still comes out once.
     rc = vila_beam.main([task, exported[fixture], "--input", f"{photos}/img0*.png", "--input", files[0],
@@ -182,14 +185,19 @@ def test_other_tasks_match_vila_tf(task, fixture, exported, photos, tmp_path):
 
 
 @pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
-def test_zero_shot_attributes_and_own_prompts(exported, photos, tmp_path, output_format):
+def test_zero_shot_attributes_and_own_prompts(exported, references, photos, tmp_path, output_format):
     """zero-shot records hold the release's six attribute columns, or with --prompt a column per
-    pair of your own, equal to vila_tf's (JSON Lines rounded to 6 decimals; Parquet float32)."""
-    import vila_tf
-    m = vila_tf.load(exported["vila_p_tiny"])
+    pair of your own, as the reference path computes them (tests/reference.py; JSON Lines rounded to
+    6 decimals, Parquet float32)."""
+    ref = references["vila_p_tiny"]
     files = sorted(str(p) for p in photos.glob("img0*.png"))
+    encoded = [open(f, "rb").read() for f in files]
     pairs = ["sharp photo|blurry photo", "warm light|cold light"]
-    for prompts, want in ((None, m.zero_shot(files, attributes=True)), (pairs, m.zero_shot(files, prompts=pairs))):
+    attributes = ("image", "lighting", "content", "background", "foreground", "composition")
+    own = ref.pair_scores(encoded, [p.split("|") for p in pairs])
+    cases = ((None, attributes, ref.zero_shot(encoded), ref.zero_shot_attributes(encoded)),
+             (pairs, tuple(pairs), own.mean(1), own))
+    for prompts, names, want_score, want_pairs in cases:
         prefix = str(tmp_path / f"zs-{bool(prompts)}")
         argv = ["zero-shot", exported["vila_p_tiny"], "--input", f"{photos}/img0*.png", "--output", prefix,
                 "--batch-size", "4", "--output-format", output_format]
@@ -197,19 +205,17 @@ def test_zero_shot_attributes_and_own_prompts(exported, photos, tmp_path, output
         if output_format == "parquet":
             import pyarrow.parquet as pq
             table = pq.read_table(glob.glob(f"{prefix}-results-*.parquet"))
-            assert table.schema.names == ["input", "score", *want.names]
-            assert all(str(table.schema.field(n).type) == "float" for n in ("score", *want.names))
+            assert table.schema.names == ["input", "score", *names]
+            assert all(str(table.schema.field(n).type) == "float" for n in ("score", *names))
             results = table.to_pylist()
         else:
             results = read_jsonl(f"{prefix}-results-*.jsonl")
-            assert all(list(r) == ["input", "score", *want.names] for r in results)
-        assert want.names == (tuple(pairs) if prompts else
-                              ("image", "lighting", "content", "background", "foreground", "composition"))
+            assert all(list(r) == ["input", "score", *names] for r in results)
         by_input = {r["input"]: r for r in results}
         assert sorted(by_input) == files
         for i, f in enumerate(files):
-            assert [by_input[f][n] for n in ("score", *want.names)] == pytest.approx(
-                [float(want.score[i]), *want.pairs[i].tolist()], abs=1e-6)
+            assert [by_input[f][n] for n in ("score", *names)] == pytest.approx(
+                [float(want_score[i]), *want_pairs[i].tolist()], abs=1e-5)
 
 
 def test_prompt_usage_errors(exported, photos, tmp_path, capsys):
@@ -249,9 +255,17 @@ def test_missing_model_is_a_usage_error(photos, tmp_path, capsys):
     assert "cannot use model" in capsys.readouterr().err
 
 
-def test_a_model_that_does_not_load_fails_the_job(photos, tmp_path, capsys):
-    (tmp_path / "broken" / "1").mkdir(parents=True)
+def test_a_model_that_does_not_load_fails_the_job(exported, photos, tmp_path, capsys):
+    (tmp_path / "broken" / "1" / "assets.extra").mkdir(parents=True)
     (tmp_path / "broken" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    # Without its metadata record: refused before any worker starts, in one line.
+    assert vila_beam.main(["score", str(tmp_path / "broken"), "--input", f"{photos}/img0*",
+                           "--output", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vila-tf beam: cannot use model: ") and err.count("\n") == 1 and "vila_tf.json is missing" in err
+    # With it, the graph itself does not parse: the job fails on the workers and says why.
+    shutil.copy(os.path.join(exported["vila_r_tiny"], "assets.extra", "vila_tf.json"),
+                tmp_path / "broken" / "1" / "assets.extra" / "vila_tf.json")
     assert vila_beam.main(["score", str(tmp_path / "broken"), "--input", f"{photos}/img0*",
                            "--output", str(tmp_path / "x")]) == 2
     assert "vila-tf beam: the job failed: OSError: Cannot parse file" in capsys.readouterr().err
@@ -321,7 +335,7 @@ class _PrefixedLocalFileSystem(LocalFileSystem):
         return super().exists(self._local(path))
 
 
-def test_remote_model_is_copied_once_per_machine(exported, photos, tmp_path, monkeypatch):
+def test_remote_model_is_copied_once_per_machine(exported, references, photos, tmp_path, monkeypatch):
     import shutil
     import tempfile
     base = tmp_path / "models" / "vila_r"  # a TF Serving base folder: the newest version wins
@@ -331,14 +345,13 @@ def test_remote_model_is_copied_once_per_machine(exported, photos, tmp_path, mon
     os.makedirs(tempfile.tempdir)
     handler = vila_beam.VilaModelHandler(f"vilatest://{base}")
     m = handler.load_model()
-    assert m.path.startswith(str(tmp_path / "tmp" / "vila_tf-models")) and m.model_type == "vila_r"
+    cache = tmp_path / "tmp" / f"vila_tf-models-{os.getuid()}"  # this user's own
+    assert m.path.startswith(str(cache)) and m.model_type == "vila_r"
     assert handler.load_model().path == m.path  # the second process reuses the copy
-    assert len(os.listdir(tmp_path / "tmp" / "vila_tf-models")) == 1  # no partial copies left behind
+    assert len(os.listdir(cache)) == 1  # no partial copies left behind
     image = (photos / "img01.png").read_bytes()
     [r] = handler.run_inference([image], m)
-    import vila_tf
-    assert r.inference["score"] == pytest.approx(float(vila_tf.load(exported["vila_r_tiny"]).score([image])[0]),
-                                                 abs=1e-5)
+    assert r.inference["score"] == pytest.approx(float(references["vila_r_tiny"].score([image])[0]), abs=1e-5)
     with pytest.raises(FileNotFoundError, match="not a SavedModel folder"):
         vila_beam.fetch_savedmodel(f"vilatest://{tmp_path / 'models'}")
 

@@ -63,15 +63,18 @@ def collection():
 
 
 @pytest.fixture(scope="module")
-def truth(model, collection):
-    """What the SavedModel says about the same bytes: {id: score} and {id: reason}."""
+def truth(model, references, collection):
+    """{id: score} of the good images by the reference path (tests/reference.py: the release's
+    preprocessing and the golden-checked pixel signatures), {id: reason} of the damaged ones as
+    vila_tf words them, and a score threshold between two samples."""
     present = [(k, b) for k, b in collection if b is not None]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the failures are what we ask for
-        values, errors = model.score([b for _, b in present], return_errors=True)
+        _, errors = model.score([b for _, b in present], return_errors=True)
     reasons = {present[e.index][0]: e.reason for e in errors}
-    scores = {k: float(v) for (k, _), v in zip(present, values) if k not in reasons}
     assert set(reasons) == {sample_id(i) for i in BAD}
+    good = [(k, b) for k, b in present if k not in reasons]
+    scores = {k: float(v) for (k, _), v in zip(good, references["vila_r_tiny"].score([b for _, b in good]))}
     ordered = sorted(scores.values())
     # A threshold halfway between two neighbouring scores near the median: no sample sits on it.
     gaps = [(ordered[j + 1] - ordered[j], j) for j in range(len(ordered) // 3, 2 * len(ordered) // 3)]
@@ -366,8 +369,8 @@ def test_parquet_scores_errors_and_filtered_copy(exported, parquet_files, truth,
         assert r[shards.SCORE_KEY] == pytest.approx(scores[r["id"]], abs=1e-6)
 
 
-def test_parquet_embeddings_equal_vila_tf(exported, model, parquet_files, collection, tmp_path, capsys):
-    """Embeddings as a fixed-size float32 list column, equal to vila_tf's image_embedding."""
+def test_parquet_embeddings_equal_the_reference(exported, references, parquet_files, collection, tmp_path, capsys):
+    """Embeddings as a fixed-size float32 list column, equal to the reference's image embeddings."""
     good = [(k, b) for k, b in collection[:24] if b is not None and int(k[1:]) not in BAD]
     source = str(tmp_path / "few.parquet")
     pq.write_table(pa.table({"image": [b for _, b in good]}), source)
@@ -376,7 +379,7 @@ def test_parquet_embeddings_equal_vila_tf(exported, model, parquet_files, collec
                        "--output-format", "parquet", "--batch-size", "8"], capsys)
     assert rc == 0, err
     table = pq.read_table(sorted(glob.glob(f"{prefix}-results-*.parquet")))
-    want = model.image_embedding([b for _, b in good], batch_size=8)
+    want = references["vila_r_tiny"].image_embedding([b for _, b in good])
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), want.shape[1])
     got = {r["id"]: r["embedding"] for r in table.to_pylist()}
     assert set(got) == {f"{source}:{n}" for n in range(len(good))}

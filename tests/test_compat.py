@@ -96,9 +96,6 @@ def test_version_check_names_both_versions(exported):
     assert f"{minimum} and newer" in str(e.value) and "TensorFlow 2.16.2" in str(e.value)
     assert "--target-tensorflow 2.16" in str(e.value)
     tf_compat.check(meta, path, minimum)  # the minimum itself and newer pass
-    # 2.17 runs a 2.16-target export but computes other numbers (measured): a warning, not a refusal.
-    with pytest.warns(RuntimeWarning, match="2.17"):
-        tf_compat.check(dataclasses.replace(meta, tensorflow_support={"minimum": "2.16"}), path, "2.17.1")
     tf_compat.check(meta, path, "3.0.0")
     # An export from before the record: its calling convention against this TensorFlow's XlaCallModule.
     legacy = dataclasses.replace(meta, tensorflow_support=None, calling_convention_version=99)
@@ -161,6 +158,99 @@ def test_oldest_target_runs_in_oldest_tensorflow(tmp_path):
             tf_targets.TARGETS[oldest].stablehlo
     np.testing.assert_equal(report["releases"][oldest]["calling_convention"],
                             tf_targets.TARGETS[oldest].calling_convention)
+
+
+# -- TensorFlow 2.17: runs a 2.16-target export with other numbers (benchmarks/compat.json), refused ----------
+
+def _compat_json():
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                           "compat.json")) as f:
+        return json.load(f)
+
+
+def test_known_bad_releases_are_the_measured_ones():
+    """A release is refused exactly when `make compat` measured that it runs the 2.16-target export
+    but does not match the reference."""
+    results = _compat_json()["results"]
+    measured_bad = {r for r, cells in results.items()
+                    if cells["target 2.16"]["runs"] and not cells["target 2.16"]["matches"]}
+    assert set(tf_compat.KNOWN_BAD) == measured_bad == {"2.17"}
+    assert results["2.17"]["target 2.16"]["max_abs_diff"] == "caption/caption: differs"
+    assert "other captions" in tf_compat.KNOWN_BAD["2.17"]
+
+
+def test_2_17_is_refused_saying_which_releases_to_use(exported):
+    path = exported["vila_r_tiny"]
+    default = metadata.read(path)
+    target_2_16 = dataclasses.replace(default, tensorflow_support=tf_targets.support(9, "0.17.7", (), "2.16"))
+    assert target_2_16.tensorflow_support["known_bad"] == {"2.17": tf_compat.KNOWN_BAD["2.17"]}
+    assert tf_compat.supported_releases(target_2_16) == "2.16, or 2.18 and newer"
+    for version in ("2.17.0", "2.17.1", "2.17"):
+        with pytest.raises(tf_compat.IncompatibleTensorFlowError) as e:
+            tf_compat.check(target_2_16, path, version)
+        message = str(e.value)
+        assert f"refused on TensorFlow {version}" in message and "computes other numbers" in message
+        assert "use TensorFlow / TF Serving 2.16, or 2.18 and newer" in message and "\n" not in message
+    for version in ("2.16.2", "2.18.1", "2.21.0"):
+        tf_compat.check(target_2_16, path, version)
+    # An export made before the record is refused there too (the runtime's own table).
+    legacy = dataclasses.replace(default, tensorflow_support={"minimum": "2.16"})
+    with pytest.raises(tf_compat.IncompatibleTensorFlowError, match="2.16, or 2.18 and newer"):
+        tf_compat.check(legacy, path, "2.17.1")
+    with pytest.raises(tf_compat.IncompatibleTensorFlowError, match="another release than 2.17"):
+        tf_compat.check(dataclasses.replace(default, tensorflow_support=None), path, "2.17.1")
+    # A default export (2.20 and newer): the refusal names its own range, not a re-export for 2.17.
+    with pytest.raises(tf_compat.IncompatibleTensorFlowError) as e:
+        tf_compat.check(default, path, "2.17.1")
+    assert "use TensorFlow / TF Serving 2.20 and newer" in str(e.value) and "--target-tensorflow" not in str(e.value)
+    assert default.tensorflow_support["known_bad"] == {}  # nothing at or above its minimum
+    # Ranges in words, for any table of bad releases (the runtime's own, 2.17, always counts).
+    words = tf_compat.releases_in_words
+    assert words({"minimum": "2.16", "known_bad": {"2.19": "x", "2.20": "y"}}) == "2.16, 2.18, or 2.21 and newer"
+    assert words({"minimum": "2.18", "known_bad": {"2.21": "x"}}) == "2.18 to 2.20, or 2.22 and newer"
+    assert words({"minimum": "2.17"}) == "2.18 and newer" and words(None) is None
+
+
+def test_2_17_is_no_target_and_no_minimum():
+    with pytest.raises(ValueError, match=r"--target-tensorflow 2\.17: TensorFlow 2\.17 runs this model but computes "
+                                          r"other numbers.*target one of 2\.16, 2\.18, 2\.19, 2\.20, 2\.21"):
+        tf_targets.target("2.17")
+    # What only 2.17 and newer would read starts at 2.18.
+    assert tf_targets.oldest_release_for(9, "1.1.1") == "2.16"
+    assert tf_targets.oldest_release_for(9, "1.2.0") == "2.18"
+
+
+def _target_2_16_copy(exported, tmp_path):
+    """The tiny export, its metadata as a `--target-tensorflow 2.16` export records it."""
+    path = str(tmp_path / "target_2_16")
+    shutil.copytree(exported["vila_r_tiny"], path)
+    meta = _metadata(path)
+    meta[tf_compat.METADATA_KEY] = tf_targets.support(9, "0.17.7", (), "2.16")
+    with open(os.path.join(path, METADATA_RELATIVE), "w") as f:
+        json.dump(meta, f)
+    return path
+
+
+def test_vila_tf_load_refuses_2_17(exported, tmp_path, monkeypatch):
+    import vila_tf
+    path = _target_2_16_copy(exported, tmp_path)
+    loaded = []
+    monkeypatch.setattr(tf.saved_model, "load", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr(tf, "__version__", "2.17.1")
+    with pytest.raises(vila_tf.IncompatibleTensorFlowError, match="refused on TensorFlow 2.17.1"):
+        vila_tf.load(path)
+    assert not loaded
+
+
+def test_serving_check_refuses_2_17(exported, tmp_path):
+    path = _target_2_16_copy(exported, tmp_path)
+    err = io.StringIO()
+    with redirect_stderr(err):
+        assert serving_main(["check", path, "--server-version", "2.17"]) == 1
+    assert err.getvalue().startswith("FAILED: ") and "use TensorFlow / TF Serving 2.16, or 2.18 and newer" in err.getvalue()
+    assert err.getvalue().count("\n") == 1
+    with pytest.raises(tf_compat.IncompatibleTensorFlowError, match="refused on TensorFlow 2.17"):
+        serving.check_tensorflow_version(path, "2.17")
 
 
 def test_model_card_prints_the_range(exported):

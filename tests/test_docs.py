@@ -9,10 +9,13 @@ sections are its headings that start with the sign and a number (`## <sign>3 Lay
 Relative links of README.md and docs/*.md must point at an existing file (and, with a `#anchor`
 into a Markdown file, at one of its headings).
 """
+import json
 import os
 import re
 
 import pytest
+
+import doc_figures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
@@ -168,3 +171,88 @@ def test_the_link_check_catches_broken_links(tmp_path):
     readme.write_text("# Title\n")
     problems = link_problems(str(page))
     assert len(problems) == 2, problems
+
+
+# --- figures from benchmarks (tests/doc_figures.py) ----------------------------------------------
+
+def test_benchmark_figures_match_their_json():
+    """Every figure marked `<!-- bench FILE: EXPR -->` in README.md and docs/ is what the
+    benchmark's JSON says, to the precision the page writes it (bounds hold and are tight)."""
+    figures, problems = doc_figures.check_pages()
+    assert len(figures) > 250  # the pages really were read (290 marked figures)
+    assert not problems, "figures that differ from their benchmark's JSON:\n" + "\n".join(problems)
+
+
+def test_every_benchmark_json_is_quoted_by_the_docs():
+    """A benchmark whose JSON no page quotes is either unreported or quoted without a marker."""
+    quoted = {f.source.split()[0].split("#")[0].rstrip(":") for f in doc_figures.check_pages()[0]}
+    stored = {f"benchmarks/{f}" for f in os.listdir(doc_figures.BENCHMARKS) if f.endswith(".json")}
+    assert stored - quoted == set(), "benchmark results no page quotes with a marker"
+
+
+BENCH = {"export": {"ratio": 1.209, "seconds": 25.4, "bytes": 1466126336},
+         "rows": [{"dtype": "float32", "speed": 1.0}, {"dtype": "bfloat16", "speed": 0.7707}],
+         "accuracy": {"2.16": {"a_embedding": 1.6106e-3, "b_embedding": 7.2e-4}},
+         "runs": {"1": {"median": 1.68, "best": 1.73}, "8": {"median": 1.84, "best": 1.88}}}
+
+
+@pytest.mark.parametrize("line", [
+    "peak 1.21x<!-- bench b.json: export.ratio -->",
+    "1.47 GB, 25 s<!-- bench b.json#export: bytes / 1e9; seconds -->",
+    "| 8 | 1.84 (1.88) |<!-- bench b.json#runs.8.{median,best}: $.runs.8.median; $.runs.8.best -->",
+    "batch 1 and 8: 1.68 (1.73), 1.84 (1.88)<!-- bench b.json: runs.{1,8}.{median,best} -->",
+    "embeddings ≤ 1.7e-3<!-- bench b.json: max(accuracy.\"2.16\".*_embedding) -->",
+    "at least 7.2e-4<!-- bench b.json: min(accuracy.\"2.16\".*_embedding) -->",
+    "0.77x slower, 77%<!-- bench b.json: rows[dtype=bfloat16].speed; rows[dtype=bfloat16].speed * 100 -->",
+    "9.5% faster<!-- bench b.json: (runs.8.median / runs.1.median - 1) * 100 -->",
+])
+def test_the_figure_check_accepts_true_figures(line):
+    figures, problems = doc_figures.figures_of("page.md", line, load=lambda name: BENCH)
+    assert figures and not problems and [f.problem() for f in figures] == [None] * len(figures)
+
+
+@pytest.mark.parametrize("line, bad", [
+    ("peak 1.22x<!-- bench b.json: export.ratio -->", "rounded to the written precision (0.01)"),  # README's old figure
+    ("peak 1.2x<!-- bench b.json: export.ratio -->", None),  # a coarser figure is still the value rounded
+    ("peak 1.210x<!-- bench b.json: export.ratio -->", "rounded to the written precision (0.001)"),
+    ("embeddings ≤ 1.6e-3<!-- bench b.json: max(accuracy.\"2.16\".*_embedding) -->", "upper bound that holds"),
+    ("at most 3.0e-3<!-- bench b.json: max(accuracy.\"2.16\".*_embedding) -->", "upper bound that holds and is tight"),
+    ("cos ≥ 8e-4<!-- bench b.json: min(accuracy.\"2.16\".*_embedding) -->", "lower bound that holds"),
+    ("| 8 | 1.84 (1.87) |<!-- bench b.json: runs.8.{median,best} -->", "'1.87' but"),
+    ("| 1.84 |<!-- bench b.json: runs.8.{median,best} -->", "only 1 figures are written"),
+    ("2 s<!-- bench b.json: export.second -->", "no key 'second' (keys: ratio, seconds, bytes)"),
+    ("2 s<!-- bench b.json: rows[dtype=int8].speed -->", "matches 0 elements"),
+    ("2 s<!-- bench b.json: export -->", "not a number"),
+    ("2 s<!-- bench b.json: export.seconds +* 2 -->", "unexpected"),
+    ("2 s<!-- bench b.json: -->", "without an expression"),
+])
+def test_the_figure_check_catches_drift(line, bad):
+    figures, problems = doc_figures.figures_of("page.md", line, load=lambda name: BENCH)
+    problems += [p for p in (f.problem() for f in figures) if p]
+    if bad is None:
+        assert not problems, problems
+    else:
+        assert len(problems) == 1 and bad in problems[0] and problems[0].startswith("page.md:1"), problems
+
+
+def test_the_figure_check_reads_the_real_files():
+    with pytest.raises(doc_figures.MarkerError, match="benchmarks/nowhere.json does not exist"):
+        doc_figures._load_benchmark("nowhere.json")
+    [fig], problems = doc_figures.figures_of("p.md", "1.21x<!-- bench export_memory.json: latest.sources.checkpoint.ratio -->")
+    assert not problems and fig.value == json.load(open(os.path.join(ROOT, "benchmarks", "export_memory.json"))
+                                                   )["latest"]["sources"]["checkpoint"]["ratio"]
+
+
+# --- the test map in docs/testing.md ----------------------------------------------------------------
+
+def test_testing_page_lists_every_test_file():
+    """docs/testing.md names every tests/test_*.py and helper module, and names no file that is gone."""
+    with open(os.path.join(DOCS, "testing.md"), encoding="utf-8") as f:
+        page = f.read()
+    tests_dir = os.path.join(ROOT, "tests")
+    present = {f for f in os.listdir(tests_dir) if f.endswith(".py") and f != "__init__.py"}
+    named = set(re.findall(r"`(?:tests/)?(\w+\.py)`", page))
+    missing = sorted(present - named)
+    assert not missing, f"docs/testing.md does not list: {', '.join(missing)}"
+    gone = sorted(n for n in named - present if n.startswith("test_"))
+    assert not gone, f"docs/testing.md lists test files that do not exist: {', '.join(gone)}"

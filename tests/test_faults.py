@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import image_mutations as im
+from reference import Reference, release_pixels
 from conftest import DATA, FIXTURE_OVERRIDES, env_without_jax, kill_after_rows, params_flat
 from vila_tf import preprocessing
 from export.model.tree import flatten, unflatten
@@ -73,10 +74,7 @@ def test_every_seed_kind_decodes_like_the_release():
         got = _preprocess_one(tf.constant(data)).numpy()[0]
         if name.startswith("webp"):  # not in the release: the first frame's pixels as libwebp gives them (Pillow)
             data = im.as_png(data)
-        image = tf.io.decode_image(data, 3, expand_animations=False)
-        want = tf.compat.v1.image.resize_bilinear(image[None], [272, 272])
-        want = tf.clip_by_value(tf.cast(tf.image.resize_with_crop_or_pad(want, 224, 224), tf.float32) / 255.0, 0, 1)
-        np.testing.assert_allclose(got, want[0].numpy(), atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(got, release_pixels(data), atol=1e-6, err_msg=name)
     _outcome(lambda d: _preprocess_one(tf.constant(d)).numpy(), im.seeds()["jpeg_cmyk"])
 
 
@@ -87,7 +85,7 @@ def test_decompression_bomb_guard_holds_for_every_header(name):
         _preprocess_one(tf.constant(bomb))
 
 
-def test_vila_tf_reports_each_bad_input(exported):
+def test_vila_tf_reports_each_bad_input(exported, references):
     import vila_tf
     model = vila_tf.load(exported["vila_r_tiny"])
     rng = np.random.default_rng(2)
@@ -99,9 +97,10 @@ def test_vila_tf_reports_each_bad_input(exported):
     for i, s in enumerate(scores):
         assert (np.isnan(s) and i in failed) or (np.isfinite(s) and i not in failed)
     assert all(e.reason and "Traceback" not in e.reason for e in errors)
-    # the good ones equal scoring them alone
+    # the good ones score as the reference path scores them alone (release pixels, golden-checked model)
     good = [i for i in range(len(inputs)) if i not in failed]
-    np.testing.assert_allclose(model.score([inputs[i] for i in good[:5]]), scores[good[:5]], atol=1e-6)
+    np.testing.assert_allclose(scores[good[:5]], references["vila_r_tiny"].score([inputs[i] for i in good[:5]]),
+                               atol=1e-5)
 
 
 # --- 2. texts ----------------------------------------------------------------------------------
@@ -262,15 +261,15 @@ def test_sigkill_mid_export_leaves_previous_or_complete_model(exported, spm_mode
         assert _kill_when(cmd, marker, env, delay), marker
         # Either the previous model, untouched, or a complete new one; never a partial folder.
         if _tree_digest(out) != before:
-            assert tf.saved_model.load(str(out)).signatures["score_pixels"] is not None, marker
+            Reference(str(out), "vila_r_tiny", spm_model)  # loads and reproduces the praxis goldens
         # Only the model and dot-prefixed temporaries (which TF Serving ignores) are there.
         assert out.is_dir() and all(n == "1" or n.startswith(".") for n in os.listdir(out.parent)), marker
     # A rerun succeeds and clears the killed runs' temporaries.
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     assert os.listdir(out.parent) == ["1"]
-    m = tf.saved_model.load(str(out))
-    assert m.signatures["score_pixels"] is not None
+    # The rerun's model is the fixture's: score, embedding and greedy caption equal praxis' goldens.
+    Reference(str(out), "vila_r_tiny", spm_model)
 
 
 def test_sigkill_mid_cli_run_leaves_complete_rows_then_resumes(exported, tmp_path):

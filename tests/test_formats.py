@@ -2,7 +2,7 @@
 and folder walks that report every file they do not score.
 
 Ground truth: the SavedModel's own `score_pixels` on the release pipeline's pixels of a PNG
-(`test_preprocess.release_pipeline`), and Pillow's reading of each file.
+(`reference.release_pixels`), and Pillow's reading of each file.
 """
 import io
 import os
@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from test_preprocess import release_pipeline
+from reference import release_pixels as release_pipeline
 from vila_tf import image_formats
 
 pillow_heif = pytest.importorskip("pillow_heif")  # in the dev extra: `make test` has it

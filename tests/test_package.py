@@ -149,7 +149,7 @@ def test_cli_errors_name_the_problem(exported, tmp_path, capsys):
     no_metadata = tmp_path / "no_metadata"
     shutil.copytree(exported["vila_r_tiny"], no_metadata, ignore=shutil.ignore_patterns("assets.extra"))
     assert export_main(["package", str(no_metadata), "--out", str(tmp_path / "d")]) == 2
-    assert os.path.join("assets.extra", "vila_tf.json") + ": not found" in capsys.readouterr().err
+    assert os.path.join("assets.extra", "vila_tf.json") + " is missing" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()  # every check runs before anything is written
 
 
@@ -226,6 +226,26 @@ def test_card_says_what_the_model_is_and_how_to_load_it(dist, exported):
         assert "--xla_cpu_compilation_enabled=true" in card and "--enable_model_warmup=true" in card
         assert "vila_tf.load(" in card and "272×272" in card and "center-cropped to 224×224" in card
     assert meta["source_sha256"] in r
+    # The dtypes the export recorded (its metadata): float32 weights, float32 compute.
+    assert meta["dtype"] == meta["compute_dtype"] == "float32"
+    assert "| Weights dtype | float32 |" in r and "| Compute dtype | float32 |" in r
+
+
+def test_card_states_the_recorded_compute_dtype(exported, tmp_path):
+    """The card's compute dtype is the one in the export's metadata, never a fixed "float32"; a
+    genuine bfloat16-compute export's card is checked in test_accelerators.py (`make test-slow`)."""
+    model = tmp_path / "vila_r_bf16" / "1"
+    shutil.copytree(exported["vila_r_tiny"], model)
+    meta_path = model / "assets.extra" / "vila_tf.json"
+    meta = json.loads(meta_path.read_text())
+    meta.update(dtype="bfloat16", compute_dtype="bfloat16")
+    meta_path.write_text(json.dumps(meta))
+    card = model_card.render(model_card.read_facts(str(model)),
+                             model_card.PackageInfo("vila_r_bf16", 1, "vila_r_bf16_1.tar.gz", "0" * 64, 1))
+    assert "| Weights dtype | bfloat16 |" in card
+    assert ("| Compute dtype | bfloat16: matrix multiplications take bfloat16 operands and accumulate in "
+            "float32;") in card
+    assert "computation in float32" not in card
 
 
 def test_card_of_demo_weights_warns_and_laion_is_named(exported, tmp_path):

@@ -6,16 +6,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from reference import release_pixels as release_pipeline  # run_vila_predict's preprocessing, op for op
 from vila_tf import preprocessing as preprocess
-
-
-def release_pipeline(image_bytes):
-    """run_vila_predict.preprocess_image, op for op (TF1 resize_bilinear through tf.compat.v1)."""
-    image = tf.io.decode_image(image_bytes, 3, expand_animations=False)
-    image = tf.compat.v1.image.resize_bilinear(tf.expand_dims(image, 0), [272, 272])
-    image = tf.image.resize_with_crop_or_pad(image, 224, 224)
-    image = tf.cast(image, tf.float32) / 255.0
-    return tf.clip_by_value(image, 0.0, 1.0)[0].numpy()
 
 
 def _rng_image(h, w, c, seed, dtype=np.uint8):

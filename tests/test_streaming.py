@@ -78,14 +78,16 @@ def test_stream_equals_score_on_good_and_bad_inputs(model, reference, tmp_path):
                                                  str(folder / "p2_truncated.png")]
 
 
-def test_stream_several_tasks_decode_once(model):
-    """A tuple of tasks gives each single task's values (those are checked against the SavedModel's
-    own signatures in test_runtime.py::test_other_heads)."""
+def test_stream_several_tasks_decode_once(model, references):
+    """A tuple of tasks gives each single task's values, and those are the reference's (the
+    release's preprocessing, the golden-checked pixel signatures, Python SentencePiece)."""
     arrays = [_photo(20 + i) for i in range(3)]
     got = list(model.stream(("score", "caption"), arrays + [b"junk"], batch_size=4))
     np.testing.assert_array_equal([r.value[0] for r in got[:3]], model.score(arrays))
     assert [r.value[1] for r in got[:3]] == model.caption(arrays)
-    assert all(isinstance(r.value[1], str) for r in got[:3])
+    ref = references["vila_r_tiny"]
+    np.testing.assert_allclose([r.value[0] for r in got[:3]], ref.score([_png(a) for a in arrays]), atol=1e-5)
+    assert [r.value[1] for r in got[:3]] == ref.caption([_png(a) for a in arrays])
     assert got[3].value is None and "not a JPEG" in got[3].error
     with pytest.raises(ValueError, match="unknown task 'aesthetics'"):
         next(model.stream("aesthetics", arrays))

@@ -5,6 +5,8 @@
   vila-tf zero-shot MODEL photos/ [--prompt "sharp photo|blurry photo" ...] [--contact-sheet sheet.png]
   vila-tf caption MODEL photos/ ;  vila-tf embed MODEL ... --output emb.jsonl
   vila-tf info MODEL
+  vila-tf evaluate MODEL --labels AVA.txt --images DIR --output OUT   (vila_tf/evaluate_cmd.py)
+  vila-tf rank MODEL 'a misty forest at dawn' library/ [--top K]      (vila_tf/rank_cmd.py)
 
 Rows are written (and flushed per batch) as they are scored; `--resume` continues an interrupted
 run into the same --output (docs/streaming.md).
@@ -21,69 +23,21 @@ import heapq
 import math
 import os
 import sys
-import threading
-import time
 import warnings
 from typing import Optional
 
 import vila_tf
-from vila_tf import buckets, contact_sheet, image_formats, inputs as inputs_lib, results_file, tasks, zero_shot
+from vila_tf import buckets, contact_sheet, image_formats, inputs as inputs_lib, results_file, tasks, tf_compat
+from vila_tf import zero_shot
+from vila_tf import evaluate_cmd, rank_cmd  # commands with their own options and runner
 from vila_tf.atomic import atomic_file
+from vila_tf.progress import Progress
 from vila_tf.results import DemoModelWarning
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 CONTACT_SHEET_MAX = 200  # thumbnails kept (and drawn) at most: the best-scored ones
 COMMANDS = {**{t.command: t.help for t in tasks.TASKS.values()},
             "info": "what the model is: kind, config, signatures, source"}
-
-
-class Progress:
-    """A one-line progress bar on stderr (only on a terminal unless forced): done/total, rate, ETA.
-
-    The total is counted in a background thread (a walk of file names, no reading) so the first
-    rows never wait for it; until it is known the bar shows done/? and the rate."""
-
-    def __init__(self, label: str, enabled: bool):
-        self.label, self.enabled = label, enabled
-        self.total: Optional[int] = None
-        self.start = time.monotonic()
-        self._last = 0.0
-
-    def count_in_background(self, inputs) -> None:
-        if not self.enabled:
-            return
-
-        def count():
-            self.total = sum(1 for _ in inputs_lib.iter_items(inputs))
-        threading.Thread(target=count, daemon=True, name="vila-tf-count").start()
-
-    def message(self, text: str) -> None:
-        """A line on stderr that does not run into the bar (the bar is redrawn on the next update)."""
-        sys.stderr.write(("\r\x1b[K" if self.enabled and self._last else "") + text + "\n")
-        self._last = 0.0  # redraw the bar on the next update
-        sys.stderr.flush()
-
-    def update(self, processed: int, skipped: int = 0, final: bool = False) -> None:
-        """`processed` inputs scored by this run, `skipped` found done by --resume."""
-        now = time.monotonic()
-        if not self.enabled or (not final and now - self._last < 0.2):
-            return
-        self._last = now
-        done = processed + skipped
-        rate = processed / max(now - self.start, 1e-9)
-        total = done if final else self.total
-        if total:
-            frac = min(1.0, done / total)
-            bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-            eta = (total - done) / rate if rate > 0 else float("inf")
-            eta_text = "--:--" if not math.isfinite(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
-            text = f"{self.label} [{bar}] {done}/{total} {100 * frac:.0f}% {rate:.1f} img/s ETA {eta_text}"
-        else:
-            text = f"{self.label} [{'counting':^30}] {done}/? {rate:.1f} img/s"
-        sys.stderr.write("\r" + text)
-        if final:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                             "skipped, a torn last row is repaired")
         c.add_argument("--batch-size", type=int, default=buckets.MAX_BATCH,
                        help=f"images per model call (at most {buckets.MAX_BATCH})")
-        c.add_argument("--device", help="e.g. GPU:0 (default: CPU)")
+        c.add_argument("--device", help="e.g. GPU:0 or CPU:0 (default: TensorFlow's placement: "
+                       "its first GPU when it sees one, else the CPU)")
         c.add_argument("--decode-threads", type=int, default=None, metavar="N",
                        help="threads reading and decoding images (default: min(8, CPU count))")
         c.add_argument("--batches-ahead", type=int, default=2, metavar="N",
@@ -131,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                            help="score your own good/bad prompt pair instead of the release's six (repeatable): "
                                 "softmax of the image's similarity to GOOD against BAD, a column named 'GOOD|BAD'; "
                                 "score is the mean over your pairs")
+    # Commands with their own options and runner (set_defaults(run=...)), each in its own module.
+    evaluate_cmd.add_parser(sub)
+    rank_cmd.add_parser(sub)
     return p
 
 
@@ -192,7 +150,7 @@ def _info(model) -> int:
         if value not in (None, ()):
             print(f"{k}: {list(value) if isinstance(value, tuple) else value}")
     if meta.tensorflow_support:
-        print(f"runs on TensorFlow: {meta.tensorflow_support['minimum']} and newer")
+        print(f"runs on TensorFlow: {tf_compat.supported_releases(meta)}")
     if meta.config:
         print("config: " + ", ".join(f"{k}={v}" for k, v in sorted(meta.config.items())))
     print("signatures:")
@@ -394,7 +352,7 @@ def main(argv: Optional[list] = None) -> int:
     warnings.simplefilter("always", DemoModelWarning)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"vila-tf: WARNING: {msg}\n"
     try:
-        return _run(args)
+        return args.run(args) if hasattr(args, "run") else _run(args)
     except KeyboardInterrupt:
         print("\nvila-tf: interrupted (rows written so far are complete: rerun with --resume to continue)",
               file=sys.stderr)

@@ -13,6 +13,7 @@ from typing import Optional
 from vila_tf import metadata as export_metadata
 from vila_tf import signatures as signatures_lib
 from vila_tf.signatures import SIGNATURES, WARMUP_RELATIVE
+from vila_tf.tf_compat import releases_in_words
 
 
 class ModelCardError(Exception):
@@ -204,7 +205,8 @@ def _details(facts: ModelFacts, pkg: PackageInfo) -> str:
                          f"width {cfg.get('model_dims')}, {cfg.get('num_heads')} heads, "
                          f"patch {cfg.get('patch_size')}, vocabulary {cfg.get('vocab_size')}, "
                          f"captions of up to {cfg.get('decoding_max_len')} tokens"),
-        ("Weights dtype", f"{m.get('dtype', 'float32')} (computation in float32)"),
+        ("Weights dtype", m.get("dtype", "float32")),
+        ("Compute dtype", compute_dtype_text(m)),
         ("Source checkpoint", source),
         ("Source sha256", f"`{m['source_sha256']}`" if m.get("source_sha256") else "not recorded"),
         ("Platforms", ", ".join(m.get("platforms", [])) + " (StableHLO serialized for each; one artifact)"),
@@ -218,6 +220,16 @@ def _details(facts: ModelFacts, pkg: PackageInfo) -> str:
     return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
 
 
+def compute_dtype_text(m: dict) -> str:
+    """What the matrix units compute in, as the export recorded it (exports made before the record
+    existed computed in float32)."""
+    compute = m.get("compute_dtype", "float32")
+    if compute == "float32":
+        return "float32"
+    return (f"{compute}: matrix multiplications take {compute} operands and accumulate in float32; "
+            "layer norms, softmax, activations, the decode loop and the scores are float32")
+
+
 def _tensorflow_range(m: dict) -> str:
     support = m.get("tensorflow_support")
     if not support:
@@ -225,7 +237,7 @@ def _tensorflow_range(m: dict) -> str:
     target = f"exported with `--target-tensorflow {support['target_tensorflow']}`" \
         if support.get("target_tensorflow") else "default export"
     webp = "" if support.get("webp_in_graph") else "; no WebP decoding in the graph"
-    return (f"**{support['minimum']} and newer** ({target}: XlaCallModule calling convention "
+    return (f"**{releases_in_words(support)}** ({target}: XlaCallModule calling convention "
             f"{support['calling_convention_version']}, StableHLO {support['stablehlo_version']}{webp}); "
             "older releases fail at load time with a message naming the versions")
 

@@ -23,6 +23,8 @@ import dataclasses
 import re
 from typing import Iterable, Optional
 
+from vila_tf import tf_compat
+
 
 @dataclasses.dataclass(frozen=True)
 class TargetTF:
@@ -42,6 +44,10 @@ TARGETS = {t.release: t for t in (
     TargetTF("2.20", 10, "1.12.1", "1.15.0", True),
     TargetTF("2.21", 10, "1.13.7", "1.15.0", True),
 )}
+
+# Measured releases that run an export but compute other numbers (`make compat`): never a target
+# nor a minimum; the runtime refuses them (the table lives with the runtime, which reads it).
+KNOWN_BAD = tf_compat.KNOWN_BAD
 
 # The newest calling convention TensorFlow 2.15 runs (measured): below the oldest jax writes.
 CALLING_CONVENTION_2_15 = 8
@@ -65,8 +71,11 @@ def release_key(release: str) -> tuple:
 def target(release: str) -> TargetTF:
     """The target for `--target-tensorflow X.Y`; names the reachable releases otherwise."""
     key = release_of(release)
+    known = ", ".join(r for r in TARGETS if r not in KNOWN_BAD)
+    if key in KNOWN_BAD:
+        raise ValueError(f"--target-tensorflow {release}: {KNOWN_BAD[key]}, so vila-tf refuses to run there; "
+                         f"target one of {known} (docs/compatibility.md)")
     if key not in TARGETS:
-        known = ", ".join(TARGETS)
         oldest = min(TARGETS, key=release_key)
         if release_key(key) < release_key(oldest):
             from jax import export as jax_export
@@ -84,7 +93,7 @@ def oldest_release_for(calling_convention: int, stablehlo: str, ops: Iterable[st
     version and graph ops."""
     ops = set(ops)
     ok = [t.release for t in TARGETS.values()
-          if t.calling_convention >= calling_convention and version_key(t.reads_stablehlo) >= version_key(stablehlo)
+          if t.release not in KNOWN_BAD and t.calling_convention >= calling_convention and version_key(t.reads_stablehlo) >= version_key(stablehlo)
           and all(release_key(t.release) >= release_key(NEWER_OPS[op]) for op in ops & set(NEWER_OPS))]
     if not ok:
         raise ValueError(f"no measured TensorFlow release runs calling convention {calling_convention} with "
@@ -124,7 +133,11 @@ def support(calling_convention: int, stablehlo: str, ops: Iterable[str], target_
     ops = set(ops)
     if target_release:
         check_ops(ops, target(target_release))
-    return {"minimum": oldest_release_for(calling_convention, stablehlo, ops),
+    minimum = oldest_release_for(calling_convention, stablehlo, ops)
+    return {"minimum": minimum,
+            # Releases from the minimum on that run the export but compute other numbers: vila_tf
+            # and `serving check` refuse them (vila_tf.tf_compat).
+            "known_bad": {r: why for r, why in KNOWN_BAD.items() if release_key(r) >= release_key(minimum)},
             "target_tensorflow": release_of(target_release) if target_release else None,
             "calling_convention_version": calling_convention, "stablehlo_version": stablehlo,
             "webp_in_graph": ("DecodeWebP" in ops) if webp_in_graph is None else bool(webp_in_graph)}

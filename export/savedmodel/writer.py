@@ -330,7 +330,7 @@ def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
         variables_file.write_weights(tmp, source, options.variable_dtype, log=log)
         support = tf_targets.support(calling_convention, stablehlo, tf_compat.graph_ops(tmp), options.target_tensorflow,
                                      options.webp)
-        log(f"runs on TensorFlow / TF Serving {support['minimum']} and newer (calling convention "
+        log(f"runs on TensorFlow / TF Serving {tf_compat.releases_in_words(support)} (calling convention "
             f"{calling_convention}, StableHLO {stablehlo}; docs/compatibility.md)")
         log("writing TF Serving warmup requests")
         write_warmup(tmp, ALL_SIGNATURES, cfg.image_size)

@@ -19,10 +19,12 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from vila_tf import buckets, zero_shot
-from vila_tf.beam import io as beam_io, shards
+from vila_tf.beam import io as beam_io, names, overlap, shards
+from vila_tf.beam.leftovers import TempFolders
 from vila_tf.beam.handler import (ERRORS, EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, METRICS_NAMESPACE, RESULTS, TASKS,
                                   is_remote, log, remote_savedmodel)
 from vila_tf.beam.transforms import build
+from vila_tf import metadata as export_metadata
 from vila_tf.metadata import ExportMetadata
 from vila_tf.signatures import METADATA_RELATIVE
 from vila_tf.versions import resolve_savedmodel
@@ -30,6 +32,7 @@ from vila_tf.versions import resolve_savedmodel
 # -- the command ------------------------------------------------------------------------------------------
 
 _FILTERED_ENDING = {"tfrecord": "tfrecord*", "webdataset": "tar", "parquet": "parquet"}
+_FILTERED_SUFFIXES = {"tfrecord": (".tfrecord", ".tfrecord.gz"), "webdataset": (".tar",), "parquet": (".parquet",)}
 
 class UsageError(Exception):
     """A problem the user fixes in the command line (exit code 2)."""
@@ -78,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(repeatable); each a column named 'GOOD|BAD', score their mean")
     p.add_argument("--batch-size", type=int, default=buckets.MAX_BATCH, choices=buckets.BUCKETS,
                    help=f"images per model call (default {buckets.MAX_BATCH})")
-    p.add_argument("--device", help="e.g. GPU:0 on GPU workers (default: TensorFlow's choice)")
+    p.add_argument("--device", help="e.g. GPU:0 on GPU workers (default: TensorFlow's placement: "
+                                    "its first GPU when it sees one, else the CPU)")
     p.add_argument("--release-exact-orientation", action="store_true",
                    help="score photos as stored, ignoring their EXIF orientation, exactly as the release did")
     p.add_argument("--detach", action="store_true",
@@ -117,11 +121,38 @@ def _check_inputs(patterns: list[str]) -> None:
             raise UsageError(f"--input {pattern} is a folder: give a pattern, e.g. '{pattern.rstrip('/')}/*' "
                              f"or '{pattern.rstrip('/')}/**' (recursive)")
         try:
-            found = FileSystems.match([pattern], limits=[1])[0].metadata_list
+            found = FileSystems.match([beam_io.beam_pattern(pattern)], limits=[1])[0].metadata_list
         except Exception as e:  # noqa: BLE001  (Beam raises BeamIOError or ValueError, per filesystem)
             raise UsageError(f"--input {pattern}: {e}") from e
         if not found:
             raise UsageError(f"--input {pattern}: matches no files")
+
+
+def _outputs(args: argparse.Namespace) -> list:
+    """Every output prefix of the job, with the endings Beam gives its files."""
+    out = [overlap.Output(f"--output {args.output}", f"{args.output}-{RESULTS}", (f".{args.output_format}",)),
+           overlap.Output(f"--output {args.output}", f"{args.output}-{ERRORS}", (".jsonl",))]
+    if args.filtered_output is not None:
+        out.append(overlap.Output(f"--filtered-output {args.filtered_output}", args.filtered_output,
+                                  _FILTERED_SUFFIXES[args.input_format]))
+    return out
+
+
+def _local_matches(pattern: str) -> list:
+    if is_remote(pattern):
+        return []
+    return [m.path for m in FileSystems.match([beam_io.beam_pattern(pattern)])[0].metadata_list]
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """No output may replace an input (a filtered copy named like its input shards replaced them)."""
+    for flag, prefix in (("--output", args.output), ("--filtered-output", args.filtered_output)):
+        if prefix is not None and names.carry(prefix) != prefix:  # Beam passes its file names as UTF-8 text
+            raise UsageError(f"{flag} {names.shown(prefix)}: Beam cannot write file names that are not UTF-8; "
+                             "choose a UTF-8 prefix (inputs may have any names)")
+    problem = overlap.overwritten_input(args.input, _outputs(args), _local_matches)
+    if problem:
+        raise UsageError(problem)
 
 
 def _input_format(args: argparse.Namespace) -> str:
@@ -182,8 +213,8 @@ def _check_model(path: str, runner: str) -> None:
             raise UsageError(f"cannot use model {path}: {e}") from e
     elif os.path.exists(path) or runner in StandardOptions.LOCAL_RUNNERS:
         try:
-            resolve_savedmodel(path)
-        except FileNotFoundError as e:
+            export_metadata.read(resolve_savedmodel(path))  # before any worker starts
+        except (FileNotFoundError, export_metadata.MetadataError) as e:
             raise UsageError(f"cannot use model: {e}") from e
     else:
         log.warning("model %s is not on this machine: the %s workers must have it at that path "
@@ -209,11 +240,18 @@ def run(args: argparse.Namespace, options: PipelineOptions) -> int:
     results = f"{args.output}-{RESULTS}-*.{args.output_format}"
     filtered = f"{args.filtered_output}-*.{_FILTERED_ENDING.get(args.input_format)}"
     start = time.time()
-    result = pipeline.run()
-    if args.detach:
-        print(f"vila-tf beam: job submitted ({getattr(result, 'state', 'unknown state')})", file=sys.stderr)
-        return EXIT_OK
-    result.wait_until_finish()
+    temp = TempFolders(o.prefix for o in _outputs(args))
+    try:
+        result = pipeline.run()
+        if args.detach:
+            print(f"vila-tf beam: job submitted ({getattr(result, 'state', 'unknown state')})", file=sys.stderr)
+            return EXIT_OK
+        result.wait_until_finish()
+    except BaseException:
+        # A failed (or interrupted) job leaves its outputs' half-written temporary folders behind.
+        for path in temp.remove_new(start):
+            log.info("removed the failed job's temporary folder %s", path)
+        raise
     seconds = time.time() - start
     done, failed = _counter(result, "images_done"), _counter(result, "images_failed")
     unreadable = (_counter(result, "files_unreadable") or 0) + (_counter(result, "records_unreadable") or 0)
@@ -238,6 +276,7 @@ def main(argv: Optional[list] = None) -> int:
         _check_inputs(args.input)
         args.input_format = _input_format(args)
         _check_dataset_args(args)
+        _check_outputs(args)
         _check_model(args.model, _runner_name(options))
     except UsageError as e:
         print(f"vila-tf beam: {e}", file=sys.stderr)

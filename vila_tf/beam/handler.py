@@ -3,9 +3,11 @@ SavedModel to local disk (once per machine)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import warnings
 from typing import Any, Iterable, Optional, Sequence
@@ -49,28 +51,64 @@ def remote_savedmodel(path: str) -> str:
     return versions[max(versions)]
 
 
+def _private_cache(cache_dir: Optional[str]) -> str:
+    """The folder the copies go in: `<temp>/vila_tf-models-<uid>` (or `cache_dir`), made with mode
+    0700; one that another user owns, that is a link, or that others can reach is not used (what
+    it holds could be anything): a fresh private folder replaces it, unshared."""
+    root = cache_dir or os.path.join(tempfile.gettempdir(), f"vila_tf-models-{os.getuid()}")
+    try:
+        os.makedirs(root, mode=0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(root)
+    if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077:
+        return root
+    fresh = tempfile.mkdtemp(prefix="vila_tf-models-")
+    log.warning("not using the model cache %s (%s): copying into %s instead", root,
+                "not a folder" if not stat.S_ISDIR(info.st_mode) else
+                f"owned by user {info.st_uid}" if info.st_uid != os.getuid() else
+                f"mode {stat.S_IMODE(info.st_mode):o}, open to other users", fresh)
+    return fresh
+
+
+def _model_files(source: str) -> list:
+    """(relative name, remote path, size, mtime) of every object of the SavedModel; a name that is
+    absolute or has a '..' part (it would be written outside the copy) refuses the model."""
+    files = []
+    for m in FileSystems.match([source + "/**"])[0].metadata_list:
+        if m.path.endswith("/"):  # object stores list folder placeholders too
+            continue
+        relative = m.path[len(source) + 1:] if m.path.startswith(source + "/") else None
+        parts = relative.split("/") if relative else []
+        if not parts or any(p in ("", ".", "..") or "\\" in p for p in parts):
+            raise ValueError(f"{source}: the object {m.path} has an unsafe name (absolute, or with an empty, '.' "
+                             "or '..' part): refusing to copy this model")
+        files.append((relative, m.path, m.size_in_bytes, m.last_updated_in_seconds))
+    return sorted(files)
+
+
 def fetch_savedmodel(path: str, cache_dir: Optional[str] = None) -> str:
     """Copies a SavedModel from any Beam filesystem (gs://, s3://, ...) to local disk and returns the copy.
 
     TensorFlow reads SavedModels from local disk on every platform, and each of a machine's worker
     processes would otherwise download its own copy (1.2 GB at full size): the copy is shared by
-    the machine's processes, named after the source, and renamed into place only when complete.
+    the machine's processes of this user (`_private_cache`), named after the source and its
+    content (each object's name, size and modification time), so a changed model is copied anew,
+    and renamed into place only when complete. Earlier copies stay (one per model version).
     """
     source = remote_savedmodel(path)
-    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "vila_tf-models")
-    dest = os.path.join(cache_dir, hashlib.sha256(source.encode()).hexdigest()[:16])
+    files = _model_files(source)
+    identity = hashlib.sha256(json.dumps([source, files]).encode()).hexdigest()[:16]
+    cache_dir = _private_cache(cache_dir)
+    dest = os.path.join(cache_dir, f"{hashlib.sha256(source.encode()).hexdigest()[:16]}-{identity}")
     if os.path.isfile(os.path.join(dest, "saved_model.pb")):
         return dest
-    os.makedirs(cache_dir, exist_ok=True)
     partial = tempfile.mkdtemp(prefix=".partial-", dir=cache_dir)
     try:
-        for m in FileSystems.match([source + "/**"])[0].metadata_list:
-            relative = m.path[len(source):].strip("/")
-            if not relative or m.path.endswith("/"):  # object stores list folder placeholders too
-                continue
+        for relative, remote, _, _ in files:
             local = os.path.join(partial, *relative.split("/"))
             os.makedirs(os.path.dirname(local), exist_ok=True)
-            with FileSystems.open(m.path, compression_type=CompressionTypes.UNCOMPRESSED) as src, \
+            with FileSystems.open(remote, compression_type=CompressionTypes.UNCOMPRESSED) as src, \
                     open(local, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 22)
         os.rename(partial, dest)

@@ -7,34 +7,81 @@
                 --min-score with the score added, for WriteFiltered* in the input's own format
 
 A shard is read whole, in order, by one worker (Parquet: one row group); the shards are the unit
-of parallelism. The format parsing itself is `vila_tf.shards` (plain Python).
+of parallelism. The format parsing itself is `vila_tf.beam.shards` (plain Python).
 """
 from __future__ import annotations
 
-import json
+import os
+import re
+import stat
 from typing import Optional
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filebasedsink import FileBasedSink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from vila_tf import tasks
-from vila_tf.beam import shards
+from vila_tf.beam import names, shards
 from vila_tf.beam.handler import METRICS_NAMESPACE
 
 ERRORS, FILTERED, IMAGES = "errors", "filtered", "images"
+_GLOB = re.compile(r"[*?[]")
 
 
-def _error(sample_id: str, reason: str) -> dict:
-    return {"id": sample_id, "error": reason}
+def _error(sample_id: names.Name, reason: str) -> dict:
+    return {"id": names.carry(sample_id), "error": names.shown(reason)}
+
+
+def beam_pattern(pattern: str) -> str:
+    """The pattern as Beam's local filesystem can match it: one without a folder before its first
+    wildcard ('*.parquet') lists the folder '' and matches nothing, so it gets './'."""
+    literal = _GLOB.split(pattern, 1)[0]
+    if _GLOB.search(pattern) and FileSystems.get_scheme(pattern) in (None, "file") and "/" not in literal \
+            and os.sep not in literal:
+        return "./" + pattern
+    return pattern
+
+
+class _MatchNames(beam.DoFn):
+    """A pattern -> the paths it matches, each as `names.carry` (a name that is not UTF-8 as bytes:
+    Beam's coders cannot carry it as text)."""
+
+    def process(self, pattern: names.Name):
+        for m in FileSystems.match([beam_pattern(names.local(pattern))])[0].metadata_list:
+            if not m.path.endswith("/"):  # object stores list folder placeholders too
+                yield names.carry(m.path)
+
+
+class MatchPaths(beam.PTransform):
+    """File patterns -> every matched path once (overlapping patterns would read a file twice); the
+    grouping also spreads the paths over the workers (one pattern's match would stay on one)."""
+
+    def expand(self, patterns):
+        return (patterns
+                | "Match" >> beam.ParDo(_MatchNames())
+                | "Distinct" >> beam.Distinct())
+
+
+def not_regular(path: str) -> Optional[str]:
+    """Why a local path must not be opened (reading a FIFO or a device would block or never end), or None."""
+    if FileSystems.get_scheme(path) not in (None, "file"):
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # opening it says why
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+    return f"{path} is {kind}, not a regular file: not read"
 
 
 def first_file(patterns) -> Optional[str]:
     for pattern in patterns:
-        found = FileSystems.match([pattern], limits=[1])[0].metadata_list
+        found = FileSystems.match([beam_pattern(pattern)], limits=[1])[0].metadata_list
         if found:
             return found[0].path
     return None
@@ -46,7 +93,9 @@ def parquet_schema(patterns):
     import pyarrow.parquet as pq
     problems = []
     for pattern in patterns:
-        for m in sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path):
+        for m in sorted(FileSystems.match([beam_pattern(pattern)])[0].metadata_list, key=lambda m: m.path):
+            if not_regular(m.path):
+                continue
             try:
                 with FileSystems.open(m.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                     return pq.read_schema(f)
@@ -56,6 +105,8 @@ def parquet_schema(patterns):
 
 
 def tfrecord_is_gzip(path: str) -> bool:
+    if not_regular(path):
+        return False
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         return shards._is_gzip(f.read(12))
 
@@ -83,8 +134,15 @@ class _ReadShard(beam.DoFn):
                                              self.keep_records)
 
     def process(self, element):
-        path = element if isinstance(element, str) else element[0]
+        name = element[0] if isinstance(element, tuple) else element  # a path, or (path, row group, ...)
+        path = names.local(name)
+        element = (path, *element[1:]) if isinstance(element, tuple) else path
         emitted = 0
+        problem = not_regular(path)
+        if problem:
+            self.unreadable.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, _error(name, problem))
+            return
         try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 for sample in self._samples(f, element):
@@ -93,11 +151,18 @@ class _ReadShard(beam.DoFn):
                         self.unreadable.inc()
                         yield beam.pvalue.TaggedOutput(ERRORS, _error(sample.id, sample.error))
                     else:
-                        yield (sample.id, sample.record), sample.image
+                        yield (names.carry(sample.id), _carried(sample.record)), sample.image
         except (OSError, IOError) as e:  # the storage failed us (BeamIOError is an IOError)
             self.unreadable.inc()
             where = f"after {emitted} samples" if emitted else "at its start"
-            yield beam.pvalue.TaggedOutput(ERRORS, _error(path, f"cannot read {path} {where}: {e}"))
+            yield beam.pvalue.TaggedOutput(ERRORS, _error(name, f"cannot read {path} {where}: {e}"))
+
+
+def _carried(record):
+    """A WebDataset record's member extensions come from tar names: carried like them."""
+    if isinstance(record, list):
+        return [(names.carry(ext), data) for ext, data in record]
+    return record
 
 
 class _ParquetRowGroups(beam.DoFn):
@@ -107,14 +172,20 @@ class _ParquetRowGroups(beam.DoFn):
         self.image_key, self.id_key, self.schema = image_key, id_key, schema
         self.unreadable = Metrics.counter(METRICS_NAMESPACE, "records_unreadable")
 
-    def process(self, path: str):
+    def process(self, name: names.Name):
         import pyarrow as pa
+        path = names.local(name)
+        problem = not_regular(path)
+        if problem:
+            self.unreadable.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, _error(name, problem))
+            return
         try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 schema, groups = shards.parquet_row_groups(f)
         except (OSError, IOError, pa.ArrowException) as e:
             self.unreadable.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, _error(path, f"cannot read {path} as Parquet (truncated or not "
+            yield beam.pvalue.TaggedOutput(ERRORS, _error(name, f"cannot read {path} as Parquet (truncated or not "
                                                                  f"Parquet?): nothing in it was read: {e}"))
             return
         problem = shards.parquet_missing_column(schema, self.image_key, self.id_key)
@@ -122,10 +193,10 @@ class _ParquetRowGroups(beam.DoFn):
             problem = "its columns differ from the first file's, which the filtered copy is written with"
         if problem:
             self.unreadable.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, _error(path, f"{path}: {problem}; nothing in it was read"))
+            yield beam.pvalue.TaggedOutput(ERRORS, _error(name, f"{path}: {problem}; nothing in it was read"))
             return
         for group, first, rows in groups:
-            yield path, group, first, rows
+            yield name, group, first, rows
 
 
 class ReadShardImages(beam.PTransform):
@@ -145,12 +216,7 @@ class ReadShardImages(beam.PTransform):
         self.keep_records, self.parquet_schema = keep_records, parquet_schema
 
     def expand(self, patterns):
-        paths = (patterns
-                 | "Match" >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
-                 | "Paths" >> beam.Map(lambda metadata: metadata.path)
-                 # Overlapping patterns would read a shard twice; the grouping also spreads the shards
-                 # over the workers (one pattern's match would otherwise stay on one worker).
-                 | "Distinct" >> beam.Distinct())
+        paths = patterns | "Paths" >> MatchPaths()
         read = _ReadShard(self.input_format, self.image_key, self.id_key, self.keep_records)
         if self.input_format != "parquet":
             shard = paths | "Read" >> beam.ParDo(read).with_outputs(ERRORS, main=IMAGES)
@@ -220,7 +286,7 @@ class WriteJsonLines(beam.PTransform):
 
     def expand(self, records):
         return (records
-                | "Json" >> beam.Map(lambda r: json.dumps(json_record(r), ensure_ascii=False))
+                | "Json" >> beam.Map(lambda r: names.json_line(json_record(r)))
                 | "Write" >> beam.io.WriteToText(self.prefix, file_name_suffix=".jsonl"))
 
 
@@ -239,7 +305,8 @@ def results_schema(field: str, embedding_size: Optional[int] = None, id_field: s
 
 
 def _parquet_row(record: dict) -> dict:
-    return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in record.items()}
+    return {k: (v.tolist() if hasattr(v, "tolist") else names.parquet_text(v) if isinstance(v, (str, bytes)) else v)
+            for k, v in record.items()}
 
 
 class WriteParquetResults(beam.PTransform):

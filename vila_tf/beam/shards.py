@@ -13,18 +13,26 @@ millions. `record` carries the sample as stored (only when asked for: it doubles
 sample) so that the passing ones can be written back, with their score, in the same format.
 
 Plain Python (TensorFlow only for `tf.train.Example`, pyarrow only for Parquet, both imported when
-used); the Beam transforms around these are in `vila_tf.beam_io`.
+used); the Beam transforms around these are in `vila_tf.beam.io`.
 """
 from __future__ import annotations
 
 import gzip
 import io
+import re
 import struct
 import tarfile
 import zlib
 from typing import Any, BinaryIO, Iterator, NamedTuple, Optional, Sequence
 
+from vila_tf.beam import names
+
 FORMATS = ("tfrecord", "webdataset", "parquet")
+# The largest record (TFRecord) or member (WebDataset) read into memory: far above any image the
+# model takes, and a bound on what a corrupt length field can make a worker allocate (2^40 bytes
+# with a valid length checksum was a MemoryError that failed the whole job).
+MAX_RECORD_BYTES = 256 << 20
+_CHUNK = 16 << 20
 SCORE_KEY = "vila_score"  # the feature / column / member that the filtered copies add
 DEFAULT_TFRECORD_IMAGE_KEY = "image/encoded"
 DEFAULT_PARQUET_IMAGE_KEY = "image"
@@ -77,12 +85,37 @@ def _is_gzip(head: bytes) -> bool:
     return head[:2] == b"\x1f\x8b"
 
 
-def tfrecord_payloads(f: BinaryIO, path: str) -> Iterator[tuple[int, Optional[bytes], Optional[str]]]:
+def _read_exactly(f: BinaryIO, size: int) -> bytes:
+    """Up to `size` bytes, read in chunks: a length that overstates the data costs what is there, not `size`."""
+    chunks, left = [], size
+    while left > 0:
+        chunk = f.read(min(left, _CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _skip(f: BinaryIO, size: int) -> int:
+    """Reads past `size` bytes without keeping them (GZIP streams cannot seek); the bytes skipped."""
+    left = size
+    while left > 0:
+        chunk = f.read(min(left, _CHUNK))
+        if not chunk:
+            break
+        left -= len(chunk)
+    return size - left
+
+
+def tfrecord_payloads(f: BinaryIO, path: str, max_bytes: int = MAX_RECORD_BYTES
+                      ) -> Iterator[tuple[int, Optional[bytes], Optional[str]]]:
     """(record number, payload, None) per record, or (number, None, reason) for a record that cannot be read.
 
-    A payload whose checksum fails is skipped alone (the framing still holds); a length whose
-    checksum fails, or a shard that ends inside a record, ends the shard: the reason says where,
-    and how much was left unread.
+    A payload whose checksum fails is skipped alone (the framing still holds); so is a record
+    longer than `max_bytes`, read past without keeping it, when the shard holds that many bytes.
+    A length whose checksum fails, or a shard that ends inside a record (or before the length a
+    header claims), ends the shard: the reason says where, and that the rest cannot be read.
     """
     head = f.read(12)
     if _is_gzip(head):
@@ -104,16 +137,24 @@ def tfrecord_payloads(f: BinaryIO, path: str) -> Iterator[tuple[int, Optional[by
                 yield n, None, (f"corrupt shard: the length of record {n} (byte {offset} of {path}) fails its "
                                 "checksum; this record and the rest of the shard cannot be read")
                 return
-            data = f.read(length)
-            footer = f.read(4)
-            if len(data) < length or len(footer) < 4:
-                yield n, None, (f"shard truncated: {path} ends inside record {n} (byte {offset}, "
-                                f"{12 + length + 4} bytes long); nothing after it can be read")
-                return
-            if struct.unpack("<I", footer)[0] != masked_crc32c(data):
-                yield n, None, f"corrupt record: its data fails its checksum (record {n}, byte {offset} of {path})"
+            if length > max_bytes:
+                if _skip(f, length + 4) < length + 4:
+                    yield n, None, (f"corrupt shard: record {n} (byte {offset} of {path}) claims {length} bytes, "
+                                    f"more than the rest of the shard holds; nothing after it can be read")
+                    return
+                yield n, None, (f"record {n} (byte {offset} of {path}) is {length} bytes, over the limit of "
+                                f"{max_bytes} bytes: skipped")
             else:
-                yield n, data, None
+                data = _read_exactly(f, length)
+                footer = f.read(4)
+                if len(data) < length or len(footer) < 4:
+                    yield n, None, (f"shard truncated: {path} ends inside record {n} (byte {offset}, "
+                                    f"{12 + length + 4} bytes long); nothing after it can be read")
+                    return
+                if struct.unpack("<I", footer)[0] != masked_crc32c(data):
+                    yield n, None, f"corrupt record: its data fails its checksum (record {n}, byte {offset} of {path})"
+                else:
+                    yield n, data, None
             n += 1
             offset += 12 + length + 4
     except (EOFError, OSError, zlib.error) as e:  # a GZIP stream cut short or damaged
@@ -153,7 +194,7 @@ def read_tfrecord(f: BinaryIO, path: str, image_key: str = DEFAULT_TFRECORD_IMAG
             if error:
                 yield Sample(sample_id, error=error)
                 continue
-            sample_id = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            sample_id = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
         if image_key not in features:
             yield Sample(sample_id, error=f"no image feature {image_key!r} (features: {', '.join(sorted(features))})")
             continue
@@ -180,9 +221,9 @@ def tfrecord_with_score(payload: bytes, score: float) -> bytes:
 
 def _split_name(name: str) -> tuple[str, str]:
     """WebDataset's convention: the key is the path up to the first dot of the file name."""
-    folder, _, base = name.rpartition("/")
+    folder, slash, base = name.rpartition("/")
     stem, dot, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower() if dot else ""
+    return (f"{folder}/{stem}" if slash else stem), ext.lower() if dot else ""
 
 
 def _webdataset_image(key: str, members: Sequence[tuple[str, bytes]], image_key: Optional[str]
@@ -218,7 +259,7 @@ def read_webdataset(f: BinaryIO, path: str, image_key: Optional[str] = None,
     the shard (its members were not consecutive) is reported rather than scored twice.
     """
     seen: set[str] = set()
-    key, members, count = None, [], 0
+    key, members, problems, count = None, [], [], 0
 
     def finish():
         if key is None:
@@ -226,6 +267,8 @@ def read_webdataset(f: BinaryIO, path: str, image_key: Optional[str] = None,
         if key in seen:
             return Sample(key, error=f"key {key!r} appears twice in {path} (a sample's members must be consecutive)")
         seen.add(key)
+        if problems:  # the sample would be copied without these members, or unsafely: reported, not scored
+            return Sample(key, error="; ".join(problems))
         image, error = _webdataset_image(key, members, image_key)
         if error:
             return Sample(key, error=error)
@@ -244,7 +287,7 @@ def read_webdataset(f: BinaryIO, path: str, image_key: Optional[str] = None,
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for info in tar:
-                if not info.isfile():
+                if info.isdir():
                     continue
                 member_key, ext = _split_name(info.name)
                 if member_key != key:
@@ -252,7 +295,11 @@ def read_webdataset(f: BinaryIO, path: str, image_key: Optional[str] = None,
                     if done:
                         count += 1
                         yield done
-                    key, members = member_key, []
+                    key, members, problems = member_key, [], []
+                problem = member_problem(info)
+                if problem:
+                    problems.append(problem)
+                    continue
                 members.append((ext, tar.extractfile(info).read()))
             header_at = tar.offset
             while stream.read(1 << 16):  # the end-of-archive blocks and padding
@@ -274,15 +321,46 @@ def webdataset_with_score(members: Sequence[tuple[str, bytes]], score: float) ->
     return [(e, b) for e, b in members if e != SCORE_KEY] + [(SCORE_KEY, f"{score:.6f}".encode())]
 
 
+def unsafe_name(name: str) -> bool:
+    """A member name that a naive extractor would write outside its folder: absolute (also a
+    Windows drive), or with a '..' part (also between backslashes)."""
+    return (name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name) is not None
+            or ".." in re.split(r"[/\\]", name))
+
+
+def member_problem(info: tarfile.TarInfo) -> Optional[str]:
+    """Why a tar member cannot be part of a sample (scored and copied), or None."""
+    if unsafe_name(info.name):
+        return (f"member name {info.name!r} is unsafe (an absolute path or a '..' part): a copy would make "
+                "extractors write outside their folder")
+    if info.issym() or info.islnk():
+        kind = "a symbolic link" if info.issym() else "a hard link"
+        return f"member {info.name!r} is {kind} to {info.linkname!r}: links are neither followed nor copied"
+    if not info.isfile():
+        return f"member {info.name!r} is not a regular file (tar type {info.type!r})"
+    if info.size > MAX_RECORD_BYTES:
+        return f"member {info.name!r} is {info.size} bytes, over the limit of {MAX_RECORD_BYTES} bytes"
+    return None
+
+
 class TarShardWriter:
-    """Writes WebDataset samples to a binary stream as a tar shard (streaming: no seeking)."""
+    """Writes WebDataset samples to a binary stream as a tar shard (streaming: no seeking).
+
+    POSIX (pax) format: member names of any length and in any bytes, as read (ustar stops at 100
+    characters: "name is too long" failed the whole job). Unsafe names are refused (the reader
+    reports such samples instead of passing them on)."""
 
     def __init__(self, stream: BinaryIO):
-        self._tar = tarfile.open(fileobj=stream, mode="w|", format=tarfile.USTAR_FORMAT)
+        self._tar = tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT)
 
     def write(self, key: str, members: Sequence[tuple[str, bytes]]) -> None:
+        key = names.local(key)
         for ext, data in members:
-            info = tarfile.TarInfo(f"{key}.{ext}" if ext else key)
+            ext = names.local(ext)
+            name = f"{key}.{ext}" if ext else key
+            if unsafe_name(name):
+                raise ValueError(f"unsafe tar member name {name!r}")
+            info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o644
             self._tar.addfile(info, io.BytesIO(data))
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from vila_tf.beam import io as beam_io
+from vila_tf.beam import io as beam_io, names
 from vila_tf import buckets, zero_shot
 
 from vila_tf.beam.handler import ERRORS, METRICS_NAMESPACE, RESULTS, TASKS, VilaModelHandler
@@ -19,32 +19,34 @@ from vila_tf.beam.handler import ERRORS, METRICS_NAMESPACE, RESULTS, TASKS, Vila
 # -- the pipeline ---------------------------------------------------------------------------------------
 
 class _ReadBytes(beam.DoFn):
-    """ReadableFile -> (path, bytes); a file that cannot be read -> an error record."""
+    """A path (`names.carry` form) -> (path, bytes); a file that cannot be read -> an error record."""
 
     def __init__(self):
         self.unreadable = Metrics.counter(METRICS_NAMESPACE, "files_unreadable")
 
-    def process(self, readable: fileio.ReadableFile):
-        path = readable.metadata.path
+    def process(self, name: names.Name):
+        path = names.local(name)
+        problem = beam_io.not_regular(path)
+        if problem:
+            self.unreadable.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, {"input": name, "error": names.shown(problem)})
+            return
         try:
-            yield path, readable.read()
+            # Bytes as stored: AUTO would decompress a photo whose name ends in .gz or .bz2.
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                yield name, f.read()
         except (OSError, IOError) as e:  # BeamIOError is an IOError
             self.unreadable.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, {"input": path, "error": f"cannot read: {e}"})
+            yield beam.pvalue.TaggedOutput(ERRORS, {"input": name, "error": names.shown(f"cannot read: {e}")})
 
 
 class ReadImages(beam.PTransform):
-    """File patterns -> (path, image bytes), with unreadable files in the `errors` output."""
+    """File patterns -> (path, image bytes), with unreadable files in the `errors` output. A path
+    that is not UTF-8 travels as its bytes (`vila_tf.beam.names`)."""
 
     def expand(self, patterns):
         return (patterns
-                | "Match" >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
-                | "Paths" >> beam.Map(lambda metadata: metadata.path)
-                # Overlapping patterns would score a file twice; the grouping also redistributes the
-                # files, which one pattern's match would otherwise leave on a single worker.
-                | "Distinct" >> beam.Distinct()
-                # Bytes as stored: AUTO would decompress a photo whose name ends in .gz or .bz2.
-                | "Open" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED)
+                | "Paths" >> beam_io.MatchPaths()
                 | "Read" >> beam.ParDo(_ReadBytes()).with_outputs(ERRORS, main="images"))
 
 
@@ -93,7 +95,7 @@ def build(pipeline: beam.Pipeline, model_path: str, task: str, patterns: Sequenc
     if keep and (input_format == "files" or min_score is None):
         raise ValueError("a filtered copy needs a dataset input format and min_score")
     patterns = list(patterns)
-    sources = pipeline | "Patterns" >> beam.Create(patterns)
+    sources = pipeline | "Patterns" >> beam.Create([names.carry(p) for p in patterns])
     parquet_schema = gzip = None
     if input_format == "files":
         read = sources | "ReadImages" >> ReadImages()
