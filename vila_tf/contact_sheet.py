@@ -52,7 +52,7 @@ def bar_label(name: str) -> str:
 
 
 def bar_extent(value: float, scale: float, width: int) -> tuple[int, int]:
-    """(left, right) pixel offsets within a track `width` wide of a bar for each value: from the
+    """(left, right) pixel offsets, within a track `width` wide, of the bar for `value`: from the
     middle (0.5) toward the value, `scale` (a distance from 0.5) filling half the track."""
     mid = width // 2
     end = mid + int(round((float(value) - 0.5) / scale * (width // 2)))

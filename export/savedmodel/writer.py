@@ -3,8 +3,7 @@
 Three functions of `export.heads` are lowered with jax2tf native serialization (StableHLO in an
 `XlaCallModule` op) for cpu, cuda and tpu at once, with a polymorphic batch dimension: the image
 heads as one (`image_outputs`: embedding, zero-shot score with its six per-attribute scores, and
-quality score from one tower pass), the
-caption and the text embedding. Parameters
+quality score from one tower pass), the caption and the text embedding. Parameters
 are `tf.Variable`s owned by the module and shared by every signature. The VILA-R prompt embedding
 and the twelve zero-shot prompt embeddings are computed once here and stored as variables, so
 scoring never runs the text tower.
