@@ -18,7 +18,7 @@ TARGET_TF ?=
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[export,dev,beam]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[export,dev,beam,litert]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -75,6 +75,23 @@ BASE_URL ?=
 .PHONY: package
 package: $(STAMP)
 	$(PY) -m export package '$(OUT)' --out '$(DIST)' $(if $(BASE_URL),--base-url '$(BASE_URL)')
+
+# LiteRT models of every $(OUT)/<name>/<version>/ SavedModel: $(LITERT_OUT)/<name>/<version>/ with the
+# float32, float16 and int8 image heads and vila_litert.json (docs/on_device.md; ~2 min per full-size model).
+LITERT_OUT ?= litert
+.PHONY: litert
+litert: $(STAMP)
+	@found=0; for d in $(OUT)/*/[0-9]*/; do test -f $$d/saved_model.pb || continue; found=1; \
+	  name=$$(basename $$(dirname $$d)); version=$$(basename $$d); \
+	  $(PY) -m export litert $$d --out $(LITERT_OUT)/$$name/$$version || exit 1; done; \
+	  test $$found = 1 || { echo "no SavedModel under $(OUT)/<name>/<version>/: run make export first"; exit 2; }
+
+# The float32 LiteRT model against the SavedModel's score_pixels at batch 1 in one process, the
+# float16 and int8 variants, their accuracy and the runtime's batch path on the full-size demo model
+# (exported and converted in a temporary folder, ~10 min on 2 cores); writes benchmarks/litert_results.json.
+.PHONY: bench-litert
+bench-litert: $(STAMP)
+	$(PY) benchmarks/litert.py --out benchmarks/litert_results.json
 
 # Long fault-suite runs (the bounded versions are in `make test`).
 FUZZ_RUNS ?= 5000

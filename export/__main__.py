@@ -5,6 +5,7 @@
   python -m export all [--vila-dir DIR] --out exported                          (what `make export` runs)
   python -m export package SAVEDMODEL_DIR --out DIST_DIR [--name N --version V] (TF Hub tar.gz + model card)
   python -m export stablehlo SAVEDMODEL_DIR --out BUNDLE_DIR                     (StableHLO for a JAX-only runner)
+  python -m export litert SAVEDMODEL_DIR --out LITERT_DIR                        (on-device image heads)
   python -m export --help                                                        (every subcommand)
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ SUBCOMMANDS = {
     "convert": "convert a paxml checkpoint to orbax params + config JSON",
     "package": "TF Hub packages (.tar.gz, .sha256) and model cards of exported SavedModels",
     "stablehlo": "the SavedModel's lowered modules as a JAX-only StableHLO bundle (GPU/TPU runner)",
+    "litert": "LiteRT (.tflite) image heads for phones, edge and a TensorFlow-free vila_tf (float32/float16/int8)",
 }
 
 
@@ -65,9 +67,11 @@ def cmd_convert(argv) -> int:
     return 0
 
 
-def _bundle_error():
+def _tool_errors() -> tuple:
     from .tools.stablehlo_bundle import BundleError
-    return BundleError
+    from .tools.litert import LiteRTError
+    from .tools.litert_source import SourceError
+    return BundleError, LiteRTError, SourceError
 
 
 def main(argv=None) -> int:
@@ -86,11 +90,14 @@ def main(argv=None) -> int:
         if command == "stablehlo":
             from .tools import stablehlo_bundle
             return stablehlo_bundle.cmd_stablehlo(argv)
+        if command == "litert":
+            from .tools import litert
+            return litert.cmd_litert(argv, _add_overrides, _overrides)
         from . import cli as cli_export
         if command == "all":
             return cli_export.cmd_all(argv)
         return cli_export.cmd_export(argv, _add_overrides, _overrides)
-    except (CheckpointError, ConfigError, FileNotFoundError, _bundle_error()) as e:
+    except (CheckpointError, ConfigError, FileNotFoundError, *_tool_errors()) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -196,3 +196,23 @@ def run_without_jax(script: str, *args, timeout=900):
     import sys
     return subprocess.run([sys.executable, script, *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env_without_jax())
+
+
+@pytest.fixture(scope="session")
+def litert_exported(tmp_path_factory, exported, worker_id):
+    """`python -m export litert` of both tiny exports (float32, float16, int8), once per run:
+    {fixture name: LiteRT folder}."""
+    from export.tools import litert, litert_source
+    root = shared_dir(tmp_path_factory, worker_id) / "litert"
+    for n in FIXTURES:
+        build_once(str(root / n), lambda d, n=n: litert.write_litert(litert_source.from_savedmodel(exported[n]), d,
+                                                                     log=lambda msg: None))
+    return {n: str(root / n) for n in FIXTURES}
+
+
+def env_without_tensorflow() -> dict:
+    """A subprocess environment in which `import tensorflow` (and jax) fail
+    (tests/without_tensorflow/sitecustomize.py): the LiteRT runtime's install."""
+    tests = os.path.dirname(DATA)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.join(tests, "without_tensorflow"), tests, os.path.dirname(tests)]))

@@ -280,9 +280,12 @@ def test_relative_pattern_without_a_folder(exported, model, tmp_path, monkeypatc
 
 # -- a failed job leaves no temporary folders ---------------------------------------------------------------
 
-def test_a_failed_job_leaves_no_temporary_folders(tmp_path, capsys):
-    (tmp_path / "broken" / "1").mkdir(parents=True)
+def test_a_failed_job_leaves_no_temporary_folders(exported, tmp_path, capsys):
+    # A model whose metadata is fine but whose graph does not parse: the job starts, then fails.
+    (tmp_path / "broken" / "1" / "assets.extra").mkdir(parents=True)
     (tmp_path / "broken" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    shutil.copy(os.path.join(exported["vila_r_tiny"], "assets.extra", "vila_tf.json"),
+                tmp_path / "broken" / "1" / "assets.extra" / "vila_tf.json")
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(_png(1))
     out = tmp_path / "out"

@@ -12,11 +12,22 @@ from vila_tf.tf_compat import IncompatibleTensorFlowError
 __all__ = ["load", "VilaModel", "ImageError", "Result", "DemoModelWarning", "IncompatibleTensorFlowError"]
 
 
-def load(path: str, device=None, max_workers=None, exif_orientation: bool = True):
-    """Loads an exported VILA model (SavedModel folder or TF Serving base folder: newest version).
+def load(path: str, device=None, max_workers=None, exif_orientation: bool = True, variant=None):
+    """Loads an exported VILA model (SavedModel folder or TF Serving base folder: newest version),
+    or the LiteRT image heads written by `python -m export litert` (no TensorFlow needed; `variant`
+    "float32", "float16" or "int8", default float32: docs/on_device.md).
 
     `exif_orientation=False` scores photos as stored, exactly as the release did, instead of
     turned upright by their EXIF orientation tag (docs/formats.md)."""
+    from vila_tf.litert import format as litert_format
+    if litert_format.is_litert_dir(path):
+        if device:
+            raise ValueError(f"device={device!r}: a LiteRT export runs on this machine's CPU here "
+                             "(a phone app picks its GPU delegate itself, docs/on_device.md)")
+        from vila_tf.litert import model as litert_model
+        return litert_model.LiteRTModel(path, variant, max_workers=max_workers, exif_orientation=exif_orientation)
+    if variant:
+        raise ValueError(f"variant={variant!r}: only a LiteRT export has variants; {path} is not one")
     # TensorFlow is imported here, when a SavedModel is loaded, not by `import vila_tf`.
     from vila_tf import model
     return model.VilaModel(path, device=device, max_workers=max_workers, exif_orientation=exif_orientation)

@@ -48,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         c = sub.add_parser(name, help=help_text, description=help_text)
-        c.add_argument("model", help="exported SavedModel folder, or a TF Serving base folder (newest version)")
+        c.add_argument("model", help="exported SavedModel folder, or a TF Serving base folder (newest version), "
+                                     "or a LiteRT export (python -m export litert)")
+        c.add_argument("--variant", choices=["float32", "float16", "int8"], default=None,
+                       help="which model of a LiteRT export (default float32)")
         if name == "info":
             continue
         c.add_argument("inputs", nargs="+", help="image files, folders (walked recursively) or glob patterns")
@@ -140,6 +143,9 @@ def _write_contact_sheet(best: _Best, path: str, with_captions: bool, pair_names
 
 
 def _info(model) -> int:
+    if hasattr(model, "describe"):  # a LiteRT export (vila_tf.litert): its own summary
+        print("\n".join(model.describe()))
+        return EXIT_OK
     meta = model.metadata
     print(f"model: {model.path}")
     print(f"kind: {meta.model_kind or meta.model_type}" + ("  (DEMO weights: outputs mean nothing)"
@@ -227,12 +233,20 @@ def _run(args) -> int:
     try:
         model = vila_tf.load(args.model, device=getattr(args, "device", None),
                              max_workers=getattr(args, "decode_threads", None),
-                             exif_orientation=not getattr(args, "release_exact_orientation", False))
-    except (FileNotFoundError, OSError, ValueError, vila_tf.IncompatibleTensorFlowError) as e:
+                             exif_orientation=not getattr(args, "release_exact_orientation", False),
+                             variant=args.variant)
+    except (FileNotFoundError, OSError, ValueError, ImportError, vila_tf.IncompatibleTensorFlowError) as e:
         print(f"vila-tf: cannot load model: {e}", file=sys.stderr)
         return EXIT_ERROR
     if args.command == "info":
         return _info(model)
+    wanted = [tasks.BY_COMMAND[args.command].name] + (["caption"] if getattr(args, "with_captions", False) else [])
+    missing = [t for t in wanted if t not in getattr(model, "tasks", wanted)]
+    if missing:  # a LiteRT export has the image heads only
+        print(f"vila-tf: {args.model}: no {missing[0]} in this export: a LiteRT export holds the image heads "
+              "(score, zero-shot, embed); captions need the SavedModel", file=sys.stderr)
+        model.close()
+        return EXIT_ERROR
     try:
         return _score_all(args, model)
     finally:

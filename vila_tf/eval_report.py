@@ -68,7 +68,7 @@ def write_summary(path: str, record: dict, plots: list[str]) -> None:
               f">= {_fmt(record['score_threshold'], 4)} ({record['score_threshold_rule']}"
               + (": as many images called high quality as the labels hold" if record["score_threshold_rule"] == "matched"
                  else "") + ").",
-              f"PLCC is Pearson's correlation on the raw scores, with no logistic fit; KRCC is Kendall's tau-b.",
+              "PLCC is Pearson's correlation on the raw scores, with no logistic fit; KRCC is Kendall's tau-b.",
               (f"Intervals: {b['resamples']} bootstrap resamples (percentile method, seed {b['seed']})."
                if b["resamples"] else "No bootstrap intervals (--bootstrap 0).")]
     if b.get("undefined"):

@@ -343,7 +343,9 @@ print(model.caption(["a.jpg"]))
 ```"""
 
 
-def render(facts: ModelFacts, pkg: PackageInfo) -> str:
+def render(facts: ModelFacts, pkg: PackageInfo, on_device: str = "") -> str:
+    """The card; `on_device`: the "On device" section of a package published with its LiteRT
+    models (export.publish.on_device.card_section)."""
     m = facts.metadata
     parts = [f"# {pkg.name} (version {pkg.version}): {model_title(pkg.name, m)}", ""]
     if m["demo_weights"]:
@@ -354,8 +356,10 @@ def render(facts: ModelFacts, pkg: PackageInfo) -> str:
               "Read from the SavedModel. B is the batch size: every signature takes any batch size.", "",
               signature_table(facts), "",
               "## Preprocessing", "", _preprocessing(facts), "",
-              "## Use", "", _usage(facts, pkg), "",
-              "## Limitations", "", limitations(pkg.name, m), ""]
+              "## Use", "", _usage(facts, pkg), ""]
+    if on_device:
+        parts += ["## On device", "", on_device, ""]
+    parts += ["## Limitations", "", limitations(pkg.name, m), ""]
     return "\n".join(parts)
 
 

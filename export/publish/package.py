@@ -7,6 +7,8 @@ from there. This module writes, for each exported SavedModel, into DIST_DIR:
   <name>_<version>.tar.gz          the SavedModel folder, deterministic (same input, same bytes)
   <name>_<version>.tar.gz.sha256   `sha256sum -c` format
   <name>.md                        the model card (export.model_card), read from the SavedModel
+and, with `--litert LITERT_DIR` (one SavedModel), its LiteRT models beside it with their sha256 and
+an "On device" section in the card (export.publish.on_device).
 
 Determinism: entries are sorted (every folder before its contents), every entry has the same mtime,
 owner and mode, and the gzip header carries mtime 0 and no file name. The bytes then depend only
@@ -28,7 +30,7 @@ from typing import Callable, Optional
 
 from vila_tf.atomic import atomic_file
 
-from . import model_card
+from . import model_card, on_device
 from .. import PROG
 
 ARCHIVE_MTIME = 0          # every entry's mtime, and the gzip header's
@@ -174,8 +176,9 @@ def find_savedmodels(path: str) -> list[tuple[str, str, int]]:
 
 def package_savedmodel(savedmodel_dir: str, dist_dir: str, name: Optional[str] = None,
                        version: Optional[int] = None, base_url: Optional[str] = None,
-                       log: Callable[[str], None] = lambda msg: None) -> Package:
-    """Writes the archive, its checksum and its model card for one SavedModel into `dist_dir`."""
+                       log: Callable[[str], None] = lambda msg: None, litert_dir: Optional[str] = None) -> Package:
+    """Writes the archive, its checksum and its model card for one SavedModel into `dist_dir`
+    (and its LiteRT models from `litert_dir`, export.publish.on_device)."""
     default_name, default_version = default_name_version(savedmodel_dir)
     name = name or default_name
     version = default_version if version is None else version
@@ -189,6 +192,7 @@ def package_savedmodel(savedmodel_dir: str, dist_dir: str, name: Optional[str] =
     # Read everything the card needs first: a SavedModel that does not load is never packaged.
     log(f"reading {savedmodel_dir}")
     facts = model_card.read_facts(savedmodel_dir)
+    litert_meta = on_device.read_litert(litert_dir, facts.metadata) if litert_dir else None
     os.makedirs(dist_dir, exist_ok=True)
     archive = os.path.join(dist_dir, archive_filename(name, version))
     log(f"compressing {savedmodel_dir} -> {archive}")
@@ -196,10 +200,17 @@ def package_savedmodel(savedmodel_dir: str, dist_dir: str, name: Optional[str] =
     size = os.path.getsize(archive)
     checksum_file = archive + ".sha256"
     write_text(checksum_file, f"{sha256}  {os.path.basename(archive)}\n")
+    section = ""
+    if litert_meta is not None:
+        log(f"copying the LiteRT models of {litert_dir}")
+        published = on_device.publish(litert_dir, litert_meta, dist_dir, name, version)
+        section = on_device.card_section(litert_meta, published, base_url)
+        for p in published:
+            log(f"{p.file}\t{p.size / 1e6:.1f} MB\tsha256 {p.sha256}")
     card = os.path.join(dist_dir, f"{name}.md")
     write_text(card, model_card.render(facts, model_card.PackageInfo(
         name=name, version=version, archive=os.path.basename(archive), sha256=sha256, size=size,
-        base_url=base_url)))
+        base_url=base_url), section))
     return Package(name, version, archive, sha256, size, checksum_file, card)
 
 
@@ -218,11 +229,17 @@ def cmd_package(argv) -> int:
     p.add_argument("--out", required=True, metavar="DIST_DIR", help="folder for the packages (e.g. dist)")
     p.add_argument("--name", help="package name (default: the model folder's name, e.g. vila_r)")
     p.add_argument("--version", type=int, help="package version (default: the version folder's number, else 1)")
+    p.add_argument("--litert", metavar="LITERT_DIR",
+                   help="also publish this LiteRT export of the SavedModel (python -m export litert): its "
+                        ".tflite files with their sha256, and an On device section in the card")
     p.add_argument("--base-url", help="where DIST_DIR will be served from (e.g. https://models.example.com/vila); "
                                       "the model card's examples then use the real URL")
     args = p.parse_args(argv)
     try:
         found = [m for path in args.savedmodels for m in find_savedmodels(path)]
+        if len(found) > 1 and args.litert:
+            raise PackageError(f"--litert goes with one SavedModel, but {len(found)} were found: "
+                               + ", ".join(d for d, _, _ in found))
         if len(found) > 1 and (args.name or args.version is not None):
             raise PackageError(f"--name/--version apply to one SavedModel, but {len(found)} were found: "
                                + ", ".join(d for d, _, _ in found))
@@ -230,11 +247,11 @@ def cmd_package(argv) -> int:
         for folder, name, version in found:
             pkg = package_savedmodel(folder, args.out, args.name or name,
                                      version if args.version is None else args.version,
-                                     args.base_url, log=_log)
+                                     args.base_url, log=_log, litert_dir=args.litert)
             print(f"{pkg.archive}\t{pkg.size / 1e6:.1f} MB\tsha256 {pkg.sha256}")
             print(f"{pkg.checksum_file}\n{pkg.card}")
         _log(f"packaged {len(found)} model(s) in {time.time() - t0:.0f} s")
-    except (PackageError, model_card.ModelCardError) as e:
+    except (PackageError, model_card.ModelCardError, on_device.OnDeviceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,76 @@
+"""The LiteRT export's contract: folder layout, metadata file, signatures and variants.
+
+Written by `python -m export litert` (export/tools/litert.py) and read by the runtime
+(vila_tf.litert.model), `vila-tf info` and the model card, so the three cannot disagree.
+No TensorFlow, no LiteRT here: only names and the metadata reader.
+
+    LITERT_DIR/vila_litert.json          metadata: model type, config, demo flag, variants, sha256
+    LITERT_DIR/vila_image_float32.tflite the image heads, float32 weights (the exact variant)
+    LITERT_DIR/vila_image_float16.tflite float16 weights (half the size)
+    LITERT_DIR/vila_image_int8.tflite    int8 weights, dynamic-range (a quarter of the size, fastest)
+"""
+from __future__ import annotations
+
+import json
+import os
+
+FORMAT = "vila-tf-litert/1"
+METADATA_FILE = "vila_litert.json"
+VARIANTS = ("float32", "float16", "int8")
+DEFAULT_VARIANT = "float32"
+
+# The one signature: decoded RGB pixels of one photo at any size, the release's preprocessing
+# inside (docs/model.md §11), all three image heads out.
+IMAGE_SIGNATURE = "image"
+IMAGE_INPUT = "image"  # uint8 [1, H, W, 3]
+OUTPUTS = ("predictions", "image_embedding", "zero_shot_score")  # [1, 1], [1, D], [1]
+
+
+class LiteRTExportError(ValueError):
+    """A folder that is not a complete LiteRT export, or a variant it does not hold."""
+
+
+def model_file(variant: str) -> str:
+    return f"vila_image_{variant}.tflite"
+
+
+def resolve(path) -> str | None:
+    """The LiteRT export at `path`: the folder itself, or the newest numbered version of a base
+    folder (`make litert` writes LITERT_OUT/<name>/<version>/, as TF Serving's layout); None if neither."""
+    from vila_tf.versions import local_versions, numbered
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, METADATA_FILE)):
+        return path
+    versions = local_versions(path, marker=METADATA_FILE)
+    return os.path.join(path, numbered(os.listdir(path))[versions[-1]]) if versions else None
+
+
+def is_litert_dir(path) -> bool:
+    return resolve(path) is not None
+
+
+def read_metadata(path) -> dict:
+    path = os.fspath(path)
+    meta_path = os.path.join(path, METADATA_FILE)
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise LiteRTExportError(f"{path}: not a LiteRT export (no {METADATA_FILE}); write one with "
+                                "`python -m export litert SAVEDMODEL --out DIR`") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise LiteRTExportError(f"{meta_path}: unreadable ({e}); write the export again") from None
+    if meta.get("format") != FORMAT:
+        raise LiteRTExportError(f"{meta_path}: format {meta.get('format')!r}, this vila_tf reads {FORMAT!r}")
+    return meta
+
+
+def variant_path(path, meta: dict, variant: str) -> str:
+    variants = meta.get("variants", {})
+    if variant not in variants:
+        raise LiteRTExportError(f"{path}: no {variant!r} model (this export has {', '.join(variants) or 'none'}); "
+                                f"choose one of those")
+    file = os.path.join(os.fspath(path), variants[variant]["file"])
+    if not os.path.isfile(file):
+        raise LiteRTExportError(f"{file}: missing (the metadata lists it): copy the whole export folder")
+    return file

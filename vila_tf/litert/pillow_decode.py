@@ -1,0 +1,73 @@
+"""Encoded photos -> uint8 RGB pixels [H, W, 3] with Pillow: what the LiteRT models take.
+
+Where the SavedModel decodes in its graph (`tf.io.decode_image`, docs/model.md §11), the LiteRT
+backend decodes on the host, with the same rules: RGBA and palette images lose their alpha (no
+compositing), gray is replicated to three channels, a GIF or WebP animation gives its first frame,
+images over `max_pixels` are refused from their header, and the other formats of
+docs/formats.md (AVIF, HEIC, TIFF) go through `vila_tf.image_formats` exactly as for the
+SavedModel runtime.
+
+JPEG: TensorFlow decodes with libjpeg's fast integer IDCT and fancy chroma upsampling, which
+Pillow cannot be asked for as such; vila_tf.litert.jpeg rebuilds TensorFlow's pixels exactly
+from Pillow's fast-IDCT planes (4:4:4, 4:2:2, 4:2:0 and gray JPEGs; other layouts are decoded
+by Pillow as it is).
+"""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+
+from vila_tf import image_formats
+from vila_tf.litert import jpeg
+from vila_tf.image_formats import ImageFormatError
+
+_PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP"}
+
+
+def _rgb(im) -> np.ndarray:
+    """A Pillow image -> uint8 [H, W, 3], alpha dropped as TensorFlow's decoder drops it."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit gray: the high byte
+        gray = (np.asarray(im, np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"))
+
+
+def decode(data: bytes, max_pixels: int, apply_orientation: bool, source: str = "") -> np.ndarray:
+    """Encoded bytes -> uint8 [H, W, 3]; raises ImageFormatError with the reason reported for the image."""
+    from PIL import Image
+    if not data:
+        raise ImageFormatError("image_bytes is empty")
+    fmt = "raw" if os.path.splitext(source)[1].lower() in image_formats.RAW_EXTENSIONS \
+        else image_formats.sniff(data[:image_formats.HEAD_BYTES])
+    if fmt in image_formats.HOST_FORMATS:
+        return image_formats.decode_host_format(data, fmt, max_pixels, apply_orientation)
+    if fmt in image_formats.UNSUPPORTED_FORMATS:
+        raise ImageFormatError(f"{image_formats.UNSUPPORTED_FORMATS[fmt]} image: not supported (docs/formats.md); "
+                               "convert it to JPEG, PNG or TIFF")
+    if fmt not in _PIL_FORMAT:
+        raise ImageFormatError(f"not a {image_formats.READS} image (first bytes "
+                               f"{' '.join(f'{b:02x}' for b in data[:8])})")
+    name = image_formats.DISPLAY[fmt]
+    try:
+        im = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[fmt]])
+    except Image.DecompressionBombError as e:
+        raise ImageFormatError(f"{name} image: {e} (max_pixels is {max_pixels})") from None
+    except Exception as e:  # noqa: BLE001  (Pillow raises several types for a bad header)
+        raise ImageFormatError(f"{name} image that cannot be read: {e}") from None
+    with im:
+        width, height = im.size
+        if width * height > max_pixels:
+            raise ImageFormatError(f"header declares {height} x {width} = {width * height} pixels, more than "
+                                   f"the allowed {max_pixels} (max_pixels)")
+        try:
+            pixels = jpeg.decode_like_tensorflow(im) if fmt == "jpeg" else None
+            if pixels is None:
+                im.load()
+                pixels = _rgb(im)
+            if apply_orientation and fmt in ("jpeg", "png", "webp"):
+                pixels = image_formats.orient(pixels, image_formats.exif_orientation(data))
+            return pixels
+        except Exception as e:  # noqa: BLE001
+            raise ImageFormatError(f"{name} image that cannot be decoded: {e}") from None
