@@ -286,7 +286,7 @@ def scoring(model, cfg, params, jpegs, pixels, batches, repeats_for) -> dict:
     prompt = jax.numpy.asarray(model.quality_prompt_embedding.numpy())
     prompts = jax.numpy.asarray(model.zero_shot_prompt_embeddings.numpy())
     # The same function the export lowers (all three image heads, with the stored prompt embeddings).
-    native_score = jax.jit(lambda p, q, x: heads.image_outputs(p, cfg, x, prompts, q)[2])
+    native_score = jax.jit(lambda p, q, x: heads.image_outputs(p, cfg, x, prompts, q)[-1])
     flops = score_flops_per_image(cfg)["total"]
     sig = model.signatures
     probe, probe_flops = matmul_probe()

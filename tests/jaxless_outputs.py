@@ -13,6 +13,7 @@ import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops)
 
 assert "jax" not in sys.modules
+ATTRIBUTES = ("image", "lighting", "content", "background", "foreground", "composition")
 
 
 def run(savedmodel_dir, golden_path, out_path):
@@ -24,7 +25,10 @@ def run(savedmodel_dir, golden_path, out_path):
         x = tf.constant(np.concatenate([images] * 4)[:b])
         out[f"{b}/predictions"] = model.signatures["score_pixels"](image=x)["predictions"].numpy()
         out[f"{b}/image_embedding"] = model.signatures["image_embedding_pixels"](image=x)["image_embedding"].numpy()
-        out[f"{b}/zero_shot_score"] = model.signatures["zero_shot_pixels"](image=x)["zero_shot_score"].numpy()
+        zsl = model.signatures["zero_shot_pixels"](image=x)
+        out[f"{b}/zero_shot_score"] = zsl["zero_shot_score"].numpy()
+        # the per-attribute scores, as columns in the release's order
+        out[f"{b}/zero_shot_attributes"] = np.stack([zsl[f"zero_shot_{a}"].numpy() for a in ATTRIBUTES], 1)
         cap = model.signatures["caption_pixels"](image=x)
         out[f"{b}/caption_ids"] = cap["caption_ids"].numpy()
         out[f"{b}/caption_length"] = cap["caption_length"].numpy()
@@ -41,7 +45,9 @@ def run(savedmodel_dir, golden_path, out_path):
     out["scalar_predictions"] = scalar.numpy()
     out["batch_predictions"] = model.signatures["serving_default"](image_bytes=tf.constant([png, png]))["predictions"].numpy()
     out["preprocessed"] = model.signatures["preprocess"](image_bytes=tf.constant([png]))["image"].numpy()
-    out["bytes_zero_shot"] = model.signatures["zero_shot"](image_bytes=tf.constant([png]))["zero_shot_score"].numpy()
+    zsl = model.signatures["zero_shot"](image_bytes=tf.constant([png]))
+    out["bytes_zero_shot"] = zsl["zero_shot_score"].numpy()
+    out["bytes_zero_shot_keys"] = np.array(sorted(zsl))
     try:
         model.signatures["serving_default"](tf.constant(b"this is not an image"))
         out["bad_image_error"] = np.array("no error")

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 GOLDEN_TOL = 1e-4  # as test_export.py: the SavedModel against praxis
+ZERO_SHOT_ATTRIBUTES = ("image", "lighting", "content", "background", "foreground", "composition")  # the release's
 
 
 def release_pixels(encoded: bytes) -> np.ndarray:
@@ -87,6 +88,22 @@ class Reference:
 
     def zero_shot(self, encoded: list) -> np.ndarray:
         return self._call("zero_shot_pixels", "zero_shot_score", [release_pixels(e) for e in encoded])
+
+    def zero_shot_attributes(self, encoded: list) -> np.ndarray:
+        """float32 [N, 6]: the zero-shot signature's per-attribute outputs, in the release's order
+        (checked against the release's per-pair softmax in test_export.py)."""
+        pixels = [release_pixels(e) for e in encoded]
+        return np.stack([self._call("zero_shot_pixels", f"zero_shot_{a}", pixels) for a in ZERO_SHOT_ATTRIBUTES], 1)
+
+    def pair_scores(self, encoded: list, pairs: list) -> np.ndarray:
+        """float64 [N, K]: your (good, bad) pairs scored by scipy's softmax over (image·good,
+        image·bad), from the image_embedding signature (golden-checked above) and the text_embedding
+        signature (checked against the Python SentencePiece library in test_export.py)."""
+        from scipy.special import softmax
+        image = self.image_embedding(encoded).astype(np.float64)
+        texts = tf.constant([p for pair in pairs for p in pair])
+        text = self.model.signatures["text_embedding"](text=texts)["text_embedding"].numpy().astype(np.float64)
+        return softmax((image @ text.T).reshape(len(image), -1, 2), axis=-1)[..., 0]
 
     def image_embedding(self, encoded: list) -> np.ndarray:
         return self._call("image_embedding_pixels", "image_embedding", [release_pixels(e) for e in encoded])

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from conftest import DATA, FIXTURE_OVERRIDES, build_once, shared_dir, golden
 from export.model.tree import flatten, unflatten
+from vila_tf.signatures import ZERO_SHOT_ATTRIBUTES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(ROOT, "benchmarks", "accelerator.py")
@@ -139,15 +140,22 @@ def test_bundle_holds_the_savedmodels_outputs(bundle, exported):
     # The score, embedding and zero-shot signatures share one lowered function.
     assert sorted(manifest["functions"]["image"]["signatures"]) == sorted(
         ["serving_default", "score_pixels", "image_embedding", "image_embedding_pixels", "zero_shot", "zero_shot_pixels"])
-    for name, signature, key, output in (("image", "image_embedding_pixels", "image_embedding", 0),
-                                         ("image", "zero_shot_pixels", "zero_shot_score", 1),
-                                         ("image", "score_pixels", "predictions", 2),
-                                         ("caption", "caption_pixels", "caption_ids", 0)):
+    # (function, signature, output key, the function's output, its column or None)
+    checks = [("image", "image_embedding_pixels", "image_embedding", 0, None),
+              ("image", "zero_shot_pixels", "zero_shot_score", 1, None),
+              ("image", "score_pixels", "predictions", 3, None),
+              ("caption", "caption_pixels", "caption_ids", 0, None)]
+    # the per-attribute scores: one [B, 6] output of the image function, a named output each
+    checks += [("image", "zero_shot_pixels", f"zero_shot_{a}", 2, i) for i, a in enumerate(ZERO_SHOT_ATTRIBUTES)]
+    for name, signature, key, output, column in checks:
         spec = manifest["functions"][name]
         image_pos = next(k for k, i in enumerate(spec["inputs"]) if i.get("data") == "image")
         z = np.load(os.path.join(bundle, spec["samples"]), allow_pickle=False)
         got = m.signatures[signature](image=tf.constant(z[f"input_{image_pos}"]))[key].numpy()
-        np.testing.assert_allclose(got, z[f"output_{output}"], atol=1e-6)
+        want = z[f"output_{output}"] if column is None else z[f"output_{output}"][:, column]
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert manifest["functions"]["image"]["outputs"][2] == {"shape": [None, len(ZERO_SHOT_ATTRIBUTES)],
+                                                            "dtype": "float32"}
 
 
 def test_bundle_round_trip_without_tensorflow(bundle, tmp_path):
@@ -170,9 +178,9 @@ def test_runner_catches_a_wrong_output(bundle, tmp_path):
     shutil.copytree(bundle, bad)
     path = os.path.join(bad, "image.npz")
     z = dict(np.load(path, allow_pickle=False))
-    z["output_2"] = z["output_2"] + 1e-3  # the image function's third output: the quality score
+    z["output_3"] = z["output_3"] + 1e-3  # the image function's fourth output: the quality score
     np.savez(path, **z)
     r, res = _run_runner(bad, "--functions", "image", "--batch-sizes", "2", "--repeats", "1")
     assert r.returncode == 1 and res["passed"] is False
     errors = [o["max_abs_error"] for o in res["functions"]["image"]["check"]["outputs"]]
-    assert errors[2] == pytest.approx(1e-3, rel=1e-2) and max(errors[:2]) < 1e-4
+    assert errors[3] == pytest.approx(1e-3, rel=1e-2) and max(errors[:3]) < 1e-4

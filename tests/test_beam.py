@@ -184,6 +184,48 @@ def test_other_tasks_match_the_reference(task, fixture, exported, references, ph
             assert r["score"] == pytest.approx(float(want[r["input"]]), abs=1e-5)
 
 
+@pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
+def test_zero_shot_attributes_and_own_prompts(exported, references, photos, tmp_path, output_format):
+    """zero-shot records hold the release's six attribute columns, or with --prompt a column per
+    pair of your own, as the reference path computes them (tests/reference.py; JSON Lines rounded to
+    6 decimals, Parquet float32)."""
+    ref = references["vila_p_tiny"]
+    files = sorted(str(p) for p in photos.glob("img0*.png"))
+    encoded = [open(f, "rb").read() for f in files]
+    pairs = ["sharp photo|blurry photo", "warm light|cold light"]
+    attributes = ("image", "lighting", "content", "background", "foreground", "composition")
+    own = ref.pair_scores(encoded, [p.split("|") for p in pairs])
+    cases = ((None, attributes, ref.zero_shot(encoded), ref.zero_shot_attributes(encoded)),
+             (pairs, tuple(pairs), own.mean(1), own))
+    for prompts, names, want_score, want_pairs in cases:
+        prefix = str(tmp_path / f"zs-{bool(prompts)}")
+        argv = ["zero-shot", exported["vila_p_tiny"], "--input", f"{photos}/img0*.png", "--output", prefix,
+                "--batch-size", "4", "--output-format", output_format]
+        assert vila_beam.main(argv + [a for p in prompts or () for a in ("--prompt", p)]) == 0
+        if output_format == "parquet":
+            import pyarrow.parquet as pq
+            table = pq.read_table(glob.glob(f"{prefix}-results-*.parquet"))
+            assert table.schema.names == ["input", "score", *names]
+            assert all(str(table.schema.field(n).type) == "float" for n in ("score", *names))
+            results = table.to_pylist()
+        else:
+            results = read_jsonl(f"{prefix}-results-*.jsonl")
+            assert all(list(r) == ["input", "score", *names] for r in results)
+        by_input = {r["input"]: r for r in results}
+        assert sorted(by_input) == files
+        for i, f in enumerate(files):
+            assert [by_input[f][n] for n in ("score", *names)] == pytest.approx(
+                [float(want_score[i]), *want_pairs[i].tolist()], abs=1e-5)
+
+
+def test_prompt_usage_errors(exported, photos, tmp_path, capsys):
+    base = ["--input", f"{photos}/img0*.png", "--output", str(tmp_path / "x")]
+    assert vila_beam.main(["score", exported["vila_r_tiny"], *base, "--prompt", "a|b"]) == 2
+    assert "--prompt is for zero-shot, not score" in capsys.readouterr().err
+    assert vila_beam.main(["zero-shot", exported["vila_p_tiny"], *base, "--prompt", "a"]) == 2
+    assert "--prompt: prompt pair 'a': expected 'GOOD PROMPT|BAD PROMPT'" in capsys.readouterr().err
+
+
 def test_python_dash_m_entry_point(exported, photos, tmp_path):
     r = subprocess.run([sys.executable, "-m", "vila_tf.beam", "score", exported["vila_r_tiny"],
                         "--input", str(photos / "*.nothing"), "--output", str(tmp_path / "x")],

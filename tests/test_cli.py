@@ -3,6 +3,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from PIL import Image
 from conftest import env_without_jax
 
 VILA_TF = os.path.join(os.path.dirname(sys.executable), "vila-tf")
+ATTRIBUTES = ("image", "lighting", "content", "background", "foreground", "composition")
 
 
 def run(*args):
@@ -71,9 +73,10 @@ def test_table_format(exported, folder, references):
     r = run("zero-shot", exported["vila_p_tiny"], folder / "img1.png", "--format", "table")
     assert r.returncode == 0, r.stderr
     header, row = r.stdout.splitlines()
-    assert header.split() == ["input", "score"] and row.split()[0].endswith("img1.png")
+    assert header.split() == ["input", "score"] + list(ATTRIBUTES) and row.split()[0].endswith("img1.png")
     [want] = references["vila_p_tiny"].zero_shot([(folder / "img1.png").read_bytes()])
     assert float(row.split()[1]) == pytest.approx(float(want), abs=1e-5)
+    assert all(0.0 < float(v) < 1.0 for v in row.split()[2:])
 
 
 def test_caption_and_embed(exported, folder, references):
@@ -99,9 +102,78 @@ def test_contact_sheet(exported, folder, tmp_path):
     r = run("score", exported["vila_r_tiny"], folder, "--contact-sheet", sheet, "--with-captions", "--format", "csv")
     assert r.returncode == 1  # the corrupt file is still reported
     img = Image.open(sheet)
-    assert img.format == "PNG" and img.size == contact_sheet.sheet_size(6, with_captions=True)
-    assert "caption" in r.stdout.splitlines()[0]
+    # one bar per attribute under each score: the caption and the attributes explain it
+    assert img.format == "PNG" and img.size == contact_sheet.sheet_size(6, with_captions=True, attribute_rows=6)
+    assert r.stdout.splitlines()[0] == ",".join(["input", "score", "caption", *ATTRIBUTES, "error"])
     assert np.asarray(img).std() > 10  # thumbnails were drawn, not a blank page
+
+
+@pytest.fixture(scope="module")
+def expected_zero_shot(references, folder):
+    """The good images' zero-shot scores by the reference path (tests/reference.py): the release's
+    score and attributes, and two pairs of your own with their mean."""
+    files = sorted(str(folder / p) for p in os.listdir(folder) if p.startswith("img"))
+    ref = references["vila_p_tiny"]
+    encoded = [open(f, "rb").read() for f in files]
+    attributes, own = ref.zero_shot_attributes(encoded), ref.pair_scores(encoded, [p.split("|") for p in OWN_PAIRS])
+    return files, (ref.zero_shot(encoded), attributes), (own.mean(1), own)
+
+
+OWN_PAIRS = ["sharp photo|blurry photo", "warm light|cold light"]
+
+
+def _rows_by_input(text):
+    return {os.path.basename(r["input"]): r for r in csv.DictReader(io.StringIO(text))}
+
+
+def test_zero_shot_attribute_and_prompt_columns(exported, folder, expected_zero_shot):
+    files, attributes, own = expected_zero_shot
+    r = run("zero-shot", exported["vila_p_tiny"], folder, "--format", "csv")
+    assert r.returncode == 1, r.stderr  # broken.jpg
+    assert r.stdout.splitlines()[0] == ",".join(["input", "score", *ATTRIBUTES, "error"])
+    rows = _rows_by_input(r.stdout)
+    assert rows["broken.jpg"]["image"] == "" and "JPEG" in rows["broken.jpg"]["error"]
+    for i, f in enumerate(files):
+        row = rows[os.path.basename(f)]
+        assert float(row["score"]) == pytest.approx(float(attributes[0][i]), abs=1e-5)
+        assert [float(row[a]) for a in ATTRIBUTES] == pytest.approx(attributes[1][i].tolist(), abs=1e-5)
+    r = run("zero-shot", exported["vila_p_tiny"], *files, "--prompt", OWN_PAIRS[0], "--prompt", OWN_PAIRS[1],
+            "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert list(rows[0]) == ["input", "score", *OWN_PAIRS]
+    for i, row in enumerate(rows):
+        assert row["score"] == pytest.approx(float(own[0][i]), abs=1e-5)
+        assert [row[p] for p in OWN_PAIRS] == pytest.approx(own[1][i].tolist(), abs=1e-5)
+
+
+def test_zero_shot_resume_and_sheet_with_prompts(exported, folder, expected_zero_shot, tmp_path):
+    """--resume continues a --prompt run (its contact sheet draws the kept rows' bars too) and
+    refuses a file written with other pairs."""
+    from vila_tf import contact_sheet
+    files, _, own = expected_zero_shot
+    out, sheet = tmp_path / "zs.jsonl", tmp_path / "zs.png"
+    prompts = ["--prompt", OWN_PAIRS[0], "--prompt", OWN_PAIRS[1]]
+    assert run("zero-shot", exported["vila_p_tiny"], *files[:2], *prompts, "--output", out).returncode == 0
+    r = run("zero-shot", exported["vila_p_tiny"], *files, *prompts, "--output", out, "--resume",
+            "--contact-sheet", sheet)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [x["input"] for x in rows] == files
+    np.testing.assert_allclose([[x[p] for p in OWN_PAIRS] for x in rows], own[1], atol=1e-5)
+    assert Image.open(sheet).size == contact_sheet.sheet_size(len(files), False, attribute_rows=2)
+    # a run with other pairs cannot continue this file (checked in-process: the CLI reports it as exit 2)
+    from vila_tf import results_file
+    with pytest.raises(results_file.ResumeError, match="not this run's"):
+        results_file.repair(str(out), "jsonl", results_file.columns("zero-shot", False, OWN_PAIRS[:1]))
+
+
+@pytest.mark.parametrize("prompt, message", [("sharp photo", "expected 'GOOD PROMPT|BAD PROMPT'"),
+                                             ("a|b|c", "joined by one '|'")])
+def test_bad_prompt_is_a_usage_error(tmp_path, prompt, message):
+    # refused before the model is loaded: the model path need not even exist
+    r = run("zero-shot", tmp_path / "no-model", tmp_path / "x.jpg", "--prompt", prompt)
+    assert r.returncode == 2 and "vila-tf: --prompt: prompt pair" in r.stderr and message in r.stderr
 
 
 def test_usage_and_model_errors(exported, tmp_path):
@@ -127,3 +199,68 @@ def test_info(exported):
     r = run("info", exported["vila_r_tiny"])
     assert r.returncode == 0, r.stderr
     assert "VILA-R" in r.stdout and "serving_default(image_bytes" in r.stdout and "vocab_size=1000" in r.stdout
+
+
+DOCS_RUNTIME = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "runtime.md")
+
+
+def _doc_session():
+    """docs/runtime.md's terminal session on a folder: {command: its output lines}."""
+    text = open(DOCS_RUNTIME).read().split("### What you see on a folder", 1)[1]
+    block = text.split("```\n", 2)[1]
+    session, command = {}, None
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            command = line[2:]
+            session[command] = []
+        else:
+            session[command].append(line)
+    return session
+
+
+def _table(lines):
+    """The rows of a `--format table` printout, cut at the header's column starts."""
+    import re
+    header = next(i for i, line in enumerate(lines) if line.startswith("input "))
+    starts = [m.start() for m in re.finditer(r"(?:^|(?<=  ))\S", lines[header])]
+    names = [lines[header][a:b].strip() for a, b in zip(starts, starts[1:] + [None])]
+    rows = [line for line in lines[header + 1:] if line.startswith("holiday/")]
+    return names, [{n: line[a:b].strip() for n, a, b in zip(names, starts, starts[1:] + [None])} for line in rows]
+
+
+@pytest.mark.long
+def test_the_documented_folder_session(exported, tmp_path):
+    """docs/runtime.md's session, rerun on the same folder with the same tiny models: the same
+    columns, values, captions, messages and contact sheet size."""
+    import skimage.data
+    holiday = tmp_path / "holiday"
+    holiday.mkdir()
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        Image.fromarray(getattr(skimage.data, name)()).save(holiday / f"{name}.jpg", quality=90)
+    (holiday / "broken.jpg").write_bytes((holiday / "coffee.jpg").read_bytes()[:2000])
+    (holiday / "notes.txt").write_text("packing list")
+    (tmp_path / "exported").mkdir()
+    for name, path in exported.items():
+        os.symlink(os.path.dirname(path), tmp_path / "exported" / name)
+    session = _doc_session()
+    assert session.pop("ls holiday/") == ["  ".join(sorted(os.listdir(holiday)))]
+    assert len(session) == 2
+    for command, doc_lines in session.items():
+        argv = shlex.split(command)
+        assert argv[0] == "vila-tf"
+        r = subprocess.run([VILA_TF, *argv[1:]], capture_output=True, text=True, env=env_without_jax(),
+                           timeout=600, cwd=tmp_path)
+        assert r.returncode == 1, r.stderr  # the truncated JPEG
+        names, doc_rows = _table(doc_lines)
+        got = list(csv.DictReader(io.StringIO(r.stdout)))
+        assert list(got[0]) == names and [row["input"] for row in got] == [row["input"] for row in doc_rows]
+        for want, row in zip(doc_rows, got):
+            for name in names:
+                if want[name] and name not in ("input", "caption", "error"):
+                    assert float(row[name]) == pytest.approx(float(want[name]), abs=2e-6), (command, name)
+                else:
+                    assert row[name] == want[name], (command, name)
+        messages = [line for line in doc_lines if line.startswith("vila-tf: ")]
+        assert messages == [line for line in r.stderr.splitlines() if line.startswith("vila-tf: ")]
+    sheet = Image.open(tmp_path / "sheet.png")
+    assert f"`sheet.png` is {sheet.size[0]} × {sheet.size[1]} pixels" in open(DOCS_RUNTIME).read()

@@ -74,19 +74,50 @@ def test_text_embedding_matches_golden_prompt_and_python_tokenizer(jaxless, spm_
         np.testing.assert_allclose(jaxless["vila_r_tiny"][f"{b}/text_embedding"], want[:b], atol=TOL)
 
 
-def test_zero_shot_matches_release_formula(jaxless, spm_model, loaded_fixtures):
+RELEASE_ATTRIBUTES = ("image", "lighting", "content", "background", "foreground", "composition")
+
+
+def _release_pair_softmax(image_embedding_norm, text_embedding_norm):
+    """The release's ZSL formula before its mean: [B, 6], softmax within each good/bad pair."""
+    sims = (image_embedding_norm @ text_embedding_norm.T).reshape(-1, 6, 2)
+    e = np.exp(sims - sims.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True))[:, :, 0]
+
+
+@pytest.mark.parametrize("name", ["vila_r_tiny", "vila_p_tiny"])
+def test_zero_shot_and_attributes_match_release_formula(jaxless, spm_model, loaded_fixtures, name):
+    """The per-attribute outputs are praxis' per-pair softmax, and the score is their mean: praxis'
+    own image embeddings (golden.npz) against the six pairs' text embeddings (the Flax text tower,
+    golden-checked in test_model_golden, on ids from the Python SentencePiece library, 4 tokens as
+    the release tokenizes them; the goldens hold no praxis embedding of these prompts)."""
     import sentencepiece as spm
     from export.model import heads
     from test_tokenizer import lingvo_strings_to_ids
     sp = spm.SentencePieceProcessor(model_file=spm_model)
-    for name in ("vila_r_tiny", "vila_p_tiny"):
-        ck, g = loaded_fixtures[name], golden(name)
-        ids, pad = lingvo_strings_to_ids(sp, list(heads.ZERO_SHOT_PROMPTS), 4)
-        txt = np.asarray(heads.text_embedding(ck.params, ck.config, ids, pad))
-        sims = (g["pred/contrastive_img_embed_norm"] @ txt.T).reshape(-1, 6, 2)
-        e = np.exp(sims - sims.max(-1, keepdims=True))
-        want = (e / e.sum(-1, keepdims=True)).mean(1)[:, 0]
-        np.testing.assert_allclose(jaxless[name]["3/zero_shot_score"], _tile(want, 3), atol=TOL)
+    prompts = [p for a in RELEASE_ATTRIBUTES for p in (f"good {a}", f"bad {a}")]
+    assert list(heads.ZERO_SHOT_PROMPTS) == prompts  # run_vila_predict._ZSL_QUALITY_PROMPTS, in order
+    ck, g = loaded_fixtures[name], golden(name)
+    ids, pad = lingvo_strings_to_ids(sp, prompts, 4)
+    txt = np.asarray(heads.text_embedding(ck.params, ck.config, ids, pad))
+    want = _release_pair_softmax(g["pred/contrastive_img_embed_norm"], txt)
+    for b in (1, 3, 8):
+        np.testing.assert_allclose(jaxless[name][f"{b}/zero_shot_attributes"], _tile(want, b), atol=1e-5)
+        np.testing.assert_allclose(jaxless[name][f"{b}/zero_shot_score"], _tile(want.mean(1), b), atol=1e-5)
+
+
+def test_zero_shot_outputs_are_named_by_attribute(jaxless, exported):
+    """Both zero-shot signatures return the score and one output per attribute, and the export
+    metadata lists the attributes in the release's order."""
+    from vila_tf.signatures import SIGNATURE_OUTPUTS, ZERO_SHOT_ATTRIBUTES
+    from export.model import heads
+    keys = sorted(["zero_shot_score"] + [f"zero_shot_{a}" for a in RELEASE_ATTRIBUTES])
+    assert list(jaxless["vila_r_tiny"]["bytes_zero_shot_keys"]) == keys
+    assert sorted(SIGNATURE_OUTPUTS["zero_shot"]) == sorted(SIGNATURE_OUTPUTS["zero_shot_pixels"]) == keys
+    assert ZERO_SHOT_ATTRIBUTES == heads.ZERO_SHOT_ATTRIBUTES == RELEASE_ATTRIBUTES
+    for path in exported.values():
+        meta = json.load(open(os.path.join(path, "assets.extra", "vila_tf.json")))
+        assert meta["zero_shot_attributes"] == list(RELEASE_ATTRIBUTES)
+        assert meta["zero_shot_prompts"] == [[f"good {a}", f"bad {a}"] for a in RELEASE_ATTRIBUTES]
 
 
 def test_bytes_signatures(jaxless):

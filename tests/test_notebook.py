@@ -20,3 +20,4 @@ def test_notebook_runs_clean(exported, monkeypatch, tmp_path):
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the contact sheet was displayed
     text = "".join(o.get("text", "") for o in outputs)
     assert "astronaut" in text and "coffee" in text
+    assert "composi" in text and "sharp" in text  # the zero-shot attributes and a pair of our own

@@ -206,6 +206,12 @@ def test_card_signature_table_matches_the_savedmodel(dist, exported, name):
     assert table["text_embedding"] == ({("text", "string", "`[B]`")}, {("text_embedding", "float32", "`[B, 64]`")})
     assert table["caption"][1] == {("caption", "string", "`[B]`"), ("caption_ids", "int32", "`[B, 16]`"),
                                    ("caption_length", "int32", "`[B]`")}
+    attributes = ("image", "lighting", "content", "background", "foreground", "composition")
+    assert table["zero_shot"][1] == table["zero_shot_pixels"][1] == {
+        (k, "float32", "`[B]`") for k in ["zero_shot_score"] + [f"zero_shot_{a}" for a in attributes]}
+    card = open(dist[name].card).read()
+    assert "each pair's own softmax as `zero_shot_<attribute>`" in card
+    assert "`zero_shot_lighting`: “good lighting” vs “bad lighting”" in card
 
 
 def test_card_says_what_the_model_is_and_how_to_load_it(dist, exported):

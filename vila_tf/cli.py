@@ -2,7 +2,8 @@
 
   vila-tf score MODEL photos/ extra.jpg 'shots/*.png' [--format table|csv|jsonl] [--output FILE]
   vila-tf score MODEL photos/ --contact-sheet sheet.png [--with-captions]
-  vila-tf caption MODEL photos/ ;  vila-tf zero-shot MODEL ... ;  vila-tf embed MODEL ... --output emb.jsonl
+  vila-tf zero-shot MODEL photos/ [--prompt "sharp photo|blurry photo" ...] [--contact-sheet sheet.png]
+  vila-tf caption MODEL photos/ ;  vila-tf embed MODEL ... --output emb.jsonl
   vila-tf info MODEL
   vila-tf evaluate MODEL --labels AVA.txt --images DIR --output OUT   (vila_tf/evaluate_cmd.py)
   vila-tf rank MODEL 'a misty forest at dawn' library/ [--top K]      (vila_tf/rank_cmd.py)
@@ -13,8 +14,9 @@ recorded before the model loads (`vila_tf.output_file`, docs/reliability.md).
 
 Exit codes: 0 every input processed, 1 some inputs failed (reported on stderr and in the output
 with their reason; with --resume, rows kept from the interrupted run count too), 2 usage or
-model error, or an output the run must not or cannot write (one line), 130 interrupted by Ctrl-C. Files of a folder or glob that are not images are not
-scored and do not fail the run: one summary line on stderr lists them (docs/formats.md).
+model error, or an output the run must not or cannot write (one line), 130 interrupted by
+Ctrl-C. Files of a folder or glob that are not images are not scored and do not fail the run:
+one summary line on stderr lists them (docs/formats.md).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from typing import Optional
 import vila_tf
 from vila_tf import (buckets, contact_sheet, image_formats, inputs as inputs_lib, names, output_file, results_file,
                      tasks, tf_compat)
+from vila_tf import zero_shot
 from vila_tf import evaluate_cmd, rank_cmd  # commands with their own options and runner
 from vila_tf.atomic import atomic_file
 from vila_tf.progress import Progress
@@ -79,11 +82,21 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--release-exact-orientation", action="store_true",
                        help="score photos as stored, ignoring their EXIF orientation, exactly as the release did "
                             "(default: turned upright as photo viewers show them)")
-        if name == "score":
+        if name in ("score", "zero-shot"):
             c.add_argument("--contact-sheet", metavar="PNG", help="write thumbnails sorted by score to this PNG")
             c.add_argument("--contact-sheet-max", metavar="N", type=int, default=CONTACT_SHEET_MAX,
                            help=f"draw the N best-scored images (default {CONTACT_SHEET_MAX})")
+        if name == "score":
+            c.add_argument("--with-captions", action="store_true",
+                           help="explain each score: also caption each image and give its six zero-shot attribute "
+                                "scores (columns caption, image, lighting, content, background, foreground, "
+                                "composition; bars on the contact sheet)")
+        if name == "zero-shot":
             c.add_argument("--with-captions", action="store_true", help="also caption each image")
+            c.add_argument("--prompt", action="append", metavar="'GOOD|BAD'",
+                           help="score your own good/bad prompt pair instead of the release's six (repeatable): "
+                                "softmax of the image's similarity to GOOD against BAD, a column named 'GOOD|BAD'; "
+                                "score is the mean over your pairs")
     # Commands with their own options and runner (set_defaults(run=...)), each in its own module.
     evaluate_cmd.add_parser(sub)
     rank_cmd.add_parser(sub)
@@ -107,26 +120,28 @@ class _Best:
     def __init__(self, size: int):
         self.size, self.heap, self.count = max(0, size), [], 0
 
-    def add(self, score: float, source: str, caption: Optional[str]) -> None:
+    def add(self, score: float, source: str, caption: Optional[str], pairs: Optional[tuple] = None) -> None:
         if not math.isfinite(score):
             return
         self.count += 1
-        entry = (score, -self.count, source, caption)  # ties: the earlier input wins
+        entry = (score, -self.count, source, caption, pairs)  # ties: the earlier input wins
         if len(self.heap) < self.size:
             heapq.heappush(self.heap, entry)
         elif self.heap and entry > self.heap[0]:
             heapq.heapreplace(self.heap, entry)
 
 
-def _write_contact_sheet(best: _Best, path: str, with_captions: bool) -> None:
+def _write_contact_sheet(best: _Best, path: str, with_captions: bool, pair_names: tuple = ()) -> None:
     from PIL import PngImagePlugin
     images = []
-    for _, _, source, _ in best.heap:  # only the drawn images are read again, at the end
+    for _, _, source, _, _ in best.heap:  # only the drawn images are read again, at the end
         item = inputs_lib.load(inputs_lib.Item(source, path=source))
         images.append(item.data or b"")  # unreadable now: drawn as an empty box
     sheet = contact_sheet.render(images, [e[0] for e in best.heap],
                                  [e[3] for e in best.heap] if with_captions else None,
-                                 [names.written(os.path.basename(e[2])) for e in best.heap])
+                                 [names.written(os.path.basename(e[2])) for e in best.heap],
+                                 attributes=[e[4] for e in best.heap] if pair_names else None,
+                                 attribute_names=pair_names)
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", output_file.SHEET_SOFTWARE)  # so a later run knows it may replace it
     with atomic_file(path, "wb") as f:
@@ -186,8 +201,9 @@ class _Skipper:
     with a row is looked up in a set instead, and the missing inputs are appended in input order.
     """
 
-    def __init__(self, path: str, fmt: str, cols: list[str], command: str, best: Optional[_Best]):
-        self.path, self.fmt, self.cols, self.best = path, fmt, cols, best
+    def __init__(self, path: str, fmt: str, cols: list[str], command: str, best: Optional[_Best],
+                 pair_names: tuple = ()):
+        self.path, self.fmt, self.cols, self.best, self.pair_names = path, fmt, cols, best, pair_names
         self.rows = results_file.read_rows(path, fmt, cols)
         self.value_column = tasks.BY_COMMAND[command].field
         self.skipped = self.failed = 0
@@ -197,7 +213,8 @@ class _Skipper:
         self.skipped += 1
         self.failed += "error" in row
         if self.best is not None and "error" not in row:
-            self.best.add(float(row[self.value_column]), names.source_of(row["input"]), row.get("caption"))
+            pairs = tuple(float(row[n]) for n in self.pair_names) if self.pair_names else None
+            self.best.add(float(row[self.value_column]), names.source_of(row["input"]), row.get("caption"), pairs)
 
     def filter(self, items):
         for item in items:
@@ -211,8 +228,8 @@ class _Skipper:
                 # rows up by source from here on (the rows' sources in memory, not their values).
                 self.done = {}
                 if row is not None:
-                    keep = ("input", "error", self.value_column, "caption") if self.best is not None else \
-                        ("input", "error")
+                    keep = ("input", "error", self.value_column, "caption", *self.pair_names) \
+                        if self.best is not None else ("input", "error")
                     for r in results_file.read_rows(self.path, self.fmt, self.cols):
                         self.done[r.get("input")] = {k: r[k] for k in keep if k in r}
             row = self.done.pop(written, None)
@@ -239,6 +256,12 @@ def _load(args):
 
 
 def _run(args) -> int:
+    if getattr(args, "prompt", None):  # a malformed pair fails before the model is loaded
+        try:
+            zero_shot.pairs_from(args.prompt)
+        except zero_shot.PromptError as e:
+            print(f"vila-tf: --prompt: {e}", file=sys.stderr)
+            return EXIT_ERROR
     if args.command == "info":
         model = _load(args)
         if model is None:
@@ -292,6 +315,34 @@ def _write_failed(args, e: OSError, written: int) -> int:
     return EXIT_ERROR
 
 
+def _unpack(values: Optional[tuple], tasks: list) -> tuple:
+    """One `stream` value over `tasks` -> (the score, embedding or caption of the command, the
+    caption or None, the zero-shot scores by pair name or None)."""
+    if values is None:
+        return None, None, None
+    value = caption = pairs = None
+    for task, v in zip(tasks, values):
+        if task == "caption" and len(tasks) > 1:
+            caption = v
+        elif isinstance(v, dict):  # zero-shot by pairs: the mean is zero-shot's own score
+            pairs = {k: x for k, x in v.items() if k != "score"}
+            value = v["score"] if value is None else value
+        else:
+            value = v
+    return value, caption, pairs
+
+
+def _pair_names(args, with_captions: bool) -> tuple:
+    """The zero-shot columns by pair: what `zero-shot` computes; the explanation `score
+    --with-captions` adds to each score (the release's six attributes). Known before the model loads."""
+    if args.command == "zero-shot" or (args.command == "score" and with_captions):
+        prompts = getattr(args, "prompt", None)
+        if prompts is None:
+            return tuple(zero_shot.release_task().names)
+        return tuple(zero_shot.pair_name(p) for p in zero_shot.pairs_from(prompts))
+    return ()
+
+
 def _score_all(args) -> int:
     for flag in ("batch_size", "batches_ahead", "decode_threads", "decode_budget", "max_file_size"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
@@ -302,7 +353,8 @@ def _score_all(args) -> int:
         print("vila-tf: --resume needs --output FILE in csv or jsonl format", file=sys.stderr)
         return EXIT_ERROR
     with_captions = bool(getattr(args, "with_captions", False))
-    cols = results_file.columns(args.command, with_captions)
+    pair_names = _pair_names(args, with_captions)
+    cols = results_file.columns(args.command, with_captions, pair_names)
     try:
         output = _prepare_outputs(args, fmt, cols)
     except output_file.OutputError as e:
@@ -318,14 +370,15 @@ def _score_all(args) -> int:
             output.abandon()
         return EXIT_ERROR
     try:
-        return _stream_rows(args, model, output, fmt, cols, with_captions)
+        return _stream_rows(args, model, output, fmt, cols, with_captions, pair_names)
     finally:
         if output is not None:
             output.abandon()  # nothing when the rows were written (closed already)
         model.close()  # queued decodes are cancelled, so an interrupted run exits at once
 
 
-def _stream_rows(args, model, output, fmt: str, cols: list[str], with_captions: bool) -> int:
+def _stream_rows(args, model, output, fmt: str, cols: list[str], with_captions: bool, pair_names: tuple) -> int:
+    pair_task = model.zero_shot_task(getattr(args, "prompt", None)) if pair_names else None
     best = _Best(args.contact_sheet_max) if getattr(args, "contact_sheet", None) else None
     # Files of folder/glob walks that are not images: listed in one summary line at the end.
     skipped_files = image_formats.SkipReport()
@@ -337,7 +390,7 @@ def _stream_rows(args, model, output, fmt: str, cols: list[str], with_captions: 
     items = inputs_lib.iter_items(args.inputs, skipped_files, exclude=exclude)
     skipper = None
     if args.resume:
-        skipper = _Skipper(args.output, fmt, cols, args.command, best)
+        skipper = _Skipper(args.output, fmt, cols, args.command, best, pair_names)
         items = skipper.filter(items)
         print(f"vila-tf: resuming {args.output}: {output.kept} rows already there", file=sys.stderr)
     for note in output.notes if output is not None else ():
@@ -354,11 +407,12 @@ def _stream_rows(args, model, output, fmt: str, cols: list[str], with_captions: 
     step = max(1, min(args.batch_size, buckets.MAX_BATCH))
     try:
         writer = results_file.RowWriter(out, fmt, cols, header=fresh) if table is None else None
-        task = tasks.BY_COMMAND[args.command].name
-        run_tasks = (task, "caption") if with_captions else task
-        for r in model.stream(run_tasks, items, batch_size=args.batch_size, batches_ahead=args.batches_ahead):
-            value, caption = r.value if with_captions and r.value is not None else (r.value, None)
-            row = results_file.make_row(args.command, r.source, value, r.error, caption, with_captions)
+        run_tasks = [pair_task if args.command == "zero-shot" else tasks.BY_COMMAND[args.command].name]
+        run_tasks += ["caption"] if with_captions else []
+        run_tasks += [pair_task] if pair_task is not None and args.command != "zero-shot" else []
+        for r in model.stream(tuple(run_tasks), items, batch_size=args.batch_size, batches_ahead=args.batches_ahead):
+            value, caption, pairs = _unpack(r.value, run_tasks)
+            row = results_file.make_row(args.command, r.source, value, r.error, caption, with_captions, pairs)
             if table is not None:
                 table.append(row)
             else:
@@ -367,7 +421,7 @@ def _stream_rows(args, model, output, fmt: str, cols: list[str], with_captions: 
                 failed += 1
                 progress.message(f"vila-tf: {names.written(r.source)}: {r.error}")
             elif best is not None:
-                best.add(value, r.source, caption)
+                best.add(value, r.source, caption, tuple(pairs.values()) if pairs else None)
             processed += 1
             if processed % step == 0:  # one batch: on disk (a SIGKILL loses at most what is in flight)
                 out.flush()
@@ -388,7 +442,7 @@ def _stream_rows(args, model, output, fmt: str, cols: list[str], with_captions: 
     failed += skipper.failed if skipper else 0
     progress.update(processed, skipped, final=True)
     if best is not None:
-        _write_contact_sheet(best, args.contact_sheet, with_captions)
+        _write_contact_sheet(best, args.contact_sheet, with_captions, pair_names)
     for line in skipped_files.lines():
         print(f"vila-tf: {line}", file=sys.stderr)
     if failed:

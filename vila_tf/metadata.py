@@ -44,6 +44,8 @@ class ExportMetadata:
     image_formats: tuple = ()
     text_length: int = 64
     zero_shot_prompts: tuple = ()  # (good, bad) pairs
+    # each pair's attribute, in the same order: its score is the zero-shot output `zero_shot_<attribute>`
+    zero_shot_attributes: tuple = ()
     signatures: tuple = ()
     versions: dict = dataclasses.field(default_factory=dict)  # jax, flax, tensorflow, numpy that built it
     calling_convention_version: Optional[int] = None
@@ -63,7 +65,7 @@ class ExportMetadata:
 
     def to_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        for key in ("platforms", "image_formats", "signatures"):
+        for key in ("platforms", "image_formats", "signatures", "zero_shot_attributes"):
             out[key] = list(out[key])
         out["zero_shot_prompts"] = [list(p) for p in self.zero_shot_prompts]
         return {**out, **self.extra}
@@ -78,7 +80,7 @@ class ExportMetadata:
             raise MetadataError(f"{where}: no {', '.join(missing)}: {_REEXPORT}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in record.items() if k in names}
-        for key in ("platforms", "image_formats", "signatures"):
+        for key in ("platforms", "image_formats", "signatures", "zero_shot_attributes"):
             if key in known:
                 known[key] = tuple(known[key])
         if "zero_shot_prompts" in known:

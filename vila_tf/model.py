@@ -28,6 +28,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import threading
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -35,6 +36,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops of the graph)
 
 from vila_tf import buckets, image_formats, inputs as inputs_lib, metadata, pipeline, preprocessing, tasks, tf_compat
+from vila_tf import zero_shot as zsl
 from vila_tf.host_decode import HostDecoder, on_device
 from vila_tf.results import DemoModelWarning, ImageError, Result
 from vila_tf.runner import BucketedRunner
@@ -42,6 +44,7 @@ from vila_tf.versions import resolve_savedmodel
 from vila_tf.warn import warn
 
 log = logging.getLogger("vila_tf")
+PROMPT_SETS_KEPT = 16  # prompt sets whose text embeddings a model keeps
 
 
 class VilaModel:
@@ -72,6 +75,9 @@ class VilaModel:
                                     exif_orientation, device, decode_budget_pixels, max_file_bytes)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers or min(8, os.cpu_count() or 2),
                                                            thread_name_prefix="vila_tf-decode")
+        # Your prompt pairs -> their text embeddings, computed once per set (a few sets kept).
+        self._prompt_embeddings: dict = {}
+        self._prompt_lock = threading.Lock()
 
     # -- information -----------------------------------------------------------------------------
     @property
@@ -121,8 +127,9 @@ class VilaModel:
                batches_ahead: int = pipeline.DEFAULT_BATCHES_AHEAD,
                skipped: Optional[image_formats.SkipReport] = None) -> Iterator[Result]:
         """Results in input order, while later inputs are still being read: `Result(index, source,
-        value, error)`, value a float ("score", "zero_shot"), a str ("caption") or a float32 [D]
-        row ("image_embedding"), and None with the reason in `error` for an input that failed.
+        value, error)`, value a float ("score", "zero_shot"), a str ("caption"), a float32 [D]
+        row ("image_embedding") or a dict of zero-shot scores (a `zero_shot_task()`), and None
+        with the reason in `error` for an input that failed.
 
         `inputs`: anything `score` takes, or any iterable or generator (an endless one too).
         `task` may also be a tuple of tasks: each image is then decoded once and `value` is a tuple.
@@ -134,7 +141,9 @@ class VilaModel:
         are added to `skipped` as the walk meets them when one is given, else summarized in one
         `SkippedFilesWarning` per kind when the stream has run to its end.
         """
-        run = [tasks.TASKS[tasks.get(t).name] for t in ((task,) if isinstance(task, str) else tuple(task))]
+        # A zero_shot_task() gives a dict of scores per image; the registry's tasks one value each.
+        run = [t if isinstance(t, zsl.PairTask) else tasks.get(t)
+               for t in ((task,) if isinstance(task, (str, zsl.PairTask)) else tuple(task))]
         report = image_formats.SkipReport() if skipped is None else skipped
         batches = self._decoded_batches(inputs, batch_size, batches_ahead, report)
         try:
@@ -142,6 +151,10 @@ class VilaModel:
                 good = [d for d in batch if d.error is None]
                 per_task = []
                 for t in run:
+                    if isinstance(t, zsl.PairTask):
+                        out = t.values(self._runner.run(t.signature, [d.pixels for d in good])) if good else []
+                        per_task.append(dict(zip((d.index for d in good), out)))
+                        continue
                     out = self._runner.run(t.signature, [d.pixels for d in good])[t.output] if good else []
                     per_task.append({d.index: t.value(v) for d, v in zip(good, out)})
                 for d in batch:
@@ -149,7 +162,7 @@ class VilaModel:
                         value = None
                     else:
                         values = tuple(p[d.index] for p in per_task)
-                        value = values if not isinstance(task, str) else values[0]
+                        value = values if not isinstance(task, (str, zsl.PairTask)) else values[0]
                     yield Result(d.index, d.source, value, d.error)
         finally:
             batches.close()
@@ -207,9 +220,38 @@ class VilaModel:
         """Aesthetic score per image, float32 [N] (VILA-R; the zero-shot score for a pretrain model)."""
         return self._image_call(images, "score", batch_size, return_errors)
 
-    def zero_shot(self, images, batch_size: int = buckets.MAX_BATCH, return_errors: bool = False):
-        """Zero-shot quality score per image from the release's good/bad prompt pairs, float32 [N]."""
-        return self._image_call(images, "zero_shot", batch_size, return_errors)
+    def zero_shot(self, images, batch_size: int = buckets.MAX_BATCH, return_errors: bool = False,
+                  attributes: bool = False, prompts=None):
+        """Zero-shot quality score per image from the release's good/bad prompt pairs, float32 [N].
+
+        `attributes=True`: a `ZeroShotScores` instead, with each pair's own score too (the
+        release's six attributes: image, lighting, content, background, foreground, composition).
+        `prompts=[("sharp photo", "blurry photo"), "warm light|cold light", ...]`: a
+        `ZeroShotScores` for your own pairs instead, each scored like the release's (softmax over
+        image·good, image·bad), `score` their mean; their text embeddings are computed once per
+        prompt set. See docs/runtime.md."""
+        if not attributes and prompts is None:
+            return self._image_call(images, "zero_shot", batch_size, return_errors)
+        task = self.zero_shot_task(prompts)
+        values, errors = self._collect(task, images, batch_size)
+        return self._finish(zsl.scores_from_values(values, task), errors, return_errors)
+
+    def zero_shot_task(self, prompts=None) -> zsl.PairTask:
+        """A `stream` task giving each image's zero-shot scores as a dict {"score", name: ...}: the
+        release's six attributes (prompts None), or your pairs ((good, bad) tuples or 'good|bad'
+        strings), whose text embeddings are computed here, once per prompt set."""
+        if prompts is None:
+            return zsl.release_task()
+        pairs = zsl.pairs_from(prompts)
+        with self._prompt_lock:
+            embeddings = self._prompt_embeddings.get(pairs)
+        if embeddings is None:
+            embeddings = self.text_embedding([p for pair in pairs for p in pair])
+            with self._prompt_lock:
+                if len(self._prompt_embeddings) >= PROMPT_SETS_KEPT:
+                    self._prompt_embeddings.clear()
+                self._prompt_embeddings[pairs] = embeddings
+        return zsl.PairTask(tuple(zsl.pair_name(p) for p in pairs), pairs, embeddings)
 
     def image_embedding(self, images, batch_size: int = buckets.MAX_BATCH, return_errors: bool = False):
         """l2-normalized contrastive image embeddings, float32 [N, D]."""

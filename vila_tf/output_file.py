@@ -18,8 +18,10 @@ recorded, so that nothing else is ever overwritten and `--resume` never mixes ru
 """
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
+import io
 import json
 import os
 import stat
@@ -101,7 +103,7 @@ def differences(old: dict, new: dict, format_reason: str = "") -> list[str]:
                    f"{f' ({format_reason})' if format_reason else ''}: resume with --format {old.get('format')}")
     elif old.get("command") == new["command"] and old.get("columns") != new["columns"]:
         out.append(f"its columns are {','.join(old.get('columns') or [])}, this run's are {','.join(new['columns'])} "
-                   "(--with-captions)")
+                   "(--with-captions, --prompt)")
     om, nm = old.get("model") or {}, new["model"]
     if om.get("identity") != nm["identity"]:
         same_path = om.get("path") == nm["path"]
@@ -155,8 +157,12 @@ def _looks_like_results(path: str) -> Optional[str]:
             return "jsonl" if "input" in json.loads(text) else None
         except (ValueError, TypeError):
             return None
-    headers = {",".join(results_file.columns(c, w)) for c in tasks.BY_COMMAND for w in (False, True)}
-    return "csv" if text in headers else None
+    try:  # a header of ours: input, the command's columns, error (zero-shot pair names vary)
+        cells = next(csv.reader(io.StringIO(text)))
+    except (csv.Error, StopIteration):
+        return None
+    fields = {t.field for t in tasks.BY_COMMAND.values()}
+    return "csv" if len(cells) >= 3 and cells[0] == "input" and cells[1] in fields and cells[-1] == "error" else None
 
 
 def _describe(path: str) -> str:

@@ -21,22 +21,23 @@ import json
 import os
 from typing import Iterator, NamedTuple, Optional
 
-from vila_tf import names
-
-
-from vila_tf import tasks
+from vila_tf import names, tasks
 
 FORMATS = ("csv", "jsonl")
 
 
-def columns(command: str, with_captions: bool = False) -> list[str]:
-    """The CSV columns of a command: fixed up front, since rows are written as they come."""
-    return ["input", tasks.BY_COMMAND[command].field] + (["caption"] if with_captions else []) + ["error"]
+def columns(command: str, with_captions: bool = False, pair_names=()) -> list[str]:
+    """The CSV columns of a command: fixed up front, since rows are written as they come.
+    `pair_names`: a zero-shot column per attribute or prompt pair (vila_tf.zero_shot), after the
+    caption."""
+    return (["input", tasks.BY_COMMAND[command].field] + (["caption"] if with_captions else []) + list(pair_names)
+            + ["error"])
 
 
 def make_row(command: str, source: str, value, error: Optional[str], caption: Optional[str] = None,
-             with_captions: bool = False) -> dict:
-    """One output row. A failed input has its `error` and no value."""
+             with_captions: bool = False, pairs: Optional[dict] = None) -> dict:
+    """One output row. A failed input has its `error` and no value. `pairs`: zero-shot scores by
+    column name."""
     row: dict = {"input": names.written(source)}
     if error is not None:
         row["error"] = error
@@ -45,19 +46,21 @@ def make_row(command: str, source: str, value, error: Optional[str], caption: Op
     row[task.field] = task.json_value(value)
     if with_captions and task.field == "score":
         row["caption"] = caption
+    for name, v in (pairs or {}).items():
+        row[name] = tasks.json_value("score", v)
     return row
 
 
-def _csv_field(value) -> str:
+def _csv_field(value, guard: bool = True) -> str:
     """One CSV field. Quoted when it holds a comma, a quote, or a line break of either kind (the
     csv module leaves a lone carriage return unquoted when lines end in a newline, and readers
-    then split the row there); text cells carry the formula guard."""
+    then split the row there); text cells carry the formula guard (not the header's names)."""
     if value is None:
         return ""
     if isinstance(value, list):
         text = json.dumps(value)
     elif isinstance(value, str):
-        text = names.csv_cell(value)
+        text = names.csv_cell(value) if guard else value
     else:
         text = str(value)
     if any(c in text for c in ',"\r\n'):
@@ -78,7 +81,7 @@ class RowWriter:
         self.f, self.fmt, self.cols = f, fmt, cols
         self._csv = fmt == "csv"
         if header and self._csv:
-            f.write(",".join(cols) + "\n")
+            f.write(",".join(_csv_field(c, guard=False) for c in cols) + "\n")  # a pair's name may hold a comma
 
     def write(self, row: dict) -> None:
         if self._csv:
@@ -147,6 +150,11 @@ def repair(path: str, fmt: str, cols: list[str]) -> int:
             elif _row_input(rec, fmt, cols) is None:
                 raise ResumeError(f"{path}: row {n + 1} is not a {fmt} result row of this command: "
                                   "not a file this command wrote?")
+            elif fmt == "jsonl" and "error" not in rec and set(rec) != set(cols) - {"error"}:
+                # (a CSV file's header was compared above)
+                raise ResumeError(f"{path}: row {n + 1} has the columns {sorted(rec)}, not this run's "
+                                  f"{sorted(set(cols) - {'error'})}: resume with the same command and options "
+                                  "(or another --output)")
             else:
                 rows += 1
             good_end = offset

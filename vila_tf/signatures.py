@@ -12,9 +12,17 @@ from typing import NamedTuple, Optional
 BYTES, TEXT, PIXELS = "bytes", "text", "pixels"  # input kinds
 
 # The lowered heads (export/model/heads.py). IMAGE is one function returning the image embedding,
-# the zero-shot score and, for VILA-R, the quality score from one tower pass, so TensorFlow
-# compiles the image tower once per batch size for the three heads.
+# the zero-shot score with its six per-attribute scores and, for VILA-R, the quality score from one
+# tower pass, so TensorFlow compiles the image tower once per batch size for the three heads.
 IMAGE_HEAD, CAPTION_HEAD, TEXT_HEAD, NO_HEAD = "image", "caption", "text_embedding", None
+
+# The release's six zero-shot attributes (its good/bad prompt pairs "good image"/"bad image", ...),
+# in its order. The zero-shot signatures return each one's score as its own output, named
+# `zero_shot_<attribute>`: self-describing to a TF Serving client (GetModelMetadata,
+# saved_model_cli, a REST response's keys) without the export metadata.
+ZERO_SHOT_ATTRIBUTES = ("image", "lighting", "content", "background", "foreground", "composition")
+ZERO_SHOT_ATTRIBUTE_OUTPUTS = tuple(f"zero_shot_{a}" for a in ZERO_SHOT_ATTRIBUTES)
+ZERO_SHOT_OUTPUTS = ("zero_shot_score",) + ZERO_SHOT_ATTRIBUTE_OUTPUTS
 
 
 class Signature(NamedTuple):
@@ -33,15 +41,17 @@ _SIGNATURES = (
               purpose="{scorer}; one image as a scalar string or a batch `[B]` (the TF Hub `google/vila/image` call)"),
     Signature("image_embedding", "image_bytes", BYTES, ("image_embedding",), IMAGE_HEAD, "image_embedding_pixels",
               purpose="l2-normalized contrastive image embedding"),
-    Signature("zero_shot", "image_bytes", BYTES, ("zero_shot_score",), IMAGE_HEAD, "zero_shot_pixels",
-              purpose="zero-shot aesthetic score: mean over the prompt pairs of softmax(good vs bad similarity)"),
+    Signature("zero_shot", "image_bytes", BYTES, ZERO_SHOT_OUTPUTS, IMAGE_HEAD, "zero_shot_pixels",
+              purpose="zero-shot aesthetic score `zero_shot_score`: mean over the prompt pairs of softmax(good vs "
+                      "bad similarity); each pair's own softmax as `zero_shot_<attribute>` (image, lighting, "
+                      "content, background, foreground, composition)"),
     Signature("caption", "image_bytes", BYTES, ("caption", "caption_ids", "caption_length"), CAPTION_HEAD,
               "caption_pixels", purpose="greedy aesthetic comment: text, token ids and length"),
     Signature("preprocess", "image_bytes", BYTES, ("image",), NO_HEAD,
               purpose="the model's preprocessing alone: decoded, resized, cropped pixels in [0, 1]"),
     Signature("score_pixels", "image", PIXELS, ("predictions",), IMAGE_HEAD),
     Signature("image_embedding_pixels", "image", PIXELS, ("image_embedding",), IMAGE_HEAD),
-    Signature("zero_shot_pixels", "image", PIXELS, ("zero_shot_score",), IMAGE_HEAD),
+    Signature("zero_shot_pixels", "image", PIXELS, ZERO_SHOT_OUTPUTS, IMAGE_HEAD),
     Signature("caption_pixels", "image", PIXELS, ("caption", "caption_ids", "caption_length"), CAPTION_HEAD),
     Signature("text_embedding", "text", TEXT, ("text_embedding",), TEXT_HEAD,
               purpose="l2-normalized contrastive text embedding"),

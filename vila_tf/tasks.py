@@ -48,7 +48,8 @@ TASKS = {t.name: t for t in (
     Task("score", "score", "score_pixels", "predictions", "score",
          "aesthetic score per image (VILA-R; the zero-shot score for a pretrain model)"),
     Task("zero_shot", "zero-shot", "zero_shot_pixels", "zero_shot_score", "score",
-         "zero-shot quality score from the release's six good/bad prompt pairs"),
+         "zero-shot quality score from the release's six good/bad prompt pairs, with each pair's own score "
+         "(image, lighting, content, background, foreground, composition), or from your own pairs"),
     Task("caption", "caption", "caption_pixels", "caption", "caption",
          "an aesthetic comment per image (greedy decoding)"),
     Task("image_embedding", "embed", "image_embedding_pixels", "image_embedding", "embedding",

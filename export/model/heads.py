@@ -15,7 +15,8 @@ from . import decode
 from .config import QUALITY_PROMPT_IDS, VilaConfig
 from .modules import VilaModel, l2_normalize
 
-# The release's zero-shot quality prompts (run_vila_predict._ZSL_QUALITY_PROMPTS): good/bad pairs.
+# The release's zero-shot quality prompts (run_vila_predict._ZSL_QUALITY_PROMPTS): good/bad pairs,
+# one per attribute, in the release's order (the order of the per-attribute scores everywhere).
 ZERO_SHOT_PROMPT_PAIRS = (
     ("good image", "bad image"),
     ("good lighting", "bad lighting"),
@@ -25,6 +26,7 @@ ZERO_SHOT_PROMPT_PAIRS = (
     ("good composition", "bad composition"),
 )
 ZERO_SHOT_PROMPTS = tuple(p for pair in ZERO_SHOT_PROMPT_PAIRS for p in pair)
+ZERO_SHOT_ATTRIBUTES = tuple(good.split(" ", 1)[1] for good, _ in ZERO_SHOT_PROMPT_PAIRS)
 # The release tokenizes the zero-shot prompts with max_length=4.
 ZERO_SHOT_PROMPT_LEN = 4
 
@@ -86,18 +88,20 @@ def score_from_prompt(params, cfg: VilaConfig, images, prompt_embedding):
 
 def image_outputs(params, cfg: VilaConfig, images, zero_shot_prompts, quality_prompt=None):
     """What every image signature returns, from one pass of the image tower: (l2-normalized
-    embedding [B, D], zero-shot score [B]) and, given the VILA-R prompt embedding [1, D], the
-    quality score [B, 1]. One lowered function for the three heads, so a server or process
-    compiles the tower once per batch size, not once per head (docs/model.md §7)."""
+    embedding [B, D], zero-shot score [B], per-pair zero-shot scores [B, K]) and, given the
+    VILA-R prompt embedding [1, D], the quality score [B, 1] last. One lowered function for the
+    three heads, so a server or process compiles the tower once per batch size, not once per head
+    (docs/model.md §7)."""
     img = encode_image(params, cfg, images)
     embedding = img["contrastive_img_embed_norm"]
-    zero_shot_score = zero_shot_from_embeddings(embedding, zero_shot_prompts)
+    pairs = zero_shot_pairs_from_embeddings(embedding, zero_shot_prompts)
+    zero_shot_score = pairs.mean(axis=1)
     if quality_prompt is None:
-        return embedding, zero_shot_score
+        return embedding, zero_shot_score, pairs
     if not cfg.has_quality_head:
         raise ValueError("the VILA-R quality score needs a checkpoint with `residual_ffn` (a VILA-R model)")
     quality = _apply(params, cfg, VilaModel.quality_image_embedding, img["contrastive_img_embed"])
-    return embedding, zero_shot_score, quality @ quality_prompt.T
+    return embedding, zero_shot_score, pairs, quality @ quality_prompt.T
 
 
 def score(params, cfg: VilaConfig, images):
@@ -105,11 +109,17 @@ def score(params, cfg: VilaConfig, images):
     return score_from_prompt(params, cfg, images, quality_prompt_embedding(params, cfg))
 
 
-def zero_shot_from_embeddings(image_embedding_norm, prompt_embeddings):
-    """[B, D] x [2K, D] (good, bad alternating) -> [B]: mean over pairs of softmax(good vs bad)."""
+def zero_shot_pairs_from_embeddings(image_embedding_norm, prompt_embeddings):
+    """[B, D] x [2K, D] (good, bad alternating) -> [B, K]: per pair, softmax over (image·good,
+    image·bad) without temperature, the good column (the release's ZSL score before its mean)."""
     sims = image_embedding_norm @ prompt_embeddings.T
     sims = sims.reshape(sims.shape[0], -1, 2)
-    return jax.nn.softmax(sims, axis=-1).mean(axis=1)[:, 0]
+    return jax.nn.softmax(sims, axis=-1)[:, :, 0]
+
+
+def zero_shot_from_embeddings(image_embedding_norm, prompt_embeddings):
+    """[B, D] x [2K, D] (good, bad alternating) -> [B]: mean over pairs of softmax(good vs bad)."""
+    return zero_shot_pairs_from_embeddings(image_embedding_norm, prompt_embeddings).mean(axis=1)
 
 
 def zero_shot(params, cfg: VilaConfig, images, prompt_ids, prompt_paddings):

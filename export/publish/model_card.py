@@ -265,7 +265,11 @@ def _preprocessing(facts: ModelFacts) -> str:
                      f"(lingvo conventions) to {m['text_length']} tokens; longer texts are truncated.")
     prompts = m.get("zero_shot_prompts")
     if prompts:
-        pairs = "; ".join(f"“{good}” vs “{bad}”" for good, bad in prompts)
+        attributes = m.get("zero_shot_attributes")
+        if attributes:  # each pair's score is its own output of the zero-shot signatures
+            pairs = "; ".join(f"`zero_shot_{a}`: “{good}” vs “{bad}”" for a, (good, bad) in zip(attributes, prompts))
+        else:
+            pairs = "; ".join(f"“{good}” vs “{bad}”" for good, bad in prompts)
         lines.append(f"- Zero-shot prompt pairs (embedded at export time): {pairs}.")
     return "\n".join(lines)
 

@@ -2,8 +2,8 @@
 
 Three functions of `export.heads` are lowered with jax2tf native serialization (StableHLO in an
 `XlaCallModule` op) for cpu, cuda and tpu at once, with a polymorphic batch dimension: the image
-heads as one (`image_outputs`: embedding, zero-shot and quality score from one tower pass), the
-caption and the text embedding. Parameters
+heads as one (`image_outputs`: embedding, zero-shot score with its six per-attribute scores, and
+quality score from one tower pass), the caption and the text embedding. Parameters
 are `tf.Variable`s owned by the module and shared by every signature. The VILA-R prompt embedding
 and the twelve zero-shot prompt embeddings are computed once here and stored as variables, so
 scoring never runs the text tower.
@@ -34,7 +34,7 @@ from .warmup import write_warmup
 from vila_tf.atomic import atomic_dir
 from vila_tf import metadata as export_metadata
 from vila_tf.signatures import (ALL_SIGNATURES, BYTES, CAPTION_HEAD, IMAGE_HEAD, NO_HEAD, PIXELS, SIGNATURES,
-                                TEXT)
+                                TEXT, ZERO_SHOT_ATTRIBUTE_OUTPUTS)
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 SPM_ASSET_NAME = "spm.model"
@@ -201,10 +201,14 @@ class VilaModule(tf.Module):
         prompts = [self.zero_shot_prompt_embeddings]
         if self.cfg.has_quality_head:
             prompts.append(self.quality_prompt_embedding)
-        outputs = self._image_jax(self.params, *prompts, image)
+        embedding, zero_shot_score, pairs, *quality = self._image_jax(self.params, *prompts, image)
         # A pretrain model has no quality head: its score is the zero-shot score (design contract).
-        score = outputs[2] if self.cfg.has_quality_head else outputs[1][:, None]
-        return {"image_embedding": outputs[0], "zero_shot_score": outputs[1], "predictions": score}
+        score = quality[0] if quality else zero_shot_score[:, None]
+        # The per-pair scores leave the lowered function as one [B, 6] array and are split here
+        # (slices, no model work) into one named output per attribute.
+        attributes = {key: pairs[:, i] for i, key in enumerate(ZERO_SHOT_ATTRIBUTE_OUTPUTS)}
+        return {"image_embedding": embedding, "zero_shot_score": zero_shot_score, "predictions": score,
+                **attributes}
 
     def caption_pixels(self, image):
         ids, lengths = self._caption_jax(self.params, image)
@@ -276,6 +280,7 @@ def metadata(cfg: VilaConfig, opts: ExportOptions, **recorded) -> export_metadat
         image_formats=tuple(preprocess.graph_formats(opts.webp)),
         text_length=TEXT_LENGTH,
         zero_shot_prompts=tuple(heads.ZERO_SHOT_PROMPT_PAIRS),
+        zero_shot_attributes=tuple(heads.ZERO_SHOT_ATTRIBUTES),
         signatures=tuple(ALL_SIGNATURES),
         versions={"jax": jax.__version__, "flax": flax.__version__, "tensorflow": tf.__version__,
                   "numpy": np.__version__},

@@ -18,7 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from vila_tf import buckets
+from vila_tf import buckets, zero_shot
 from vila_tf.beam import io as beam_io, names, overlap, shards
 from vila_tf.beam.leftovers import TempFolders
 from vila_tf.beam.handler import (ERRORS, EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, METRICS_NAMESPACE, RESULTS, TASKS,
@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--filtered-output", metavar="PREFIX",
                    help="write the records that pass --min-score in the input's own format with the score added "
                         f"(a {shards.SCORE_KEY} feature / column / .{shards.SCORE_KEY} member)")
+    p.add_argument("--prompt", action="append", metavar="'GOOD|BAD'",
+                   help="zero-shot: score your own good/bad prompt pair instead of the release's six attributes "
+                        "(repeatable); each a column named 'GOOD|BAD', score their mean")
     p.add_argument("--batch-size", type=int, default=buckets.MAX_BATCH, choices=buckets.BUCKETS,
                    help=f"images per model call (default {buckets.MAX_BATCH})")
     p.add_argument("--device", help="e.g. GPU:0 on GPU workers (default: TensorFlow's placement: "
@@ -171,6 +174,13 @@ def _check_dataset_args(args: argparse.Namespace) -> None:
                          "tfrecord, webdataset or parquet")
     if fmt == "webdataset" and args.id_key:
         raise UsageError("--id-key: WebDataset samples are named by their __key__")
+    if args.prompt is not None:
+        if args.task != "zero-shot":
+            raise UsageError(f"--prompt is for zero-shot, not {args.task}")
+        try:
+            zero_shot.pairs_from(args.prompt)
+        except zero_shot.PromptError as e:
+            raise UsageError(f"--prompt: {e}") from e
     if (args.min_score is None) != (args.filtered_output is None):
         raise UsageError("--min-score and --filtered-output go together")
     if args.filtered_output is not None:
@@ -225,7 +235,8 @@ def run(args: argparse.Namespace, options: PipelineOptions) -> int:
     build(pipeline, args.model, args.task, args.input, args.output, args.batch_size, args.device,
           input_format=args.input_format, image_key=args.image_key, id_key=args.id_key,
           output_format=args.output_format, min_score=args.min_score, filtered_output=args.filtered_output,
-          embedding_size=embedding_size, exif_orientation=not getattr(args, "release_exact_orientation", False))
+          embedding_size=embedding_size, exif_orientation=not getattr(args, "release_exact_orientation", False),
+          prompts=args.prompt)
     results = f"{args.output}-{RESULTS}-*.{args.output_format}"
     filtered = f"{args.filtered_output}-*.{_FILTERED_ENDING.get(args.input_format)}"
     start = time.time()

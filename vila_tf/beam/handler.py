@@ -17,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 import vila_tf
-from vila_tf import buckets, tasks
+from vila_tf import buckets, tasks, zero_shot
 from vila_tf.versions import numbered
 
 log = logging.getLogger("vila_tf.beam")
@@ -132,9 +132,12 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
     """
 
     def __init__(self, model_path: str, task: str = "score", batch_size: int = buckets.MAX_BATCH,
-                 device: Optional[str] = None, raw_values: bool = False, exif_orientation: bool = True):
+                 device: Optional[str] = None, raw_values: bool = False, exif_orientation: bool = True,
+                 prompts: Optional[Sequence] = None):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        if prompts is not None and task != "zero-shot":
+            raise ValueError(f"prompt pairs are for the zero-shot task, not {task}")
         if batch_size not in buckets.BUCKETS:
             raise ValueError(f"batch size {batch_size} is not one of the export's buckets {buckets.BUCKETS}")
         # Leaving share_model_across_processes() False: Beam keeps one model per worker process,
@@ -145,6 +148,9 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
         # for writers that keep full precision (Parquet) or compare scores to a threshold.
         self.raw_values = raw_values
         self.exif_orientation = exif_orientation  # False: photos as stored, as the release scored them
+        # zero-shot: your (good, bad) pairs, else the release's six attributes; each record holds
+        # "score" and one column per pair (vila_tf.zero_shot)
+        self.prompts = zero_shot.pairs_from(prompts) if prompts is not None else None
 
     def load_model(self):
         # Failed images go to the errors output; VilaModel's warning per failed image (named "<bytes i>",
@@ -164,14 +170,23 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
         except Exception as batch_error:  # noqa: BLE001
             values, failed = self._run_one_by_one(model, batch, batch_error)
         value = (lambda v: v) if self.raw_values else TASKS[self.task].json_value
-        return [PredictionResult(example, {"error": failed[i]} if i in failed else {field: value(values[i])},
-                                 self.model_path)
+
+        def body(v):
+            if isinstance(v, dict):  # zero-shot: the score and a score per pair
+                return {k: x if self.raw_values else tasks.json_value("score", x) for k, x in v.items()}
+            return {field: value(v)}
+        return [PredictionResult(example, {"error": failed[i]} if i in failed else body(values[i]), self.model_path)
                 for i, example in enumerate(batch)]
 
     def _run(self, model, images: list) -> tuple[list, dict]:
         """VilaModel reports the images it cannot read (NaN rows) instead of raising."""
-        values, errors = getattr(model, TASKS[self.task].name)(images, batch_size=self.batch_size,
-                                                                  return_errors=True)
+        if self.task == "zero-shot":
+            scores, errors = model.zero_shot(images, batch_size=self.batch_size, return_errors=True,
+                                             attributes=True, prompts=self.prompts)
+            values = [scores.row(i) for i in range(len(scores))]
+        else:
+            values, errors = getattr(model, TASKS[self.task].name)(images, batch_size=self.batch_size,
+                                                                    return_errors=True)
         return list(values), {e.index: e.reason for e in errors}
 
     def _run_one_by_one(self, model, batch: list, batch_error: Exception) -> tuple[list, dict]:

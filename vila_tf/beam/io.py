@@ -259,7 +259,7 @@ class Judge(beam.DoFn):
             return
         self.done.inc()
         value = inference[self.field]
-        yield {self.id_field: sample_id, self.field: value}
+        yield {self.id_field: sample_id, **inference}  # zero-shot: the score and a column per pair
         if self.min_score is not None and float(value) >= self.min_score:
             self.kept.inc()
             score = float(value)
@@ -273,7 +273,8 @@ class Judge(beam.DoFn):
 
 def json_record(record: dict) -> dict:
     """Same rounding as `vila-tf ... --format jsonl`, so both commands write the same records."""
-    return {k: tasks.json_value(k, v) for k, v in record.items()}
+    # zero-shot's pair columns (Python floats) are scores too
+    return {k: tasks.json_value("score" if isinstance(v, float) else k, v) for k, v in record.items()}
 
 
 class WriteJsonLines(beam.PTransform):
@@ -289,8 +290,9 @@ class WriteJsonLines(beam.PTransform):
                 | "Write" >> beam.io.WriteToText(self.prefix, file_name_suffix=".jsonl"))
 
 
-def results_schema(field: str, embedding_size: Optional[int] = None, id_field: str = "id"):
-    """One row per id: score float32, caption string, embedding a fixed-size float32 list."""
+def results_schema(field: str, embedding_size: Optional[int] = None, id_field: str = "id", pair_names=()):
+    """One row per id: score float32, caption string, embedding a fixed-size float32 list; zero-shot
+    adds a float32 column per attribute or prompt pair (`pair_names`)."""
     import pyarrow as pa
     if field == "embedding":
         if not embedding_size:
@@ -298,7 +300,8 @@ def results_schema(field: str, embedding_size: Optional[int] = None, id_field: s
         value = pa.list_(pa.float32(), embedding_size)
     else:
         value = pa.string() if field == "caption" else pa.float32()
-    return pa.schema([pa.field(id_field, pa.string(), nullable=False), pa.field(field, value)])
+    return pa.schema([pa.field(id_field, pa.string(), nullable=False), pa.field(field, value)]
+                     + [pa.field(name, pa.float32()) for name in pair_names])
 
 
 def _parquet_row(record: dict) -> dict:
@@ -309,9 +312,10 @@ def _parquet_row(record: dict) -> dict:
 class WriteParquetResults(beam.PTransform):
     """Result records -> PREFIX-00000-of-0000N.parquet."""
 
-    def __init__(self, prefix: str, field: str, embedding_size: Optional[int] = None, id_field: str = "id"):
+    def __init__(self, prefix: str, field: str, embedding_size: Optional[int] = None, id_field: str = "id",
+                 pair_names=()):
         super().__init__()
-        self.prefix, self.schema = prefix, results_schema(field, embedding_size, id_field)
+        self.prefix, self.schema = prefix, results_schema(field, embedding_size, id_field, pair_names)
 
     def expand(self, records):
         return (records

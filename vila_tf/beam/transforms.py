@@ -12,7 +12,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from vila_tf.beam import io as beam_io, names
-from vila_tf import buckets
+from vila_tf import buckets, zero_shot
 
 from vila_tf.beam.handler import ERRORS, METRICS_NAMESPACE, RESULTS, TASKS, VilaModelHandler
 
@@ -61,10 +61,11 @@ class RunVila(beam.PTransform):
 
     def __init__(self, model_path: str, task: str = "score", batch_size: int = buckets.MAX_BATCH,
                  device: Optional[str] = None, input_format: Optional[str] = None,
-                 min_score: Optional[float] = None, id_field: str = "input", exif_orientation: bool = True):
+                 min_score: Optional[float] = None, id_field: str = "input", exif_orientation: bool = True,
+                 prompts: Optional[Sequence] = None):
         super().__init__()
         self.handler = KeyedModelHandler(VilaModelHandler(model_path, task, batch_size, device, raw_values=True,
-                                                          exif_orientation=exif_orientation))
+                                                          exif_orientation=exif_orientation, prompts=prompts))
         self.judge = beam_io.Judge(TASKS[task].field, input_format, min_score, id_field)
 
     def expand(self, images):
@@ -80,10 +81,16 @@ def build(pipeline: beam.Pipeline, model_path: str, task: str, patterns: Sequenc
           batch_size: int = buckets.MAX_BATCH, device: Optional[str] = None, *, input_format: str = "files",
           image_key: Optional[str] = None, id_key: Optional[str] = None, output_format: str = "jsonl",
           min_score: Optional[float] = None, filtered_output: Optional[str] = None,
-          embedding_size: Optional[int] = None, exif_orientation: bool = True) -> None:
+          embedding_size: Optional[int] = None, exif_orientation: bool = True,
+          prompts: Optional[Sequence] = None) -> None:
     """Adds the whole job to `pipeline`: PATTERNS -> OUTPUT-results-*.jsonl|parquet, OUTPUT-errors-*.jsonl,
-    and with `filtered_output`, the records scoring >= `min_score` in the input's format (datasets only)."""
+    and with `filtered_output`, the records scoring >= `min_score` in the input's format (datasets only).
+    zero-shot records hold a column per pair: the release's six attributes, or your `prompts`."""
     field = TASKS[task].field
+    pair_names = ()
+    if task == "zero-shot":
+        pair_names = zero_shot.ZERO_SHOT_ATTRIBUTES if prompts is None else \
+            tuple(zero_shot.pair_name(p) for p in zero_shot.pairs_from(prompts))
     keep = filtered_output is not None
     if keep and (input_format == "files" or min_score is None):
         raise ValueError("a filtered copy needs a dataset input format and min_score")
@@ -102,10 +109,10 @@ def build(pipeline: beam.Pipeline, model_path: str, task: str, patterns: Sequenc
                                                                  parquet_schema)
         images, read_errors, id_field = read[beam_io.IMAGES], read[ERRORS], "id"
     judged = images | "RunVila" >> RunVila(model_path, task, batch_size, device, input_format,
-                                           min_score if keep else None, id_field, exif_orientation)
+                                           min_score if keep else None, id_field, exif_orientation, prompts)
     if output_format == "parquet":
         _ = judged[RESULTS] | "WriteResults" >> beam_io.WriteParquetResults(f"{output}-{RESULTS}", field,
-                                                                             embedding_size, id_field)
+                                                                             embedding_size, id_field, pair_names)
     else:
         _ = judged[RESULTS] | "WriteResults" >> WriteJsonLines(f"{output}-{RESULTS}")
     _ = ((read_errors, judged[ERRORS]) | "AllErrors" >> beam.Flatten()
