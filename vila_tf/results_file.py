@@ -147,14 +147,15 @@ def repair(path: str, fmt: str, cols: list[str]) -> int:
                 if rec != cols:
                     raise ResumeError(f"{path}: its columns {rec} are not this run's {cols}: resume with the "
                                       "same command and options (or another --output)")
-            elif _row_input(rec, fmt, cols) is None:
-                raise ResumeError(f"{path}: row {n + 1} is not a {fmt} result row of this command: "
-                                  "not a file this command wrote?")
-            elif fmt == "jsonl" and "error" not in rec and set(rec) != set(cols) - {"error"}:
-                # (a CSV file's header was compared above)
+            elif fmt == "jsonl" and isinstance(rec, dict) and isinstance(rec.get("input"), str) and (
+                    not set(rec) <= set(cols) or ("error" not in rec and set(rec) != set(cols) - {"error"})):
+                # a row of another command or other options (a CSV file's header was compared above)
                 raise ResumeError(f"{path}: row {n + 1} has the columns {sorted(rec)}, not this run's "
                                   f"{sorted(set(cols) - {'error'})}: resume with the same command and options "
                                   "(or another --output)")
+            elif _row_input(rec, fmt, cols) is None:
+                raise ResumeError(f"{path}: row {n + 1} is not a {fmt} result row of this command: "
+                                  "not a file this command wrote?")
             else:
                 rows += 1
             good_end = offset
