@@ -156,7 +156,7 @@ def measure_accuracy(source, folder: str, records: dict, images: list) -> dict:
     for img in images:
         pixels = preprocessing.crop_and_scale(tf.constant(img.astype(np.float32))).numpy()[None]
         out = [np.asarray(o) for o in fn(source.params, pixels)]
-        score = out[2][0, 0] if cfg.has_quality_head else out[1][0]
+        score = out[-1][0, 0] if cfg.has_quality_head else out[1][0]  # the quality score comes last
         ref.append((score, out[0][0], out[1][0]))
     result = {}
     for variant, rec in records.items():
