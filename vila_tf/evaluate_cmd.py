@@ -63,7 +63,8 @@ def add_parser(sub) -> None:
     c.add_argument("--resume", action="store_true", help="continue an interrupted run: images with a row in "
                    "OUT/scores.jsonl are not scored again")
     c.add_argument("--batch-size", type=int, default=32, help="images per model call (at most 32)")
-    c.add_argument("--device", help="e.g. GPU:0 (default: CPU)")
+    c.add_argument("--device", help="e.g. GPU:0 or CPU:0 (default: TensorFlow's placement: "
+                   "its first GPU when it sees one, else the CPU)")
     c.add_argument("--decode-threads", type=int, default=None, metavar="N",
                    help="threads reading and decoding images (default: min(8, CPU count))")
     c.add_argument("--batches-ahead", type=int, default=2, metavar="N",

@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
     c.add_argument("--output", "-o", help="also write the rankings here: CSV, or JSON Lines for .jsonl/.json")
     c.add_argument("--format", choices=["csv", "jsonl"], default=None, help="format of --output (default: by name)")
     c.add_argument("--batch-size", type=int, default=32, help="images per model call (at most 32)")
-    c.add_argument("--device", help="e.g. GPU:0 (default: CPU)")
+    c.add_argument("--device", help="e.g. GPU:0 or CPU:0 (default: TensorFlow's placement: "
+                   "its first GPU when it sees one, else the CPU)")
     c.add_argument("--decode-threads", type=int, default=None, metavar="N",
                    help="threads reading and decoding images (default: min(8, CPU count))")
     c.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
