@@ -16,6 +16,7 @@ import sys
 
 from .model.config import ConfigError
 from . import PROG
+from vila_tf.digest import file_sha256
 
 # Every subcommand with its one-line job: what `python -m export --help` lists. Without a
 # subcommand the arguments are the one-model export's (`export`).
@@ -61,7 +62,7 @@ def cmd_convert(argv) -> int:
     from .checkpoints import paxml as checkpoint
     from .cli import _progress
     loaded = checkpoint.read_paxml(args.checkpoint, args.step, _progress("reading"), **_overrides(args))
-    loaded.sha256 = checkpoint.file_sha256(loaded.source)
+    loaded.sha256 = file_sha256(loaded.source)
     out = checkpoint.save_converted(loaded, args.out)
     print(f"{loaded.config.model_type} checkpoint {loaded.source} (step {loaded.step}) -> {out}")
     return 0

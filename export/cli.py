@@ -16,6 +16,7 @@ if "tensorflow" not in sys.modules:
 from . import PROG, host_memory  # noqa: E402
 from .checkpoints import paxml as checkpoint, release  # noqa: E402
 from .model.config import VilaConfig  # noqa: E402
+from vila_tf.digest import file_sha256  # noqa: E402
 
 DEMO_NAME = "vila_demo"
 DEMO_SEED = 20230618
@@ -46,7 +47,7 @@ def export_checkpoint(ckpt: str, spm_path: str, out: str, dtype: str = "float32"
     _log(f"reading {ckpt}")
     source = checkpoint.open_params(ckpt, step, **(overrides or {}))
     cfg = source.config
-    sha = source.sha256 or (checkpoint.file_sha256(source.path) if os.path.isfile(source.path) else None)
+    sha = source.sha256 or (file_sha256(source.path) if os.path.isfile(source.path) else None)
     _log(f"{cfg.model_type}: {cfg.num_encoder_layers} encoder layers, "
          f"{cfg.num_unimodal_layers}+{cfg.num_crossmodal_layers} decoder layers, "
          f"dims {cfg.model_dims}, vocab {cfg.vocab_size}")

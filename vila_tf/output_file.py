@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import hashlib
 import io
 import json
 import os
@@ -29,6 +28,7 @@ import tempfile
 from typing import Iterable, Optional
 
 from vila_tf import image_formats, metadata, results_file, tasks, versions
+from vila_tf.digest import file_sha256
 
 try:
     import fcntl
@@ -63,7 +63,7 @@ def model_record(model_path: str, variant: Optional[str] = None) -> dict:
         file = litert_format.variant_path(litert, meta, variant)
         sha = meta.get("variants", {}).get(variant, {}).get("sha256")
         if not sha:
-            sha = _sha256(file)
+            sha = file_sha256(file)
         return {"path": os.path.abspath(litert), "kind": f"LiteRT {variant} {meta.get('model_type', '')}".strip(),
                 "identity": f"{os.path.basename(file)} sha256 {sha}"}
     path = os.path.abspath(versions.resolve_savedmodel(model_path))
@@ -72,15 +72,7 @@ def model_record(model_path: str, variant: Optional[str] = None) -> dict:
     if not os.path.isfile(ident):
         ident = os.path.join(path, versions.SAVEDMODEL_FILE)
     return {"path": path, "kind": meta.model_kind or meta.model_type,
-            "identity": f"{os.path.basename(ident)} sha256 {_sha256(ident)}"}
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            "identity": f"{os.path.basename(ident)} sha256 {file_sha256(ident)}"}
 
 
 def run_record(command: str, fmt: str, cols: list[str], model: dict, exif_orientation: bool) -> dict:

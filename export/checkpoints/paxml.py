@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import re
@@ -336,14 +335,6 @@ def check_shapes(shapes: Mapping[str, tuple], cfg: VilaConfig, source: str) -> N
     extra = sorted(set(shapes) - set(expected))
     if extra:
         raise CheckpointError(f"{source}: unexpected parameters for a {cfg.model_type} model: {extra[:5]}")
-
-
-def file_sha256(path: str, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while data := f.read(chunk):
-            h.update(data)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,12 +14,12 @@ only the LiteRT export's files and metadata (no jax, no TensorFlow).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import shutil
 
 from vila_tf.atomic import atomic_file
 from vila_tf.litert import format as litert_format
+from vila_tf.digest import file_sha256
 
 
 class OnDeviceError(ValueError):
@@ -34,14 +34,6 @@ class PublishedModel:
     size: int
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_litert(litert_dir: str, savedmodel_metadata: dict) -> dict:
     """The LiteRT export's metadata, checked against the SavedModel it is published with."""
     try:
@@ -54,7 +46,7 @@ def read_litert(litert_dir: str, savedmodel_metadata: dict) -> dict:
                             "SavedModel with `python -m export litert SAVEDMODEL --out DIR`")
     for variant, rec in meta["variants"].items():
         path = litert_format.variant_path(litert_dir, meta, variant)
-        if os.path.getsize(path) != rec["bytes"] or _sha256(path) != rec["sha256"]:
+        if os.path.getsize(path) != rec["bytes"] or file_sha256(path) != rec["sha256"]:
             raise OnDeviceError(f"{path}: its sha256 is not the one vila_litert.json records: copy the export again")
     return meta
 

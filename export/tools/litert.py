@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -29,6 +28,7 @@ from typing import Callable, Iterable, Optional
 from .. import PROG
 from vila_tf.atomic import atomic_dir
 from vila_tf.litert import format as litert_format
+from vila_tf.digest import file_sha256
 
 # Ops that compute shapes at run time: a model holding one was not lowered for static shapes.
 SHAPE_OPS = frozenset({"SHAPE", "RANK", "SIZE", "BROADCAST_TO", "BROADCAST_ARGS", "UNSORTED_SEGMENT_PROD",
@@ -174,14 +174,6 @@ def measure_accuracy(source, folder: str, records: dict, images: list) -> dict:
     return result
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _versions() -> dict:
     from importlib import metadata as md
     out = {}
@@ -222,7 +214,7 @@ def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.V
             ops[variant] = check_ops(model, variant)
             with open(path, "wb") as f:
                 f.write(model)
-            records[variant] = {"file": os.path.basename(path), "bytes": os.path.getsize(path), "sha256": _sha256(path),
+            records[variant] = {"file": os.path.basename(path), "bytes": os.path.getsize(path), "sha256": file_sha256(path),
                                 "quantization": QUANTIZATION[variant]}
             log(f"{variant}: {records[variant]['bytes'] / 1e6:.1f} MB")
         del model

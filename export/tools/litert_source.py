@@ -19,6 +19,7 @@ from ..model import heads
 from ..model.config import VilaConfig
 from ..model.tree import unflatten
 from vila_tf import metadata as export_metadata
+from vila_tf.digest import file_sha256
 
 # The parameters the image heads read (docs/model.md §4-5 and docs/model.md §7): the ViT, both
 # poolers and the VILA-R projection. The text tower only embeds the prompts, which are constants.
@@ -112,7 +113,7 @@ def from_checkpoint(ckpt: str, spm_path: str, step: Optional[int] = None, overri
         if cfg.has_quality_head else None
     del text
     flat = {p: np.asarray(v, np.float32) for p, v in source.read_tree(IMAGE_TOWER).items()}
-    sha = source.sha256 or (paxml.file_sha256(source.path) if os.path.isfile(source.path) else None)
+    sha = source.sha256 or (file_sha256(source.path) if os.path.isfile(source.path) else None)
     return ImageHeads(cfg, unflatten(flat), np.asarray(zsl, np.float32), quality, {
         "from": "checkpoint", "demo_weights": False, "source_checkpoint": os.path.abspath(source.path),
         "source_sha256": sha, "source_step": source.step, "export_dtype": "float32",
