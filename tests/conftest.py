@@ -216,3 +216,37 @@ def env_without_tensorflow() -> dict:
     tests = os.path.dirname(DATA)
     return dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.join(tests, "without_tensorflow"), tests, os.path.dirname(tests)]))
+
+
+def vila_tf_command(*args, cwd=None):
+    """`vila-tf ARGS` through the console script's own entry point, `vila_tf.cli.main`, in this
+    process: a subprocess.CompletedProcess (returncode, stdout, stderr as text with universal
+    newlines, as `subprocess.run(..., text=True)` gives them). A fresh process would spend 4-5 s
+    importing TensorFlow before the command starts; the tests that are about the process itself
+    (the installed script, a run without jax, SIGKILL, Ctrl-C) still start one. The warning
+    filters and format the command sets are undone afterwards."""
+    import io
+    import subprocess
+    import sys
+    import warnings
+    from vila_tf import cli
+
+    def stream():
+        return io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+
+    def text(s):
+        return s.buffer.getvalue().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+
+    argv = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in args]
+    out, err = stream(), stream()
+    fmt, saved = warnings.formatwarning, (sys.stdout, sys.stderr)
+    with warnings.catch_warnings(), contextlib.chdir(cwd or os.getcwd()):
+        sys.stdout, sys.stderr = out, err
+        try:
+            code = cli.main(argv)
+        except SystemExit as e:  # argparse: --help, usage errors
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        finally:
+            sys.stdout, sys.stderr = saved
+            warnings.formatwarning = fmt
+    return subprocess.CompletedProcess(["vila-tf", *argv], code, text(out), text(err))

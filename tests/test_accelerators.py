@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import DATA, FIXTURE_OVERRIDES, build_once, shared_dir, golden
-from export.model.tree import flatten, unflatten
+from export.model.tree import flatten
 from vila_tf.signatures import ZERO_SHOT_ATTRIBUTES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,7 +1,6 @@
 """The paxml checkpoint reader: genuine fixtures, all layouts, real-depth ordering, clear errors."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 

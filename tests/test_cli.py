@@ -1,10 +1,12 @@
-"""The `vila-tf` console script, run as a user runs it (subprocess, where `import jax` fails)."""
+"""The `vila-tf` commands. The first test runs the installed console script as a user does (a fresh
+process in which `import jax` fails); the others call its entry point in this process
+(`conftest.vila_tf_command`), which spares each command the 4-5 s a new process spends importing
+TensorFlow."""
 import csv
 import io
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 
@@ -12,13 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import env_without_jax
+from conftest import env_without_jax, vila_tf_command as run
 
 VILA_TF = os.path.join(os.path.dirname(sys.executable), "vila-tf")
 ATTRIBUTES = ("image", "lighting", "content", "background", "foreground", "composition")
 
 
-def run(*args):
+def run_installed(*args):
     return subprocess.run([VILA_TF, *map(str, args)], capture_output=True, text=True, env=env_without_jax(),
                           timeout=600)
 
@@ -44,7 +46,7 @@ def expected_scores(references, folder):
 
 
 def test_score_csv_with_a_corrupt_file(exported, folder, expected_scores):
-    r = run("score", exported["vila_r_tiny"], folder, "--format", "csv")
+    r = run_installed("score", exported["vila_r_tiny"], folder, "--format", "csv")
     assert r.returncode == 1, r.stderr  # some inputs failed
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert [os.path.basename(x["input"]) for x in rows] == sorted(["broken.jpg"] + list(expected_scores))
@@ -248,8 +250,7 @@ def test_the_documented_folder_session(exported, tmp_path):
     for command, doc_lines in session.items():
         argv = shlex.split(command)
         assert argv[0] == "vila-tf"
-        r = subprocess.run([VILA_TF, *argv[1:]], capture_output=True, text=True, env=env_without_jax(),
-                           timeout=600, cwd=tmp_path)
+        r = run(*argv[1:], cwd=tmp_path)
         assert r.returncode == 1, r.stderr  # the truncated JPEG
         names, doc_rows = _table(doc_lines)
         got = list(csv.DictReader(io.StringIO(r.stdout)))

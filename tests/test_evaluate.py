@@ -3,27 +3,19 @@ the plots, --resume and --scores, and the one-line user errors."""
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 from scipy import stats
 
-from conftest import env_without_jax
+from conftest import vila_tf_command as run
 from vila_tf import evaluation, labels as labels_lib
 
-VILA_TF = os.path.join(os.path.dirname(sys.executable), "vila-tf")
 # AVA.txt's first line (image 953619): 699 points from 124 votes.
 AVA_FIRST_LINE = "1 953619 0 1 5 17 38 36 15 6 5 1 1 22 1396"
 N_GOOD, MISSING_IDS, BROKEN_ID, NO_VOTES_ID = 14, ["700001", "700002"], "700003", "700004"
 BOOTSTRAP = ["--bootstrap", "200", "--seed", "3"]
-
-
-def run(*args):
-    return subprocess.run([VILA_TF, *map(str, args)], capture_output=True, text=True, env=env_without_jax(),
-                          timeout=600)
 
 
 def _photo(seed: int) -> np.ndarray:

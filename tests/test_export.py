@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import DATA, build_once, shared_dir, golden, run_without_jax
-from export.model.tree import flatten, unflatten
+from export.model.tree import flatten
 
 HERE = os.path.dirname(__file__)
 TOL = 1e-4

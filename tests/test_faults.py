@@ -2,7 +2,6 @@
 no unsafe deserialization. The long runs (fuzzing, soak) are `make fuzz` / `make soak`."""
 import hashlib
 import os
-import re
 import shutil
 import signal
 import subprocess

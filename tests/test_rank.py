@@ -2,9 +2,6 @@
 cosine ranking from the SavedModel's own embedding signatures, in bounded memory."""
 import csv
 import io
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,10 +9,9 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (the SentencePiece ops of text_embedding)
 from PIL import Image
 
-from conftest import env_without_jax, in_buckets
+from conftest import in_buckets, vila_tf_command
 from vila_tf import ranking
 
-VILA_TF = os.path.join(os.path.dirname(sys.executable), "vila-tf")
 QUERIES = ["a misty forest at dawn", "a red car"]
 
 
@@ -111,9 +107,8 @@ def test_top_k_keeps_the_best_and_the_earlier_of_ties():
 
 def test_rank_command(model, exported, library, tmp_path):
     out = tmp_path / "ranked.csv"
-    r = subprocess.run([VILA_TF, "rank", exported["vila_r_tiny"], QUERIES[0], str(library), "--query", QUERIES[1],
-                        "--top", "3", "--output", str(out)], capture_output=True, text=True, env=env_without_jax(),
-                       timeout=600)
+    r = vila_tf_command("rank", exported["vila_r_tiny"], QUERIES[0], library, "--query", QUERIES[1], "--top", "3",
+                        "--output", out)
     assert r.returncode == 0, r.stderr
     want = ranking.rank(model, QUERIES, [str(library)], top=3)
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
@@ -124,6 +119,5 @@ def test_rank_command(model, exported, library, tmp_path):
     assert f"{QUERIES[0]!r}: the best 3 of 12 photos" in r.stdout
     first = want.matches[QUERIES[0]][0]
     assert f"   1  {first.similarity:+.4f}  {first.source}" in r.stdout
-    bad = subprocess.run([VILA_TF, "rank", exported["vila_r_tiny"], " ", str(library)], capture_output=True,
-                         text=True, env=env_without_jax(), timeout=600)
+    bad = vila_tf_command("rank", exported["vila_r_tiny"], " ", library)
     assert bad.returncode == 2 and "query is empty" in bad.stderr

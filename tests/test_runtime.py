@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import DATA, golden, run_without_jax
+from conftest import golden, run_without_jax
 
 HERE = os.path.dirname(__file__)
 

@@ -5,7 +5,6 @@ import io
 import itertools
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import env_without_jax, kill_after_rows, run_without_jax
+from conftest import env_without_jax, kill_after_rows, run_without_jax, vila_tf_command
 
 VILA_TF = os.path.join(os.path.dirname(sys.executable), "vila-tf")
 
@@ -150,11 +149,6 @@ def test_memory_stays_flat_as_inputs_grow(exported, tmp_path):
 
 # --- the command line -----------------------------------------------------------------------------
 
-def _run_cli(*args):
-    return subprocess.run([VILA_TF, *map(str, args)], capture_output=True, text=True, env=env_without_jax(),
-                          timeout=600)
-
-
 def test_sigkill_mid_run_then_resume(exported, reference, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -172,7 +166,7 @@ def test_sigkill_mid_run_then_resume(exported, reference, tmp_path):
     # A write cut short leaves a torn row; --resume must repair it.
     with open(out, "a") as f:
         f.write(f"{photos / '059.png'},0.12")
-    r = _run_cli(*cmd[1:], "--resume", "--batch-size", "8")  # the batch size may change
+    r = vila_tf_command(*cmd[1:], "--resume", "--batch-size", "8")  # the batch size may change
     assert r.returncode == 1, r.stderr  # exit 1: an input failed, in the rows kept from the killed run
     assert "1 of 61 inputs failed" in r.stderr and "rows already there" in r.stderr
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
