@@ -1,8 +1,8 @@
 """`vila-tf beam`: the Apache Beam batch job, on the DirectRunner, run as docs/beam.md says.
 
-The big runs go through the `vila-tf` console script in a subprocess with docs/beam.md's command
-lines (placeholders swapped for the test's folders); the smaller checks call `vila_tf.beam` in
-this process.
+The README's runs use docs/beam.md's command lines (placeholders swapped for the test's folders):
+the two-process run through the installed `vila-tf` console script in a subprocess, the others
+through its entry point in this process; the smaller checks call `vila_tf.beam` directly.
 """
 import glob
 import json
@@ -25,7 +25,7 @@ from apache_beam.io.localfilesystem import LocalFileSystem  # noqa: E402
 from vila_tf import beam as vila_beam  # noqa: E402
 from vila_tf.beam import cli as beam_cli, handler as beam_handler  # noqa: E402
 
-from conftest import env_without_jax  # noqa: E402
+from conftest import env_without_jax, vila_tf_command  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -99,10 +99,13 @@ def readme_command(*runner_flags):
     raise AssertionError(f"README has no `{shlex.join(base + list(runner_flags))}`")
 
 
-def run_cli(cmd, model_dir, pattern, prefix, timeout=600):
+def run_cli(cmd, model_dir, pattern, prefix, timeout=600, in_process=False):
     swap = {README_MODEL: model_dir, README_PATTERN: pattern, README_PREFIX: prefix}
-    argv = [os.path.join(BIN, cmd[0])] + [swap.get(a, a) for a in cmd[1:]]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env_without_jax())
+    args = [swap.get(a, a) for a in cmd[1:]]
+    if in_process:
+        return vila_tf_command(*args)
+    return subprocess.run([os.path.join(BIN, cmd[0]), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env_without_jax())
 
 
 def read_jsonl(pattern):
@@ -131,7 +134,7 @@ def check_outputs(prefix, photos, expected):
 
 def test_score_folder_on_the_direct_runner(exported, photos, expected, tmp_path):
     prefix = str(tmp_path / "out" / "run1")
-    r = run_cli(readme_command(), exported["vila_r_tiny"], f"{photos}/*", prefix)
+    r = run_cli(readme_command(), exported["vila_r_tiny"], f"{photos}/*", prefix, in_process=True)
     assert r.returncode == 1, r.stderr  # some inputs failed, the job did not
     check_outputs(prefix, photos, expected)
     assert f"{GOOD} images -> {prefix}-results-*.jsonl, {len(BAD)} failed -> {prefix}-errors-*.jsonl" in r.stderr

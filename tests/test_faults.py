@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import image_mutations as im
 from reference import Reference, release_pixels
-from conftest import DATA, FIXTURE_OVERRIDES, env_without_jax, kill_after_rows, params_flat
+from conftest import DATA, FIXTURE_OVERRIDES, env_without_jax, kill_after_rows, params_flat, vila_tf_command
 from vila_tf import preprocessing
 from export.model.tree import flatten, unflatten
 
@@ -292,7 +292,7 @@ def test_sigkill_mid_cli_run_leaves_complete_rows_then_resumes(exported, tmp_pat
         name, score, error = line.split(",")
         assert name == str(photos / f"{k:03d}.png") and np.isfinite(float(score)) and error == ""
     assert torn == "" or str(photos).startswith(torn[: len(str(photos))])  # at most a cut-short row
-    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env)
+    r = vila_tf_command(*cmd[1:], "--resume")
     assert r.returncode == 0, r.stderr[-2000:]
     lines = out.read_text().splitlines()
     assert len(lines) == 121 and [line.split(",")[0] for line in lines[1:]] == \
@@ -347,8 +347,8 @@ def run_concurrent(model, threads, calls_per_thread, seconds=None):
 def test_sixteen_threads_mixing_signatures(exported):
     import vila_tf
     model = vila_tf.load(exported["vila_r_tiny"])
-    calls, mismatches, failures = run_concurrent(model, threads=16, calls_per_thread=200)
-    assert calls == 3200 and not failures and not mismatches
+    calls, mismatches, failures = run_concurrent(model, threads=16, calls_per_thread=100)
+    assert calls == 1600 and not failures and not mismatches
 
 
 @pytest.mark.long
@@ -356,9 +356,10 @@ def test_short_soak_memory_flat(exported):
     import psutil
     import vila_tf
     model = vila_tf.load(exported["vila_r_tiny"])
-    run_concurrent(model, threads=4, calls_per_thread=0, seconds=5)  # warm up allocator and caches
+    # A short soak (`make soak` runs the long one): a leak per call or a retrace shows within seconds.
+    run_concurrent(model, threads=4, calls_per_thread=0, seconds=3)  # warm up allocator and caches
     rss0 = psutil.Process().memory_info().rss
-    calls, mismatches, failures = run_concurrent(model, threads=4, calls_per_thread=0, seconds=15)
+    calls, mismatches, failures = run_concurrent(model, threads=4, calls_per_thread=0, seconds=8)
     growth = psutil.Process().memory_info().rss - rss0
     assert calls > 100 and not failures and not mismatches
     assert growth < 64 * 2 ** 20, f"RSS grew {growth / 2 ** 20:.1f} MiB over {calls} calls"
