@@ -37,7 +37,7 @@ def _png(h, w, seed):
     return buf.getvalue()
 
 
-def cli(*args, capsys=None):
+def cli(*args):
     """`vila-tf ARGS` in this process: (exit code, its non-blank stderr lines)."""
     r = vila_tf_command(*args)
     return r.returncode, [line for line in r.stderr.splitlines() if line.strip()]
@@ -334,7 +334,7 @@ def test_model_decodes_within_its_budget(exported, reference, tmp_path):
 
 # --- the results file: lock, record, refusals (items 2, 3, 4; read-only, folder) --------------------
 
-def test_resume_of_another_command_or_options_is_refused(finished, tmp_path, exported, capsys, monkeypatch):
+def test_resume_of_another_command_or_options_is_refused(finished, tmp_path, exported, monkeypatch):
     out = copy_results(finished, tmp_path)
     before = out.read_bytes()
     m = exported["vila_r_tiny"]
@@ -346,7 +346,7 @@ def test_resume_of_another_command_or_options_is_refused(finished, tmp_path, exp
                            (["score", m, "--release-exact-orientation"], "--release-exact-orientation"),
                            (["score", exported["vila_p_tiny"]], "this run uses"),
                            (["score", m, "--with-captions"], "--with-captions")]:
-            rc, err = cli(*args, tmp_path, "--output", out, "--resume", capsys=capsys)
+            rc, err = cli(*args, tmp_path, "--output", out, "--resume")
             assert rc == 2 and len(err) == 1 and says in err[0] and err[0].startswith("vila-tf: --resume:"), err
     assert out.read_bytes() == before
 
@@ -371,7 +371,7 @@ def test_records_identify_the_model(exported, tmp_path):
     assert output_file.model_record(str(lite), "int8")["identity"] == "vila_image_int8.tflite sha256 sha-of-int8"
 
 
-def test_output_that_is_not_ours_is_never_touched(three, tmp_path, exported, capsys, monkeypatch):
+def test_output_that_is_not_ours_is_never_touched(three, tmp_path, exported, monkeypatch):
     m = exported["vila_r_tiny"]
     photo = three / "p0.png"
     before = photo.read_bytes()
@@ -381,18 +381,18 @@ def test_output_that_is_not_ours_is_never_touched(three, tmp_path, exported, cap
         for out, says in [(photo, "is also one of the inputs"),
                           (tmp_path, "is a folder: give a file name"),
                           (notes, "exists and is not a results file of vila-tf (it starts with 'my notes')")]:
-            rc, err = cli("score", m, photo, "--output", out, capsys=capsys)
+            rc, err = cli("score", m, photo, "--output", out)
             assert rc == 2 and len(err) == 1 and says in err[0], err
         other = tmp_path / "other.png"
         other.write_bytes(before)
-        rc, err = cli("score", m, three, "--output", other, capsys=capsys)  # a photo that is not an input
+        rc, err = cli("score", m, three, "--output", other)  # a photo that is not an input
         assert rc == 2 and "it is a PNG image): not overwritten" in err[0]
-        rc, err = cli("score", m, three, "--contact-sheet", other, capsys=capsys)
+        rc, err = cli("score", m, three, "--contact-sheet", other)
         assert rc == 2 and "is not a contact sheet of vila-tf" in err[0]
     assert photo.read_bytes() == before and other.read_bytes() == before and notes.read_text() == "my notes\n"
 
 
-def test_read_only_folders_are_found_before_the_model_loads(three, tmp_path, exported, capsys, monkeypatch):
+def test_read_only_folders_are_found_before_the_model_loads(three, tmp_path, exported, monkeypatch):
     """Root writes anywhere, so the read-only folder is simulated: creating a file in it fails as
     it does for everyone else (EACCES)."""
     ro = tmp_path / "ro"
@@ -407,25 +407,24 @@ def test_read_only_folders_are_found_before_the_model_loads(three, tmp_path, exp
     ro.chmod(0o555)
     try:
         with model_never_loaded(monkeypatch):
-            rc, err = cli("score", exported["vila_r_tiny"], three, "--output", ro / "s.csv", capsys=capsys)
+            rc, err = cli("score", exported["vila_r_tiny"], three, "--output", ro / "s.csv")
             assert rc == 2 and err == [f"vila-tf: cannot write --output {ro / 's.csv'}: Permission denied (in {ro}): "
                                        "choose a folder you can write to"]
             rc, err = cli("score", exported["vila_r_tiny"], three, "--contact-sheet", ro / "sheet.png",
-                          "--output", tmp_path / "s.csv", capsys=capsys)
+                          "--output", tmp_path / "s.csv")
             assert rc == 2 and len(err) == 1 and "cannot write --contact-sheet" in err[0]
     finally:
         ro.chmod(0o755)
     assert not (tmp_path / "s.csv").exists()  # the refused run left nothing behind
 
 
-def test_a_second_run_on_a_locked_output_is_refused_naming_the_first(three, tmp_path, exported, capsys,
-                                                                    monkeypatch):
+def test_a_second_run_on_a_locked_output_is_refused_naming_the_first(three, tmp_path, exported, monkeypatch):
     out = tmp_path / "s.csv"
     out.write_text("input,score,error\n")
     with open(out, "r+") as held, model_never_loaded(monkeypatch):
         fcntl.flock(held, fcntl.LOCK_EX)  # as a run writing it holds it
         for extra in ([], ["--resume"]):
-            rc, err = cli("score", exported["vila_r_tiny"], three, "--output", out, *extra, capsys=capsys)
+            rc, err = cli("score", exported["vila_r_tiny"], three, "--output", out, *extra)
             assert rc == 2 and err == [f"vila-tf: --output {out} is being written by another vila-tf run "
                                        f"(process {os.getpid()}): wait for it to finish (then --resume continues it), "
                                        "or choose another --output"]
@@ -449,7 +448,7 @@ sys.exit(cli.main())
 
 
 @pytest.mark.long
-def test_two_runs_at_once_never_interleave(exported, tmp_path, capsys):
+def test_two_runs_at_once_never_interleave(exported, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     names = [f"{k:03d}.png" for k in range(6)] + ["wait.png"]
@@ -463,7 +462,7 @@ def test_two_runs_at_once_never_interleave(exported, tmp_path, capsys):
     while first.poll() is None and not (out.exists() and out.read_text().count("\n") >= 7) and time.time() < deadline:
         time.sleep(0.02)  # six rows written; the first run now waits on its last read, holding the file
     assert first.poll() is None, first.stderr.read()
-    rc, err = cli("score", exported["vila_r_tiny"], photos, "--output", out, capsys=capsys)
+    rc, err = cli("score", exported["vila_r_tiny"], photos, "--output", out)
     assert rc == 2 and err == [f"vila-tf: --output {out} is being written by another vila-tf run (process "
                                f"{first.pid}): wait for it to finish (then --resume continues it), or choose another "
                                "--output"]
@@ -474,30 +473,30 @@ def test_two_runs_at_once_never_interleave(exported, tmp_path, capsys):
     assert all(np.isfinite(float(r["score"])) and r["error"] == "" for r in rows)
 
 
-def test_resume_of_a_damaged_file_keeps_each_input_once(finished, three, tmp_path, exported, capsys):
+def test_resume_of_a_damaged_file_keeps_each_input_once(finished, three, tmp_path, exported):
     """What two runs of an older version or a machine crash leave: NUL bytes, rows twice, a row
     cut short mid-file. --resume drops the damage and scores the lost inputs once more."""
     out = copy_results(finished, tmp_path)
     header, r0, r1, r2 = out.read_text().splitlines(keepends=True)
     out.write_bytes((header + r0 + r1 + r0 + "\0" * 4096 + r1[:9] + "\n" + r1 + r2[:7]).encode())
-    rc, err = cli("score", exported["vila_r_tiny"], three, "--output", out, "--resume", capsys=capsys)
+    rc, err = cli("score", exported["vila_r_tiny"], three, "--output", out, "--resume")
     assert rc == 0, err
     assert any("dropped 1 damaged row" in e and "2 repeated rows" in e for e in err), err
     assert out.read_text() == header + r0 + r1 + r2  # exactly the uninterrupted run's file
 
 
-def test_incompatible_tensorflow_is_one_line(exported, tmp_path, three, capsys):
+def test_incompatible_tensorflow_is_one_line(exported, tmp_path, three):
     model = tmp_path / "model"
     shutil.copytree(exported["vila_r_tiny"], model)
     meta_path = model / "assets.extra" / "vila_tf.json"
     meta = json.loads(meta_path.read_text())
     meta["tensorflow_support"]["minimum"] = "9.0"
     meta_path.write_text(json.dumps(meta))
-    rc, err = cli("score", model, three, capsys=capsys)
+    rc, err = cli("score", model, three)
     assert rc == 2 and len(err) == 1 and err[0].startswith("vila-tf: cannot load model: ") and "9.0" in err[0]
 
 
-def test_messy_folder_through_the_command(exported, messy, tmp_path, capsys):
+def test_messy_folder_through_the_command(exported, messy, tmp_path):
     """The folder with loops and FIFOs, plus names that are not UTF-8, hold line breaks or look
     like formulas, a 1 GB file and a broken AVIF, written to CSV, then --resume on the finished
     file: every real image once, readable names, nothing scored twice."""
@@ -508,7 +507,7 @@ def test_messy_folder_through_the_command(exported, messy, tmp_path, capsys):
     (messy / "broken.avif").write_bytes(b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(40))
     out = tmp_path / "s.csv"
     args = ["score", exported["vila_r_tiny"], messy, "--output", out, "--contact-sheet", tmp_path / "sheet.png"]
-    rc, err = _in_thread(lambda: cli(*args, capsys=capsys), timeout=300)
+    rc, err = _in_thread(lambda: cli(*args), timeout=300)
     assert rc == 1, err  # two inputs failed: the huge file, the broken AVIF
     rows = rows_of(out)
     names = [r["input"][len(str(messy)) + 1:] for r in rows]
@@ -521,7 +520,7 @@ def test_messy_folder_through_the_command(exported, messy, tmp_path, capsys):
     assert any("not a regular file" in e for e in err) and any("a second time" in e for e in err)
     assert Image.open(tmp_path / "sheet.png").info["Software"] == "vila-tf contact sheet"
     before = out.read_bytes()
-    rc, err = cli(*args, "--resume", capsys=capsys)
+    rc, err = cli(*args, "--resume")
     assert rc == 1 and any("resuming" in e and "9 rows already there" in e for e in err), err
     assert out.read_bytes() == before  # its own file read back: nothing scored again
 
@@ -529,7 +528,7 @@ def test_messy_folder_through_the_command(exported, messy, tmp_path, capsys):
 # --- errors a user can act on: disk full, Ctrl-C with a hung read -----------------------------------
 
 @pytest.mark.long
-def test_disk_full_is_one_line_and_resume_continues(exported, tmp_path, capsys):
+def test_disk_full_is_one_line_and_resume_continues(exported, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     arrays = [_png(30 + k, 40, k) for k in range(16)]
@@ -550,7 +549,7 @@ def test_disk_full_is_one_line_and_resume_continues(exported, tmp_path, capsys):
         ours[0].endswith("rows written before it are kept: free some space, then rerun the same command with "
                          "--resume to continue")
     assert 0 < out.stat().st_size <= limit
-    rc, err = cli(*cmd[1:], "--resume", capsys=capsys)
+    rc, err = cli(*cmd[1:], "--resume")
     assert rc == 0, err
     rows = rows_of(out)  # every input once, in order, the row the full disk cut short repaired
     assert [os.path.basename(x["input"]) for x in rows] == [f"{k:03d}.png" for k in range(16)]

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
+from conftest import vila_tf_command
 from reference import release_pixels as release_pipeline
 from vila_tf import image_formats
 
@@ -236,15 +237,10 @@ def test_stream_reports_skips_once_at_its_end_or_into_a_given_report(model, mixe
     assert [e.reason for e in errors] == ["pattern matches no image files", "pattern matches no files"]
 
 
-def test_cli_lists_what_it_skipped_and_exit_codes(exported, mixed_folder, tmp_path, capsys):
-    import warnings
-    from vila_tf import cli
-
+def test_cli_lists_what_it_skipped_and_exit_codes(exported, mixed_folder, tmp_path):
     def run(*args):
-        with warnings.catch_warnings():  # the CLI sets its own warning filters
-            code = cli.main(["score", exported["vila_r_tiny"], *map(str, args), "--format", "csv"])
-        out, err = capsys.readouterr()
-        return code, out, err
+        r = vila_tf_command("score", exported["vila_r_tiny"], *args, "--format", "csv")
+        return r.returncode, r.stdout, r.stderr
 
     code, out, err = run(mixed_folder)
     assert code == 1, err  # broken.png failed
@@ -261,11 +257,9 @@ def test_cli_lists_what_it_skipped_and_exit_codes(exported, mixed_folder, tmp_pa
     assert code == 0 and "vila-tf: skipped 1 file that is not an image: 1 .txt" in err, err
 
 
-def test_cli_release_exact_orientation_flag(exported, model, tmp_path, capsys):
+def test_cli_release_exact_orientation_flag(exported, model, tmp_path):
     """The CLI's rows: turned upright by default, the stored pixels with --release-exact-orientation."""
     import csv
-    import warnings
-    from vila_tf import cli
     upright = _photo(240, 180, seed=3)
     stored = image_formats.orient(upright, 8)  # shown with orientation 6
     photo = tmp_path / "portrait.jpg"
@@ -278,11 +272,9 @@ def test_cli_release_exact_orientation_flag(exported, model, tmp_path, capsys):
         model.exif_orientation = True
     assert abs(expected_upright - expected_stored) > 1e-3
     for flags, expected in [((), expected_upright), (("--release-exact-orientation",), expected_stored)]:
-        with warnings.catch_warnings():
-            code = cli.main(["score", exported["vila_r_tiny"], str(photo), "--format", "csv", *flags])
-        out, err = capsys.readouterr()
-        assert code == 0, err
-        rows = list(csv.DictReader(io.StringIO(out)))
+        r = vila_tf_command("score", exported["vila_r_tiny"], photo, "--format", "csv", *flags)
+        assert r.returncode == 0, r.stderr
+        rows = list(csv.DictReader(io.StringIO(r.stdout)))
         assert len(rows) == 1 and abs(float(rows[0]["score"]) - expected) < 1e-5, (flags, rows)
 
 

@@ -10,7 +10,8 @@ import shutil
 import pytest
 
 import vila_tf
-from vila_tf import cli, metadata
+from conftest import vila_tf_command
+from vila_tf import metadata
 from vila_tf.serving.__main__ import main as serving_main
 from vila_tf.signatures import ALL_SIGNATURES, METADATA_RELATIVE
 
@@ -67,10 +68,8 @@ def test_load_refuses_a_missing_or_damaged_record(exported, tmp_path, case):
     assert os.path.join(path, METADATA_RELATIVE) in str(e.value)
     assert message in str(e.value) and advice in str(e.value)
     # The command line: one line, exit 2.
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        assert cli.main(["score", path, str(tmp_path)]) == 2
-    assert err.getvalue().count("\n") == 1 and message in err.getvalue()
+    r = vila_tf_command("score", path, tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         assert serving_main(["check", path]) == 2
