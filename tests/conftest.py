@@ -127,9 +127,11 @@ def exported(tmp_path_factory, spm_model, worker_id):
     return {n: str(root / n / "1") for n in FIXTURES}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def model(exported):
-    """`vila_tf.load` of the tiny VILA-R export (a module's own `model` fixture may override it)."""
+    """`vila_tf.load` of the tiny VILA-R export, once per test process: its kernels compile once for
+    every test file that uses it. A test that changes one of its settings puts it back (`finally`);
+    a module's own `model` fixture may override it."""
     import vila_tf
     m = vila_tf.load(exported["vila_r_tiny"])
     yield m
@@ -150,10 +152,11 @@ def references(exported, spm_model):
     return Lazy()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(exported):
     """Scores straight from the tiny VILA-R export's serving_default on encoded bytes: the ground
-    truth the runtime is checked against (a module's own `reference` fixture may override it)."""
+    truth the runtime is checked against, loaded once per test process (a module's own `reference`
+    fixture may override it)."""
     import tensorflow as tf
     import tensorflow_text  # noqa: F401
     m = tf.saved_model.load(exported["vila_r_tiny"])
