@@ -431,20 +431,34 @@ def test_a_second_run_on_a_locked_output_is_refused_naming_the_first(three, tmp_
     assert out.read_text() == "input,score,error\n"
 
 
-SLOW_READ = """
-import os, sys, time
+# `vila-tf score ...` in a fresh process whose reads of one named photo are patched (scripts below).
+PATCHED_RUN = """
+import os, sys, threading, time
 from vila_tf import inputs
 real = inputs.load
-def load(item, *a, **k):  # a slow disk: this read waits until the test lets it go on
-    if item.source.endswith("wait.png"):
-        while not os.path.exists(os.environ["GO"]):
-            time.sleep(0.02)
+def load(item, *a, **k):
+    if item.source.endswith(os.environ["PATCHED_NAME"]):
+        %s
     return real(item, *a, **k)
 inputs.load = load
 from vila_tf import cli
 sys.argv = ["vila-tf"] + sys.argv[1:]
 sys.exit(cli.main())
 """
+SLOW_READ = "while not os.path.exists(os.environ['GO']): time.sleep(0.02)"  # a slow disk: waits for the test
+HUNG_READ = "threading.Event().wait()"  # a hung network mount: the read never returns
+
+
+def start_patched_run(read, name, model, photos, out, rows, env=None, **popen):
+    """Starts `vila-tf score MODEL PHOTOS --output OUT --batch-size 1` with the read of the photo
+    `name` patched (`read`), and returns it once OUT holds its header and `rows` rows."""
+    proc = subprocess.Popen([sys.executable, "-c", PATCHED_RUN % read, "score", model, photos, "--output", out,
+                             "--batch-size", "1"], stderr=subprocess.PIPE, text=True,
+                            env=dict(env or env_without_jax(), PATCHED_NAME=name), **popen)
+    deadline = time.time() + 300
+    while proc.poll() is None and not (out.exists() and out.read_text().count("\n") > rows) and time.time() < deadline:
+        time.sleep(0.02)
+    return proc
 
 
 @pytest.mark.long
@@ -455,12 +469,9 @@ def test_two_runs_at_once_never_interleave(exported, tmp_path):
     for k, name in enumerate(names):
         (photos / name).write_bytes(_png(30 + k, 40, k))
     out, go = tmp_path / "s.csv", tmp_path / "go"
-    first = subprocess.Popen([sys.executable, "-c", SLOW_READ, "score", exported["vila_r_tiny"], photos, "--output",
-                              out, "--batch-size", "1"], stderr=subprocess.PIPE, text=True,
-                             env=dict(env_without_jax(), GO=str(go)))
-    deadline = time.time() + 300
-    while first.poll() is None and not (out.exists() and out.read_text().count("\n") >= 7) and time.time() < deadline:
-        time.sleep(0.02)  # six rows written; the first run now waits on its last read, holding the file
+    # Six rows written: the first run now waits on its last read, holding the file.
+    first = start_patched_run(SLOW_READ, "wait.png", exported["vila_r_tiny"], photos, out, 6,
+                              env=dict(env_without_jax(), GO=str(go)))
     assert first.poll() is None, first.stderr.read()
     rc, err = cli("score", exported["vila_r_tiny"], photos, "--output", out)
     assert rc == 2 and err == [f"vila-tf: --output {out} is being written by another vila-tf run (process "
@@ -556,21 +567,6 @@ def test_disk_full_is_one_line_and_resume_continues(exported, tmp_path):
     assert all(np.isfinite(float(r["score"])) and r["error"] == "" for r in rows)
 
 
-HUNG_READ = """
-import sys, threading
-from vila_tf import inputs
-real = inputs.load
-def load(item, *a, **k):  # one file on a hung network mount: its read never returns
-    if item.source.endswith("hung.png"):
-        threading.Event().wait()
-    return real(item, *a, **k)
-inputs.load = load
-from vila_tf import cli
-sys.argv = ["vila-tf"] + sys.argv[1:]
-sys.exit(cli.main())
-"""
-
-
 @pytest.mark.long
 def test_ctrl_c_ends_the_run_even_with_a_hung_read(exported, tmp_path):
     photos = tmp_path / "photos"
@@ -579,14 +575,10 @@ def test_ctrl_c_ends_the_run_even_with_a_hung_read(exported, tmp_path):
         (photos / f"{k}.png").write_bytes(_png(20, 20, k))
     (photos / "hung.png").write_bytes(_png(20, 20, 9))
     out = tmp_path / "s.csv"
-    # Ctrl-C as at a terminal: a run started in the background (`make test &`) ignores SIGINT, and its
-    # children would inherit that; the command's own handling is what is under test here.
-    proc = subprocess.Popen([sys.executable, "-c", HUNG_READ, "score", exported["vila_r_tiny"], photos, "--output",
-                             out, "--batch-size", "1"], stderr=subprocess.PIPE, text=True, env=env_without_jax(),
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 300
-    while proc.poll() is None and not (out.exists() and out.read_text().count("\n") >= 4) and time.time() < deadline:
-        time.sleep(0.02)  # the three good photos are written; the fourth read hangs
+    # The three good photos are written; the fourth read hangs. Ctrl-C as at a terminal: a run started
+    # in the background (`make test &`) ignores SIGINT, and its children would inherit that.
+    proc = start_patched_run(HUNG_READ, "hung.png", exported["vila_r_tiny"], photos, out, 3,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     try:
