@@ -33,6 +33,23 @@ def _make_export(vila_dir, out):
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
 
 
+def _stub_savedmodel_write(monkeypatch) -> list:
+    """Replaces the SavedModel writing with an empty `saved_model.pb` at the output, for tests of the
+    orchestration around it (the real writes are checked by `test_published_layout`). Returns the
+    list of (SentencePiece path, model type) each write was asked for."""
+    from export.savedmodel import writer as savedmodel
+    written = []
+
+    def fake_write(params, cfg, spm_path, out, opts, log, **kwargs):
+        written.append((spm_path, cfg.model_type))
+        os.makedirs(out)
+        open(os.path.join(out, "saved_model.pb"), "wb").close()
+        return out
+
+    monkeypatch.setattr(savedmodel, "write_savedmodel", fake_write)
+    return written
+
+
 def _check_goldens(savedmodel, fixture):
     """Release checkpoints decode 64 tokens; the fixtures' goldens hold 16 (greedy: a prefix)."""
     g = golden(fixture)
@@ -78,20 +95,11 @@ def test_flat_layout_and_checkpoints_folder(tmp_path, spm_model, monkeypatch, ca
     with the SavedModel writing stubbed: what is checked here is how the layout is found; the
     published layout above runs the real `make export` and checks its goldens.)"""
     from export import __main__ as cli
-    from export.savedmodel import writer as savedmodel
     flat = tmp_path / "flat"
     _copy_checkpoint("vila_r_tiny", flat / "vila_rank_tuned")
     (flat / "spm_model").mkdir()
     shutil.copy(spm_model, flat / "spm_model" / "spm.model")
-    written = []
-
-    def fake_write(params, cfg, spm_path, out, opts, log, **kwargs):
-        written.append((spm_path, cfg.model_type))
-        os.makedirs(out)
-        open(os.path.join(out, "saved_model.pb"), "wb").close()
-        return out
-
-    monkeypatch.setattr(savedmodel, "write_savedmodel", fake_write)
+    written = _stub_savedmodel_write(monkeypatch)
     out = tmp_path / "exported"
     assert cli.main(["all", "--vila-dir", str(flat), "--out", str(out)]) == 0
     err = capsys.readouterr().err
@@ -128,7 +136,6 @@ def test_unreadable_model_stops_after_reporting_complete_ones(tmp_path, spm_mode
     the real writes are covered above.)"""
     from export import __main__ as cli
     from export.checkpoints import paxml as checkpoint
-    from export.savedmodel import writer as savedmodel
     vila = tmp_path / "vila"
     _copy_checkpoint("vila_r_tiny", vila / "checkpoints" / "vila_rank_tuned")
     _copy_checkpoint("vila_p_tiny", vila / "checkpoints" / "vila_pretrain")
@@ -138,12 +145,7 @@ def test_unreadable_model_stops_after_reporting_complete_ones(tmp_path, spm_mode
     (vila / "spm_model").mkdir()
     shutil.copy(spm_model, vila / "spm_model" / "spm.model")
 
-    def fake_write(params, cfg, spm_path, out, opts, log, **kwargs):
-        os.makedirs(out)
-        open(os.path.join(out, "saved_model.pb"), "wb").close()
-        return out
-
-    monkeypatch.setattr(savedmodel, "write_savedmodel", fake_write)
+    _stub_savedmodel_write(monkeypatch)
     out = tmp_path / "exported"
     assert cli.main(["all", "--vila-dir", str(vila), "--out", str(out)]) == 2
     err = capsys.readouterr().err
