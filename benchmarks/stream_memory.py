@@ -37,7 +37,7 @@ def peak_mb():
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 out = {"vila_tf": vila_tf.__file__, "jpeg_mb": len(jpeg) / 2**20}
-for n in (50, 1000):
+for n in (50, int(sys.argv[3]) if len(sys.argv) > 3 else 1000):
     if sys.argv[2] == "stream":
         count = sum(r.error is None for r in model.stream("score", photos(n), batch_size=25))
     else:

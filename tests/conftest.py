@@ -22,6 +22,11 @@ def pytest_configure(config):
     cache = tempfile.mkdtemp(prefix="vila-tf-xla-cache-")
     config._vila_xla_cache = cache
     os.environ["TF_XLA_FLAGS"] = (os.environ.get("TF_XLA_FLAGS", "") + f" --tf_xla_persistent_cache_directory={cache}").strip()
+    # jax's own cache likewise, for the JAX side (exports in several processes embed the same
+    # prompts; both workers may build the same module fixtures). Tiny compilations are not worth
+    # an entry.
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(cache, "jax"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -125,6 +130,52 @@ def exported(tmp_path_factory, spm_model, worker_id):
     for n in order:
         build_once(str(root / n), lambda d, n=n: tiny_models.export_fixture(n, spm_model, os.path.join(d, "1")))
     return {n: str(root / n / "1") for n in FIXTURES}
+
+
+def _folder_stamp(path: str) -> tuple:
+    """Every file under `path` with its size and modification time: changes when the folder does."""
+    stamp = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(filenames):
+            st = os.stat(os.path.join(dirpath, name))
+            stamp.append((os.path.relpath(os.path.join(dirpath, name), path), st.st_size, st.st_mtime_ns))
+    return tuple(stamp)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reuse_loaded_savedmodels():
+    """In a test process, `tf.saved_model.load` of a folder already loaded, unchanged since, under
+    the same device, returns that same loaded object (the 16 most recent are kept). Restoring a tiny
+    export's 76 graph functions costs 1-2 s, and its first call per signature and batch size another
+    0.3-1.5 s, while dozens of in-process commands (`vila_tf_command`, Beam's DirectRunner, the
+    runtime) load the same two session exports: each paid both again. The loaded objects are read
+    only (the runtime copies what it keeps). A folder that changed (any file's size or time) loads
+    afresh; loads with tags or options, `hub.load`, the TF1 loader and every fresh process load for
+    real, so the loader itself stays under test."""
+    import collections
+
+    import tensorflow as tf
+    from tensorflow.python.eager import context
+
+    original = tf.saved_model.load
+    loaded = collections.OrderedDict()
+
+    def load(export_dir, tags=None, options=None):
+        if tags is not None or options is not None:
+            return original(export_dir, tags, options)
+        path = os.path.realpath(os.fspath(export_dir))
+        key = (path, _folder_stamp(path), context.context().device_name)
+        if key not in loaded:
+            loaded[key] = original(export_dir)
+            while len(loaded) > 16:
+                loaded.popitem(last=False)
+        loaded.move_to_end(key)
+        return loaded[key]
+
+    tf.saved_model.load = load
+    yield
+    tf.saved_model.load = original
 
 
 @pytest.fixture(scope="session")

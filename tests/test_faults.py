@@ -224,6 +224,16 @@ def _tree_digest(path):
     return h.hexdigest()
 
 
+def _lowered_modules(savedmodel) -> list:
+    """The serialized StableHLO of every XlaCallModule op in the SavedModel's functions, sorted."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    sm = saved_model_pb2.SavedModel()
+    with open(os.path.join(savedmodel, "saved_model.pb"), "rb") as f:
+        sm.ParseFromString(f.read())
+    return sorted(node.attr["module"].s for graph in sm.meta_graphs for fn in graph.graph_def.library.function
+                  for node in fn.node_def if node.op == "XlaCallModule")
+
+
 def _kill_when(cmd, marker, env, delay=0.0):
     """Starts cmd, SIGKILLs it `delay` s after `marker` appears on stderr (or when it exits)."""
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, cwd=ROOT, text=True)
@@ -268,6 +278,13 @@ def test_sigkill_mid_export_leaves_previous_or_complete_model(exported, spm_mode
     # what is under test here is the output path, and this process has imported jax already).
     tiny_models.export_fixture("vila_r_tiny", spm_model, str(out))
     assert os.listdir(out.parent) == ["1"]
+    # Reproducible: the same weights and StableHLO modules, byte for byte, as the session's export
+    # of the same checkpoint, made by another call path after other work (so with other TensorFlow
+    # function names in saved_model.pb; docs/export.md).
+    fixture = exported["vila_r_tiny"]
+    assert _tree_digest(out / "variables") == _tree_digest(os.path.join(fixture, "variables"))
+    modules = _lowered_modules(out)
+    assert len(modules) == 3 and modules == _lowered_modules(fixture)  # image heads, caption, text
     # The rerun's model is the fixture's: score, embedding and greedy caption equal praxis' goldens.
     Reference(str(out), "vila_r_tiny", spm_model)
 

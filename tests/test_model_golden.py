@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from conftest import golden
-from export.model import demo
 from export.model import heads
-from export.model.modules import VilaModel
+from export.model.modules import VilaModel, abstract_params
+from export.model.tree import flatten, unflatten
 
 ATOL = 1e-5
 
@@ -19,8 +19,9 @@ def outputs(loaded_fixtures):
         ids, pad = g["input/ids"][:, 0], g["input/paddings"][:, 0]
         model = VilaModel(ck.config)
         v = {"params": ck.params}
-        pred = model.apply(v, g["input/image"], ids, pad)
-        text_only = model.apply(v, ids, pad, method=VilaModel.encode_text)
+        # Jitted: one compilation per function instead of one per operation (most of the time).
+        pred = jax.jit(model.apply)(v, g["input/image"], ids, pad)
+        text_only = jax.jit(lambda v, ids, pad: model.apply(v, ids, pad, method=VilaModel.encode_text))(v, ids, pad)
         out[name] = (ck, g, pred, text_only)
     return out
 
@@ -63,14 +64,15 @@ def test_text_only(outputs, name):
 def test_quality_scores(outputs):
     ck, g, pred, _ = outputs["vila_r_tiny"]
     _close(pred["quality_scores"], g["pred/quality_scores"], "quality_scores (model)")
-    _close(heads.score(ck.params, ck.config, g["input/image"]), g["pred/quality_scores"], "heads.score")
+    score = jax.jit(lambda p, x: heads.score(p, ck.config, x))(ck.params, g["input/image"])
+    _close(score, g["pred/quality_scores"], "heads.score")
 
 
 def test_pretrain_has_no_quality_head(outputs):
     ck, g, pred, _ = outputs["vila_p_tiny"]
     assert "quality_scores" not in pred and "residual_ffn" not in ck.params
     with pytest.raises(ValueError, match="residual_ffn"):
-        heads.score(ck.params, ck.config, g["input/image"])
+        jax.jit(lambda p, x: heads.score(p, ck.config, x))(ck.params, g["input/image"])  # refused while tracing
 
 
 @pytest.mark.parametrize("name", ["vila_r_tiny", "vila_p_tiny"])
@@ -85,9 +87,10 @@ def test_greedy_decode(outputs, name):
 def test_decode_cache_equals_full_recompute(outputs):
     """Each cached step's argmax equals the full decoder's on the generated prefix (docs/model.md §8)."""
     ck, g, _, _ = outputs["vila_r_tiny"]
-    ids, _, _ = heads.caption(ck.params, ck.config, g["input/image"])
+    ids, _, _ = jax.jit(lambda p, x: heads.caption(p, ck.config, x))(ck.params, g["input/image"])
     ids = np.asarray(ids)
-    logits = heads.teacher_forced_logits(ck.params, ck.config, g["input/image"], ids, np.zeros(ids.shape, np.float32))
+    logits = jax.jit(lambda p, x, ids, pad: heads.teacher_forced_logits(p, ck.config, x, ids, pad))(
+        ck.params, g["input/image"], ids, np.zeros(ids.shape, np.float32))
     np.testing.assert_array_equal(np.argmax(np.asarray(logits), -1)[:, :-1], ids[:, 1:])
 
 
@@ -99,12 +102,16 @@ def test_decode_stops_at_eos():
                      pooler_num_heads=2, pooler_dim_per_head=8, num_encoder_layers=1, num_unimodal_layers=1,
                      num_crossmodal_layers=1, vocab_size=8, image_size=32, patch_size=16,
                      num_generative_queries=4, decoding_max_len=10)
-    params = demo.init_params(cfg, seed=3)
+    # Any weights will do (the EOS bias below decides every step); numpy draws them at once, where
+    # the demo initializer compiles per array shape (seconds).
+    rng = np.random.default_rng(3)
+    params = unflatten({path: rng.normal(0, 0.1, leaf.shape).astype(np.float32)
+                        for path, leaf in flatten(abstract_params(cfg)).items()})
     # Make EOS (id 2) the argmax after the 3rd generated token of every row via the softmax bias.
     images = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
     bias = np.zeros(8, np.float32)
     params["decoder"]["softmax"]["logits_ffn"]["bias"]["b"] = jnp.asarray(bias).at[2].set(1e4)
-    ids, lengths, logprobs = heads.caption(params, cfg, images)
+    ids, lengths, logprobs = jax.jit(lambda p, x: heads.caption(p, cfg, x))(params, images)
     np.testing.assert_array_equal(np.asarray(ids), [[1, 2] + [0] * 8] * 2)
     np.testing.assert_array_equal(np.asarray(lengths), [2, 2])
     assert np.all(np.asarray(logprobs)[:, 2:] == 1.0) and np.all(np.asarray(logprobs)[:, 0] == 1.0)

@@ -24,6 +24,7 @@ from jax.experimental import jax2tf
 from ..model import heads
 from .. import host_memory
 from . import tf_targets, variables_file
+from .locations import reproducible_locations
 from vila_tf import preprocessing as preprocess
 from vila_tf import tf_compat
 from ..model.tree import unflatten
@@ -316,7 +317,8 @@ def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
     with atomic_dir(out_dir) as tmp:
         t0 = time.time()
         calling_convention, stablehlo = lowering_versions(options)
-        with _calling_convention(calling_convention), tf_targets.stablehlo_target(stablehlo):
+        with _calling_convention(calling_convention), tf_targets.stablehlo_target(stablehlo), \
+                reproducible_locations():
             log(f"building the TF module ({cfg.model_type}, {options.dtype} storage, {options.compute_dtype} "
                 f"compute, platforms {','.join(options.platforms)})")
             module = VilaModule(source, cfg, spm_model_path, options)

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..model import heads, modules
 from ..savedmodel import tf_targets
+from ..savedmodel.locations import reproducible_locations
 from vila_tf import preprocessing
 from vila_tf.litert.format import IMAGE_INPUT, IMAGE_SIGNATURE
 
@@ -167,7 +168,7 @@ class ImageHeadsModule(tf.Module):
     def concrete_functions(self) -> dict:
         """{signature name: concrete function}, lowered with the GELU composite, for the StableHLO
         version this TensorFlow's converter reads."""
-        with _tflite_gelu(), tf_targets.stablehlo_target(converter_stablehlo()):
+        with _tflite_gelu(), tf_targets.stablehlo_target(converter_stablehlo()), reproducible_locations():
             return {IMAGE_SIGNATURE: self.image_fn.get_concrete_function()}
 
 
