@@ -132,6 +132,16 @@ def exported(tmp_path_factory, spm_model, worker_id):
     return {n: str(root / n / "1") for n in FIXTURES}
 
 
+def xla_call_modules(savedmodel) -> list:
+    """The XlaCallModule NodeDefs (the lowered heads) of every function in the SavedModel's graph."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    sm = saved_model_pb2.SavedModel()
+    with open(os.path.join(savedmodel, "saved_model.pb"), "rb") as f:
+        sm.ParseFromString(f.read())
+    return [node for graph in sm.meta_graphs for fn in graph.graph_def.library.function for node in fn.node_def
+            if node.op == "XlaCallModule"]
+
+
 def _folder_stamp(path: str) -> tuple:
     """Every file under `path` with its size and modification time: changes when the folder does."""
     stamp = []

@@ -16,19 +16,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import xla_call_modules
 from export.savedmodel import tf_targets
 from vila_tf import serving
 from vila_tf.serving.__main__ import main as serving_main
 from vila_tf import metadata, tf_compat
 from vila_tf.signatures import METADATA_RELATIVE
-
-
-def _xla_call_modules(path):
-    from tensorflow.core.protobuf import saved_model_pb2
-    sm = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-        sm.ParseFromString(f.read())
-    return [n for fn in sm.meta_graphs[0].graph_def.library.function for n in fn.node_def if n.op == "XlaCallModule"]
 
 
 def _metadata(path):
@@ -39,7 +32,7 @@ def _metadata(path):
 def test_default_export_records_the_versions_it_was_lowered_with(exported):
     path = exported["vila_r_tiny"]
     support = _metadata(path)[tf_compat.METADATA_KEY]
-    nodes = _xla_call_modules(path)
+    nodes = xla_call_modules(path)
     assert nodes
     for n in nodes:  # the artifact's own header names the StableHLO version it was written for
         assert n.attr["version"].i == support["calling_convention_version"]
@@ -152,7 +145,7 @@ def test_oldest_target_runs_in_oldest_tensorflow(tmp_path):
     assert cell["metadata_minimum"] == oldest
     default = report["results"][oldest]["default"]
     assert default["vila_tf_load"].startswith("refused") and not default["runs"]
-    for n in _xla_call_modules(os.path.join(str(tmp_path), "exports", f"target_{oldest}")):
+    for n in xla_call_modules(os.path.join(str(tmp_path), "exports", f"target_{oldest}")):
         assert n.attr["version"].i == tf_targets.TARGETS[oldest].calling_convention
         assert re.search(rb"StableHLO_v([0-9.]+)", n.attr["module"].s).group(1).decode() == \
             tf_targets.TARGETS[oldest].stablehlo

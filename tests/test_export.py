@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import DATA, build_once, shared_dir, golden, run_without_jax
+from conftest import DATA, build_once, shared_dir, golden, run_without_jax, xla_call_modules
 from export.model.tree import flatten
 
 HERE = os.path.dirname(__file__)
@@ -151,11 +151,7 @@ def test_variables_shared_and_not_constants(exported, jaxless):
 
 
 def test_platforms_and_calling_convention(exported):
-    from tensorflow.core.protobuf import saved_model_pb2
-    sm = saved_model_pb2.SavedModel()
-    with open(os.path.join(exported["vila_r_tiny"], "saved_model.pb"), "rb") as f:
-        sm.ParseFromString(f.read())
-    nodes = [n for fn in sm.meta_graphs[0].graph_def.library.function for n in fn.node_def if n.op == "XlaCallModule"]
+    nodes = xla_call_modules(exported["vila_r_tiny"])
     assert nodes
     meta = json.load(open(os.path.join(exported["vila_r_tiny"], "assets.extra", "vila_tf.json")))
     for n in nodes:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import image_mutations as im
 from reference import Reference, release_pixels
 import tiny_models
-from conftest import DATA, FIXTURE_OVERRIDES, env_without_jax, kill_after_rows, params_flat, vila_tf_command
+from conftest import DATA, FIXTURE_OVERRIDES, env_without_jax, kill_after_rows, params_flat, vila_tf_command, xla_call_modules
 from vila_tf import preprocessing
 from export.model.tree import flatten, unflatten
 
@@ -224,16 +224,6 @@ def _tree_digest(path):
     return h.hexdigest()
 
 
-def _lowered_modules(savedmodel) -> list:
-    """The serialized StableHLO of every XlaCallModule op in the SavedModel's functions, sorted."""
-    from tensorflow.core.protobuf import saved_model_pb2
-    sm = saved_model_pb2.SavedModel()
-    with open(os.path.join(savedmodel, "saved_model.pb"), "rb") as f:
-        sm.ParseFromString(f.read())
-    return sorted(node.attr["module"].s for graph in sm.meta_graphs for fn in graph.graph_def.library.function
-                  for node in fn.node_def if node.op == "XlaCallModule")
-
-
 def _kill_when(cmd, marker, env, delay=0.0):
     """Starts cmd, SIGKILLs it `delay` s after `marker` appears on stderr (or when it exits)."""
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, cwd=ROOT, text=True)
@@ -283,8 +273,9 @@ def test_sigkill_mid_export_leaves_previous_or_complete_model(exported, spm_mode
     # function names in saved_model.pb; docs/export.md).
     fixture = exported["vila_r_tiny"]
     assert _tree_digest(out / "variables") == _tree_digest(os.path.join(fixture, "variables"))
-    modules = _lowered_modules(out)
-    assert len(modules) == 3 and modules == _lowered_modules(fixture)  # image heads, caption, text
+    modules = sorted(node.attr["module"].s for node in xla_call_modules(out))
+    assert len(modules) == 3  # image heads, caption, text
+    assert modules == sorted(node.attr["module"].s for node in xla_call_modules(fixture))
     # The rerun's model is the fixture's: score, embedding and greedy caption equal praxis' goldens.
     Reference(str(out), "vila_r_tiny", spm_model)
 
