@@ -335,13 +335,14 @@ def lowered_decode(decode_fn, cfg, tf_params):
     import tensorflow as tf
     from jax.experimental import jax2tf
     from export.savedmodel import writer as savedmodel
+    from export.savedmodel.jax_settings import calling_convention
     q, d = cfg.num_generative_queries, cfg.model_dims
     converted = jax2tf.convert(lambda p, gen: decode_fn(p, cfg, gen)[:2], with_gradient=False,
                                polymorphic_shapes=(None, f"(b, {q}, {d})"), native_serialization_platforms=("cpu",))
     fn = tf.function(lambda gen: converted(tf_params, gen), autograph=False,
                      input_signature=[tf.TensorSpec([None, q, d], tf.float32)])
     # Lowering happens at tracing: under the calling convention this TensorFlow runs, as the export.
-    with savedmodel._calling_convention(savedmodel.tf_calling_convention_version()):
+    with calling_convention(savedmodel.tf_calling_convention_version()):
         fn.get_concrete_function()
     return fn
 

@@ -100,9 +100,10 @@ def write_stablehlo_probes(work: str, versions) -> None:
     import tensorflow as tf
     from jax.experimental import jax2tf
 
-    from export.savedmodel import writer as savedmodel, tf_targets
+    from export.savedmodel import tf_targets
+    from export.savedmodel.jax_settings import calling_convention
     for version in versions:
-        with savedmodel._calling_convention(9), tf_targets.stablehlo_target(version):
+        with calling_convention(9), tf_targets.stablehlo_target(version):
             m = tf.Module()
             f = jax2tf.convert(lambda x: jnp.tanh(x) @ x.T + 1, with_gradient=False,
                                polymorphic_shapes=["(b, 4)"], native_serialization_platforms=("cpu",))

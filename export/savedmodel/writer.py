@@ -24,7 +24,7 @@ from jax.experimental import jax2tf
 from ..model import heads
 from .. import host_memory
 from . import tf_targets, variables_file
-from .locations import reproducible_locations
+from .jax_settings import calling_convention, reproducible_locations
 from vila_tf import preprocessing as preprocess
 from vila_tf import tf_compat
 from ..model.tree import unflatten
@@ -74,28 +74,13 @@ def tf_calling_convention_version() -> int:
     oldest = jax_export.minimum_supported_calling_convention_version
     for version in range(newest, oldest - 1, -1):
         try:
-            with jax.config.update_context("jax_export_calling_convention_version", version) \
-                    if hasattr(jax.config, "update_context") else _calling_convention(version):
+            with calling_convention(version):
                 f = jax2tf.convert(lambda x: x + 1, with_gradient=False, native_serialization_platforms=("cpu",))
                 tf.function(f, autograph=False)(tf.constant(1.0)).numpy()
             return version
         except Exception:  # noqa: BLE001 - an unsupported version fails in the TF kernel
             continue
     raise RuntimeError("TensorFlow's XlaCallModule accepts none of the calling conventions jax can write")
-
-
-class _calling_convention:
-    """Context manager setting jax_export_calling_convention_version."""
-
-    def __init__(self, version: int):
-        self.version = version
-
-    def __enter__(self):
-        self.saved = jax.config.jax_export_calling_convention_version
-        jax.config.update("jax_export_calling_convention_version", self.version)
-
-    def __exit__(self, *exc):
-        jax.config.update("jax_export_calling_convention_version", self.saved)
 
 
 def lowering_versions(options: ExportOptions) -> tuple[int, str]:
@@ -316,8 +301,8 @@ def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
     out_dir = os.path.abspath(out_dir)
     with atomic_dir(out_dir) as tmp:
         t0 = time.time()
-        calling_convention, stablehlo = lowering_versions(options)
-        with _calling_convention(calling_convention), tf_targets.stablehlo_target(stablehlo), \
+        convention, stablehlo = lowering_versions(options)
+        with calling_convention(convention), tf_targets.stablehlo_target(stablehlo), \
                 reproducible_locations():
             log(f"building the TF module ({cfg.model_type}, {options.dtype} storage, {options.compute_dtype} "
                 f"compute, platforms {','.join(options.platforms)})")
@@ -329,13 +314,13 @@ def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
         host_memory.release_freed()
         log("writing the weights")
         variables_file.write_weights(tmp, source, options.variable_dtype, log=log)
-        support = tf_targets.support(calling_convention, stablehlo, tf_compat.graph_ops(tmp), options.target_tensorflow,
+        support = tf_targets.support(convention, stablehlo, tf_compat.graph_ops(tmp), options.target_tensorflow,
                                      options.webp)
         log(f"runs on TensorFlow / TF Serving {tf_compat.releases_in_words(support)} (calling convention "
-            f"{calling_convention}, StableHLO {stablehlo}; docs/compatibility.md)")
+            f"{convention}, StableHLO {stablehlo}; docs/compatibility.md)")
         log("writing TF Serving warmup requests")
         write_warmup(tmp, ALL_SIGNATURES, cfg.image_size)
-        export_metadata.write(tmp, metadata(cfg, options, calling_convention_version=calling_convention,
+        export_metadata.write(tmp, metadata(cfg, options, calling_convention_version=convention,
                                             tensorflow_support=support,
                                             export_seconds=round(time.time() - t0, 1)))
     return out_dir

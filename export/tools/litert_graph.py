@@ -36,7 +36,7 @@ import numpy as np
 
 from ..model import heads, modules
 from ..savedmodel import tf_targets
-from ..savedmodel.locations import reproducible_locations
+from ..savedmodel.jax_settings import reproducible_locations
 from vila_tf import preprocessing
 from vila_tf.litert.format import IMAGE_INPUT, IMAGE_SIGNATURE
 
