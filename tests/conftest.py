@@ -132,14 +132,19 @@ def exported(tmp_path_factory, spm_model, worker_id):
     return {n: str(root / n / "1") for n in FIXTURES}
 
 
-def xla_call_modules(savedmodel) -> list:
-    """The XlaCallModule NodeDefs (the lowered heads) of every function in the SavedModel's graph."""
+def xla_call_module_functions(savedmodel) -> list:
+    """(FunctionDef, XlaCallModule NodeDef) of every lowered head in the SavedModel's graph."""
     from tensorflow.core.protobuf import saved_model_pb2
     sm = saved_model_pb2.SavedModel()
     with open(os.path.join(savedmodel, "saved_model.pb"), "rb") as f:
         sm.ParseFromString(f.read())
-    return [node for graph in sm.meta_graphs for fn in graph.graph_def.library.function for node in fn.node_def
+    return [(fn, node) for graph in sm.meta_graphs for fn in graph.graph_def.library.function for node in fn.node_def
             if node.op == "XlaCallModule"]
+
+
+def xla_call_modules(savedmodel) -> list:
+    """The XlaCallModule NodeDefs (the lowered heads) of every function in the SavedModel's graph."""
+    return [node for _, node in xla_call_module_functions(savedmodel)]
 
 
 def _folder_stamp(path: str) -> tuple:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import DATA, build_once, shared_dir, golden, run_without_jax, xla_call_modules
+from conftest import DATA, build_once, shared_dir, golden, run_without_jax, xla_call_module_functions, xla_call_modules
 from export.model.tree import flatten
 
 HERE = os.path.dirname(__file__)
@@ -158,6 +158,20 @@ def test_platforms_and_calling_convention(exported):
         assert [p.decode() for p in n.attr["platforms"].list.s] == ["CPU", "CUDA", "TPU"]
         assert n.attr["version"].i == meta["calling_convention_version"]
     assert meta["platforms"] == ["cpu", "cuda", "tpu"]
+
+
+def test_each_head_is_a_function_never_inlined(exported):
+    """Each lowered head is the one XlaCallModule of a function of its own marked `_noinline`, which
+    every signature calls: its XLA program keeps one name whichever signature (or TF1 SignatureDef)
+    runs it, so a persistent compilation cache holds one program per head and batch size, not one
+    per signature (export/savedmodel/writer.py `_head`)."""
+    for path in exported.values():
+        found = xla_call_module_functions(path)
+        assert len(found) == 3, path  # image outputs, caption, text embedding
+        assert len({fn.signature.name for fn, _ in found}) == 3
+        for fn, node in found:
+            assert fn.attr["_noinline"].b, fn.signature.name
+            assert [n.op for n in fn.node_def].count("XlaCallModule") == 1
 
 
 def test_metadata(exported):

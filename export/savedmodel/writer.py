@@ -170,24 +170,27 @@ class VilaModule(tf.Module):
     def _lower(self):
         s = self.cfg.image_size
         img = f"(b, {s}, {s}, 3)"
+        pixels = tf.TensorSpec([None, s, s, 3], tf.float32)
         # The score, embedding and zero-shot heads are one function (heads.image_outputs), lowered
-        # once (`image_outputs_fn`): each image signature selects its output, and TensorFlow
-        # compiles the image tower once per batch size for all three.
+        # once: each image signature selects its output, and TensorFlow compiles the image tower
+        # once per batch size for all three.
+        prompts = [self.zero_shot_prompt_embeddings]
         if self.cfg.has_quality_head:
-            self._image_jax = self._convert(
+            image_jax = self._convert(
                 lambda p, cfg, prompts, prompt, x: heads.image_outputs(p, cfg, x, prompts, prompt), (None, None, img))
+            prompts.append(self.quality_prompt_embedding)
         else:
-            self._image_jax = self._convert(
-                lambda p, cfg, prompts, x: heads.image_outputs(p, cfg, x, prompts), (None, img))
-        self._caption_jax = self._convert(lambda p, cfg, x: heads.caption(p, cfg, x)[:2], (img,))
-        self._text_jax = self._convert(heads.text_embedding, ("(b, t)", "(b, t)"))
+            image_jax = self._convert(lambda p, cfg, prompts, x: heads.image_outputs(p, cfg, x, prompts), (None, img))
+        caption_jax = self._convert(lambda p, cfg, x: heads.caption(p, cfg, x)[:2], (img,))
+        text_jax = self._convert(heads.text_embedding, ("(b, t)", "(b, t)"))
+        self._image_head = _head(lambda x: image_jax(self.params, *prompts, x), pixels)
+        self._caption_head = _head(lambda x: caption_jax(self.params, x), pixels)
+        self._text_head = _head(lambda ids, paddings: text_jax(self.params, ids, paddings),
+                                tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.float32))
 
     # -- pixel-level functions -------------------------------------------------------------------
     def _image_outputs(self, image) -> dict:
-        prompts = [self.zero_shot_prompt_embeddings]
-        if self.cfg.has_quality_head:
-            prompts.append(self.quality_prompt_embedding)
-        embedding, zero_shot_score, pairs, *quality = self._image_jax(self.params, *prompts, image)
+        embedding, zero_shot_score, pairs, *quality = self._image_head(image)
         # A pretrain model has no quality head: its score is the zero-shot score (design contract).
         score = quality[0] if quality else zero_shot_score[:, None]
         # The per-pair scores leave the lowered function as one [B, 6] array and are split here
@@ -197,13 +200,13 @@ class VilaModule(tf.Module):
                 **attributes}
 
     def caption_pixels(self, image):
-        ids, lengths = self._caption_jax(self.params, image)
+        ids, lengths = self._caption_head(image)
         return {"caption": self.tokenizer.ids_to_strings(ids, lengths), "caption_ids": ids,
                 "caption_length": lengths}
 
     def text_embedding(self, text):
         ids, _, paddings = self.tokenizer.strings_to_ids(text, TEXT_LENGTH)
-        return {"text_embedding": self._text_jax(self.params, ids, paddings)}
+        return {"text_embedding": self._text_head(ids, paddings)}
 
     def preprocess(self, image_bytes):
         return {"image": preprocess.preprocess_batch(image_bytes, self.options.max_pixels, self.options.webp)}
@@ -241,6 +244,16 @@ class VilaModule(tf.Module):
 
     def signatures(self) -> dict:
         return {name: self.signature_fns[name] for name in ALL_SIGNATURES}
+
+
+def _head(fn: Callable, *specs: tf.TensorSpec):
+    """A lowered head as a TensorFlow function of its own, never inlined into the functions that
+    call it. XLA's persistent compilation cache (TF_XLA_FLAGS=--tf_xla_persistent_cache_directory=)
+    keys a program by its module, which is named after the XlaCallModule's node path once calls
+    are inlined: inlined, each signature (and, in a TF1 Session, each SignatureDef) gave the same
+    head another name, and a fresh process compiled it again per signature. Not inlined, every
+    signature shares one program per batch size."""
+    return tf.function(fn, input_signature=list(specs), autograph=False, experimental_attributes={"_noinline": True})
 
 
 def _selecting(head_fn, outputs: tuple):
