@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import tiny_models
-from reference import in_buckets  # noqa: F401  (re-exported for the tests)
 from tiny_models import DATA, FIXTURE_OVERRIDES, FIXTURES  # noqa: F401  (re-exported for the tests)
 
 
@@ -16,7 +15,9 @@ def pytest_configure(config):
     """One XLA compilation cache for the whole run, shared by the xdist workers and every
     subprocess they start (the variable is inherited): each signature is compiled once per shape
     instead of once per process, which was most of the suite's time. A fresh folder per run, so a
-    cache written on another machine (other CPU features) is never read."""
+    cache written on another machine (other CPU features) is never read. (This process, the xdist
+    controller, runs no test: nothing here imports TensorFlow, which would hold back the workers'
+    start by its 4-5 s import.)"""
     if hasattr(config, "workerinput") or "--tf_xla_persistent_cache_directory" in os.environ.get("TF_XLA_FLAGS", ""):
         return  # an xdist worker: the controller has set it up
     cache = tempfile.mkdtemp(prefix="vila-tf-xla-cache-")
@@ -225,6 +226,7 @@ def reference(exported):
     fixture may override it)."""
     import tensorflow as tf
     import tensorflow_text  # noqa: F401
+    from reference import in_buckets
     m = tf.saved_model.load(exported["vila_r_tiny"])
 
     def score(encoded):

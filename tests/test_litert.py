@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES, env_without_tensorflow, in_buckets
+from conftest import FIXTURES, env_without_tensorflow
+from reference import in_buckets
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)

@@ -9,7 +9,8 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (the SentencePiece ops of text_embedding)
 from PIL import Image
 
-from conftest import in_buckets, vila_tf_command
+from conftest import vila_tf_command
+from reference import in_buckets
 from vila_tf import ranking
 
 QUERIES = ["a misty forest at dawn", "a red car"]
