@@ -62,6 +62,7 @@ def test_captions_are_detokenized_ids(jaxless, spm_model):
 
 def test_text_embedding_matches_golden_prompt_and_python_tokenizer(jaxless, spm_model, loaded_fixtures):
     """text_embedding(text) == the Flax text tower on ids from the Python SentencePiece library."""
+    import jax
     import sentencepiece as spm
     from export.model import heads
     from test_tokenizer import lingvo_strings_to_ids
@@ -69,7 +70,7 @@ def test_text_embedding_matches_golden_prompt_and_python_tokenizer(jaxless, spm_
     texts = ["good image", "a photo of a dog", "", "lovely bokeh in the background " * 10]
     ck = loaded_fixtures["vila_r_tiny"]
     ids, paddings = lingvo_strings_to_ids(sp, texts, 64)
-    want = np.asarray(heads.text_embedding(ck.params, ck.config, ids, paddings))
+    want = np.asarray(jax.jit(lambda p, i, m: heads.text_embedding(p, ck.config, i, m))(ck.params, ids, paddings))
     for b in (1, 3, 4):
         np.testing.assert_allclose(jaxless["vila_r_tiny"][f"{b}/text_embedding"], want[:b], atol=TOL)
 
@@ -90,6 +91,7 @@ def test_zero_shot_and_attributes_match_release_formula(jaxless, spm_model, load
     own image embeddings (golden.npz) against the six pairs' text embeddings (the Flax text tower,
     golden-checked in test_model_golden, on ids from the Python SentencePiece library, 4 tokens as
     the release tokenizes them; the goldens hold no praxis embedding of these prompts)."""
+    import jax
     import sentencepiece as spm
     from export.model import heads
     from test_tokenizer import lingvo_strings_to_ids
@@ -98,7 +100,7 @@ def test_zero_shot_and_attributes_match_release_formula(jaxless, spm_model, load
     assert list(heads.ZERO_SHOT_PROMPTS) == prompts  # run_vila_predict._ZSL_QUALITY_PROMPTS, in order
     ck, g = loaded_fixtures[name], golden(name)
     ids, pad = lingvo_strings_to_ids(sp, prompts, 4)
-    txt = np.asarray(heads.text_embedding(ck.params, ck.config, ids, pad))
+    txt = np.asarray(jax.jit(lambda p, i, m: heads.text_embedding(p, ck.config, i, m))(ck.params, ids, pad))
     want = _release_pair_softmax(g["pred/contrastive_img_embed_norm"], txt)
     for b in (1, 3, 8):
         np.testing.assert_allclose(jaxless[name][f"{b}/zero_shot_attributes"], _tile(want, b), atol=1e-5)

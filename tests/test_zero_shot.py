@@ -127,12 +127,13 @@ def _flax_text(loaded_fixtures, spm_model, name, texts, length):
     """Text embeddings from the Flax text tower (golden-checked in test_model_golden) on ids from
     the Python SentencePiece library with lingvo's conventions: the goldens hold no praxis
     embedding of these prompts."""
+    import jax
     import sentencepiece as spm
     from export.model import heads
     from test_tokenizer import lingvo_strings_to_ids
     ids, pad = lingvo_strings_to_ids(spm.SentencePieceProcessor(model_file=spm_model), list(texts), length)
     ck = loaded_fixtures[name]
-    return np.asarray(heads.text_embedding(ck.params, ck.config, ids, pad))
+    return np.asarray(jax.jit(lambda p, i, m: heads.text_embedding(p, ck.config, i, m))(ck.params, ids, pad))
 
 
 @pytest.fixture(scope="module")
