@@ -294,13 +294,27 @@ def vila_tf_command(*args, cwd=None):
     process: a subprocess.CompletedProcess (returncode, stdout, stderr as text with universal
     newlines, as `subprocess.run(..., text=True)` gives them). A fresh process would spend 4-5 s
     importing TensorFlow before the command starts; the tests that are about the process itself
-    (the installed script, a run without jax, SIGKILL, Ctrl-C) still start one. The warning
+    (the installed script, a run without jax, SIGKILL, Ctrl-C) still start one."""
+    from vila_tf import cli
+    return _command_in_process(cli.main, "vila-tf", args, cwd)
+
+
+def export_command(*args, cwd=None):
+    """`python -m export ARGS` through the module's own `main`, in this process, as
+    `vila_tf_command` runs `vila-tf`: a fresh process would spend 5-6 s importing TensorFlow and
+    jax to print a one-line error. The process-level runs stay where the process is under test
+    (`python -m export --help`, the SIGKILLed exports, `make export`)."""
+    from export import __main__ as export_main
+    return _command_in_process(export_main.main, "python -m export", args, cwd)
+
+
+def _command_in_process(main, prog, args, cwd):
+    """main(argv) with stdout and stderr captured: a subprocess.CompletedProcess. The warning
     filters and format the command sets are undone afterwards."""
     import io
     import subprocess
     import sys
     import warnings
-    from vila_tf import cli
 
     def stream():
         return io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
@@ -314,10 +328,10 @@ def vila_tf_command(*args, cwd=None):
     with warnings.catch_warnings(), contextlib.chdir(cwd or os.getcwd()):
         sys.stdout, sys.stderr = out, err
         try:
-            code = cli.main(argv)
+            code = main(argv)
         except SystemExit as e:  # argparse: --help, usage errors
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
         finally:
             sys.stdout, sys.stderr = saved
             warnings.formatwarning = fmt
-    return subprocess.CompletedProcess(["vila-tf", *argv], code, text(out), text(err))
+    return subprocess.CompletedProcess([prog, *argv], code, text(out), text(err))

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import DATA, FIXTURE_OVERRIDES, fixture_dir, params_flat
+from conftest import DATA, FIXTURE_OVERRIDES, export_command, fixture_dir, params_flat
 from export.model.tree import flatten, unflatten
 from export.checkpoints import paxml as checkpoint
 from export.checkpoints.paxml import CheckpointError
@@ -199,10 +199,8 @@ def test_named_state_dict_layout(tmp_path):
 
 def test_convert_cli_orbax_round_trip(tmp_path):
     out = tmp_path / "converted"
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(DATA) + "/..")
-    r = subprocess.run([sys.executable, "-m", "export", "convert", "--checkpoint",
-                        os.path.join(fixture_dir("vila_r_tiny"), "ckpt"), "--out", str(out),
-                        "--decoding-max-len", "16"], capture_output=True, text=True, env=env)
+    r = export_command("convert", "--checkpoint", os.path.join(fixture_dir("vila_r_tiny"), "ckpt"), "--out", out,
+                       "--decoding-max-len", "16")
     assert r.returncode == 0, r.stderr
     assert (out / "vila_config.json").is_file() and (out / "params").is_dir()
     ck = checkpoint.load(str(out))
@@ -214,8 +212,7 @@ def test_convert_cli_orbax_round_trip(tmp_path):
     assert len(meta["sha256"]) == 64
     # A failed conversion leaves nothing behind.
     bad = tmp_path / "bad_out"
-    r = subprocess.run([sys.executable, "-m", "export", "convert", "--checkpoint", str(tmp_path / "missing"),
-                        "--out", str(bad)], capture_output=True, text=True, env=env)
+    r = export_command("convert", "--checkpoint", tmp_path / "missing", "--out", bad)
     assert r.returncode == 2 and "no such file or directory" in r.stderr
     assert not bad.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".bad_out")]
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import DATA, build_once, shared_dir, golden, run_without_jax, xla_call_module_functions, xla_call_modules
+from conftest import (DATA, build_once, export_command, golden, run_without_jax, shared_dir, xla_call_module_functions,
+                      xla_call_modules)
 from export.model.tree import flatten
 
 HERE = os.path.dirname(__file__)
@@ -226,10 +227,6 @@ def test_export_is_atomic(tmp_path, spm_model, monkeypatch):
 
 
 def test_cli_export_and_errors(tmp_path, spm_model):
-    import subprocess
-    import sys
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
-    r = subprocess.run([sys.executable, "-m", "export", "--checkpoint", str(tmp_path / "missing"), "--spm", spm_model,
-                        "--out", str(tmp_path / "sm")], capture_output=True, text=True, env=env)
+    r = export_command("--checkpoint", tmp_path / "missing", "--spm", spm_model, "--out", tmp_path / "sm")
     assert r.returncode == 2 and "missing: no such file or directory" in r.stderr
     assert not (tmp_path / "sm").exists()

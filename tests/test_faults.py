@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 import image_mutations as im
 from reference import Reference, release_pixels
 import tiny_models
-from conftest import DATA, FIXTURE_OVERRIDES, env_without_jax, kill_after_rows, params_flat, vila_tf_command, xla_call_modules
+from conftest import (DATA, FIXTURE_OVERRIDES, env_without_jax, export_command, kill_after_rows, params_flat, vila_tf_command,
+                      xla_call_modules)
 from vila_tf import preprocessing
 from export.model.tree import flatten, unflatten
 
@@ -205,8 +206,7 @@ def test_wrong_paths_and_no_partial_output(tmp_path, make):
         checkpoint.load(str(target))
     assert str(target) in str(e.value)
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "export", "convert", "--checkpoint", str(target), "--out", str(out)],
-                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
+    r = export_command("convert", "--checkpoint", target, "--out", out)
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
     assert sorted(os.listdir(tmp_path)) == ["input"]  # nothing written, not even a temporary
 

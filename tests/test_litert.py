@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES, env_without_tensorflow
+from conftest import FIXTURES, env_without_tensorflow, export_command
 from reference import in_buckets
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -274,11 +274,9 @@ def test_orientation_and_arguments_as_the_savedmodel_runtime(litert_exported, mo
 def test_export_command_line(exported, tmp_path):
     r = subprocess.run([sys.executable, "-m", "export", "--help"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0 and "litert" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "export", "litert", str(tmp_path), "--out", str(tmp_path / "x")],
-                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    r = export_command("litert", tmp_path, "--out", tmp_path / "x")
     assert r.returncode == 2 and "not a SavedModel folder" in r.stderr and not (tmp_path / "x").exists()
-    r = subprocess.run([sys.executable, "-m", "export", "litert", exported["vila_r_tiny"], "--out", str(tmp_path / "y"),
-                        "--variants", "int8"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    r = export_command("litert", exported["vila_r_tiny"], "--out", tmp_path / "y", "--variants", "int8")
     assert r.returncode == 2 and "float32 included" in r.stderr
 
 
