@@ -275,11 +275,11 @@ def test_card_of_demo_weights_warns_and_laion_is_named(exported, tmp_path):
 
 # --- loading by URL and as a Keras layer ---------------------------------------------------------
 
-# Runs in a fresh process: loads HANDLE with hub.load (and, for "keras", as a hub.KerasLayer in a
-# tf.keras model) and saves serving_default's predictions for the images as .npy files.
+# Runs in a fresh process: loads HANDLE with hub.load and as a hub.KerasLayer in a tf.keras model, and
+# saves serving_default's predictions for the images as .npy files.
 CLIENT = r"""
 import os, sys
-handle, out_dir, mode, *images = sys.argv[1:]
+handle, out_dir, *images = sys.argv[1:]
 import numpy as np
 import tensorflow as tf
 import tensorflow_hub as hub
@@ -288,13 +288,12 @@ batch = np.array([open(p, "rb").read() for p in images], dtype=object)
 model = hub.load(handle)
 np.save(os.path.join(out_dir, "hub_load.npy"),
         model.signatures["serving_default"](tf.constant(batch))["predictions"].numpy())
-if mode == "keras":
-    assert tf.keras.__name__.startswith("tf_keras"), tf.keras.__name__  # TF_USE_LEGACY_KERAS took effect
-    image_bytes = tf.keras.Input(shape=(), dtype=tf.string, name="image_bytes")
-    layer = hub.KerasLayer(handle, signature="serving_default", output_key="predictions")
-    keras_model = tf.keras.Model(image_bytes, layer(image_bytes))
-    np.save(os.path.join(out_dir, "keras_predict.npy"), keras_model.predict(batch, verbose=0))
-    np.save(os.path.join(out_dir, "keras_call.npy"), keras_model(tf.constant(batch)).numpy())
+assert tf.keras.__name__.startswith("tf_keras"), tf.keras.__name__  # TF_USE_LEGACY_KERAS took effect
+image_bytes = tf.keras.Input(shape=(), dtype=tf.string, name="image_bytes")
+layer = hub.KerasLayer(handle, signature="serving_default", output_key="predictions")
+keras_model = tf.keras.Model(image_bytes, layer(image_bytes))
+np.save(os.path.join(out_dir, "keras_predict.npy"), keras_model.predict(batch, verbose=0))
+np.save(os.path.join(out_dir, "keras_call.npy"), keras_model(tf.constant(batch)).numpy())
 """
 
 
@@ -319,30 +318,36 @@ def serve_folder(folder):
         thread.join(timeout=10)
 
 
-def _run_client(handle, out_dir, mode, images, cache_dir, legacy_keras):
+def _run_client(handle, out_dir, images, cache_dir):
+    """CLIENT in a fresh process with Keras 2 (TF_USE_LEGACY_KERAS, read when tensorflow is imported)."""
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}  # never leave loopback
-    env.update(TFHUB_CACHE_DIR=str(cache_dir), NO_PROXY=LOOPBACK, no_proxy=LOOPBACK, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("TF_USE_LEGACY_KERAS", None)
-    if legacy_keras:
-        env["TF_USE_LEGACY_KERAS"] = "1"  # in the environment, so it is set before tensorflow is imported
+    env.update(TFHUB_CACHE_DIR=str(cache_dir), NO_PROXY=LOOPBACK, no_proxy=LOOPBACK, TF_CPP_MIN_LOG_LEVEL="2",
+               TF_USE_LEGACY_KERAS="1")
     os.makedirs(out_dir, exist_ok=True)
-    r = subprocess.run([sys.executable, "-c", CLIENT, handle, str(out_dir), mode, *images],
+    r = subprocess.run([sys.executable, "-c", CLIENT, handle, str(out_dir), *images],
                        capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, env=env)
     assert r.returncode == 0, r.stderr[-4000:]
     return {f[:-4]: np.load(os.path.join(out_dir, f), allow_pickle=False) for f in os.listdir(out_dir)}
 
 
-def test_hub_load_by_url_then_from_cache_and_as_keras_layer(dist, exported, reference, image_files, tmp_path):
+def test_hub_load_by_url_then_from_cache_and_as_keras_layer(dist, exported, reference, image_files, tmp_path,
+                                                             monkeypatch):
     pkg = dist["vila_r_tiny"]
     cache = tmp_path / "tfhub_cache"
     with serve_folder(os.path.dirname(pkg.archive)) as server:
         host, port = server.server_address[:2]
         assert host == LOOPBACK
         url = f"http://{LOOPBACK}:{port}/{os.path.basename(pkg.archive)}"
-        first = _run_client(url, tmp_path / "first", "load", image_files, cache, legacy_keras=False)
+        # By URL in this process, with the environment `_run_client` gives a client; a fresh
+        # process reads the cache below.
+        for k in [k for k in os.environ if "proxy" in k.lower()]:  # never leave loopback
+            monkeypatch.delenv(k)
+        for k, v in dict(TFHUB_CACHE_DIR=str(cache), NO_PROXY=LOOPBACK, no_proxy=LOOPBACK).items():
+            monkeypatch.setenv(k, v)
+        first = _predictions(url, image_files)
         # hub asks for the compressed format; the one download is the only request.
         assert server.requests == [f"/{os.path.basename(pkg.archive)}?tf-hub-format=compressed"]
-    np.testing.assert_array_equal(first["hub_load"], reference["vila_r_tiny"])
+    np.testing.assert_array_equal(first, reference["vila_r_tiny"])
 
     # hub unpacked it into the cache under the sha1 of the handle: exactly the SavedModel's files.
     cached = cache / hashlib.sha1(url.encode()).hexdigest()
@@ -351,7 +356,7 @@ def test_hub_load_by_url_then_from_cache_and_as_keras_layer(dist, exported, refe
                                                             "rb").read()
 
     # The server is gone: a new process loads the same URL from the cache, by hub.load and as a layer.
-    second = _run_client(url, tmp_path / "second", "keras", image_files, cache, legacy_keras=True)
+    second = _run_client(url, tmp_path / "second", image_files, cache)
     np.testing.assert_array_equal(second["hub_load"], reference["vila_r_tiny"])
     np.testing.assert_array_equal(second["keras_call"], reference["vila_r_tiny"])
     np.testing.assert_array_equal(second["keras_predict"], reference["vila_r_tiny"])
