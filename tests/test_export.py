@@ -63,15 +63,9 @@ def test_captions_are_detokenized_ids(jaxless, spm_model):
 
 def test_text_embedding_matches_golden_prompt_and_python_tokenizer(jaxless, spm_model, loaded_fixtures):
     """text_embedding(text) == the Flax text tower on ids from the Python SentencePiece library."""
-    import jax
-    import sentencepiece as spm
-    from export.model import heads
-    from test_tokenizer import lingvo_strings_to_ids
-    sp = spm.SentencePieceProcessor(model_file=spm_model)
+    from test_tokenizer import flax_text_embeddings
     texts = ["good image", "a photo of a dog", "", "lovely bokeh in the background " * 10]
-    ck = loaded_fixtures["vila_r_tiny"]
-    ids, paddings = lingvo_strings_to_ids(sp, texts, 64)
-    want = np.asarray(jax.jit(lambda p, i, m: heads.text_embedding(p, ck.config, i, m))(ck.params, ids, paddings))
+    want = flax_text_embeddings(loaded_fixtures["vila_r_tiny"], spm_model, texts, 64)
     for b in (1, 3, 4):
         np.testing.assert_allclose(jaxless["vila_r_tiny"][f"{b}/text_embedding"], want[:b], atol=TOL)
 
@@ -92,16 +86,12 @@ def test_zero_shot_and_attributes_match_release_formula(jaxless, spm_model, load
     own image embeddings (golden.npz) against the six pairs' text embeddings (the Flax text tower,
     golden-checked in test_model_golden, on ids from the Python SentencePiece library, 4 tokens as
     the release tokenizes them; the goldens hold no praxis embedding of these prompts)."""
-    import jax
-    import sentencepiece as spm
     from export.model import heads
-    from test_tokenizer import lingvo_strings_to_ids
-    sp = spm.SentencePieceProcessor(model_file=spm_model)
+    from test_tokenizer import flax_text_embeddings
     prompts = [p for a in RELEASE_ATTRIBUTES for p in (f"good {a}", f"bad {a}")]
     assert list(heads.ZERO_SHOT_PROMPTS) == prompts  # run_vila_predict._ZSL_QUALITY_PROMPTS, in order
-    ck, g = loaded_fixtures[name], golden(name)
-    ids, pad = lingvo_strings_to_ids(sp, prompts, 4)
-    txt = np.asarray(jax.jit(lambda p, i, m: heads.text_embedding(p, ck.config, i, m))(ck.params, ids, pad))
+    g = golden(name)
+    txt = flax_text_embeddings(loaded_fixtures[name], spm_model, prompts, 4)
     want = _release_pair_softmax(g["pred/contrastive_img_embed_norm"], txt)
     for b in (1, 3, 8):
         np.testing.assert_allclose(jaxless[name][f"{b}/zero_shot_attributes"], _tile(want, b), atol=1e-5)

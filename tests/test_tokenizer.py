@@ -26,6 +26,18 @@ def lingvo_strings_to_ids(sp, strings, max_length):
     return ids, paddings
 
 
+def flax_text_embeddings(checkpoint, spm_model, texts, max_length):
+    """The Flax text tower's embeddings (golden-checked in test_model_golden) of `texts`, on ids from
+    the Python SentencePiece library with lingvo's conventions: the reference for texts the goldens
+    hold no praxis embedding of. Jitted: one compilation, not one per operation."""
+    import jax
+    import sentencepiece as spm
+    from export.model import heads
+    ids, paddings = lingvo_strings_to_ids(spm.SentencePieceProcessor(model_file=spm_model), list(texts), max_length)
+    cfg = checkpoint.config
+    return np.asarray(jax.jit(lambda p, i, m: heads.text_embedding(p, cfg, i, m))(checkpoint.params, ids, paddings))
+
+
 @pytest.fixture(scope="module")
 def tokenizers(spm_model):
     import sentencepiece as spm

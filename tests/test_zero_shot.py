@@ -5,6 +5,7 @@ import pytest
 from scipy.special import softmax
 
 from conftest import golden
+from test_tokenizer import flax_text_embeddings
 from vila_tf import contact_sheet, zero_shot
 
 ATTRIBUTES = ("image", "lighting", "content", "background", "foreground", "composition")
@@ -123,19 +124,6 @@ def _praxis_inputs(name):
     return list(canvas)
 
 
-def _flax_text(loaded_fixtures, spm_model, name, texts, length):
-    """Text embeddings from the Flax text tower (golden-checked in test_model_golden) on ids from
-    the Python SentencePiece library with lingvo's conventions: the goldens hold no praxis
-    embedding of these prompts."""
-    import jax
-    import sentencepiece as spm
-    from export.model import heads
-    from test_tokenizer import lingvo_strings_to_ids
-    ids, pad = lingvo_strings_to_ids(spm.SentencePieceProcessor(model_file=spm_model), list(texts), length)
-    ck = loaded_fixtures[name]
-    return np.asarray(jax.jit(lambda p, i, m: heads.text_embedding(p, ck.config, i, m))(ck.params, ids, pad))
-
-
 @pytest.fixture(scope="module")
 def models(exported):
     import vila_tf
@@ -151,7 +139,7 @@ def test_attributes_equal_praxis_pair_softmax(models, loaded_fixtures, spm_model
     against the release's prompts tokenized to 4 tokens, in the release's order, within 1e-5."""
     image = golden(name)["pred/contrastive_img_embed_norm"]
     prompts = [p for pair in zero_shot.RELEASE_PAIRS for p in pair]
-    want = _scipy_pairs(image, _flax_text(loaded_fixtures, spm_model, name, prompts, 4))
+    want = _scipy_pairs(image, flax_text_embeddings(loaded_fixtures[name], spm_model, prompts, 4))
     got = models[name].zero_shot(_praxis_inputs(name), attributes=True)
     assert got.names == ATTRIBUTES and got.prompts == zero_shot.RELEASE_PAIRS
     np.testing.assert_allclose(got.pairs, want, atol=1e-5)
@@ -166,7 +154,7 @@ def test_own_prompt_pairs_equal_praxis_pair_softmax(models, loaded_fixtures, spm
     text embeddings at the text_embedding signature's 64 tokens, within 1e-4."""
     pairs = [("sharp photo", "blurry photo"), ("the colors are vivid and the focus is sharp", "too dark, underexposed shadows")]
     image = golden(name)["pred/contrastive_img_embed_norm"]
-    want = _scipy_pairs(image, _flax_text(loaded_fixtures, spm_model, name, [p for q in pairs for p in q], 64))
+    want = _scipy_pairs(image, flax_text_embeddings(loaded_fixtures[name], spm_model, [p for q in pairs for p in q], 64))
     got = models[name].zero_shot(_praxis_inputs(name), prompts=[pairs[0], "|".join(pairs[1])])
     assert got.names == ("sharp photo|blurry photo",
                          "the colors are vivid and the focus is sharp|too dark, underexposed shadows")
