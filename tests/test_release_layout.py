@@ -17,6 +17,10 @@ TOL = 1e-4
 # Release folder -> (fixture standing in for it, export name)
 PUBLISHED = {"vila_rank_tuned": ("vila_r_tiny", "vila_r"), "vila_pretrain": ("vila_p_tiny", "vila_p"),
              "laion_pretrain": ("vila_p_tiny", "laion_coca")}
+# What the real `make export` runs on: one model of each kind. The LAION stand-in would be the same
+# fixture through the same export a second time (10 s of CPU); its naming and place in the layout
+# are checked with the writing stubbed (test_published_layout_names_all_three).
+EXPORTED_FOR_REAL = ("vila_rank_tuned", "vila_pretrain")
 
 
 def _copy_checkpoint(fixture, dest):
@@ -70,24 +74,50 @@ def _check_goldens(savedmodel, fixture):
             assert lengths[row] == n
 
 
+def _published_copy(vila, spm_model, folders):
+    for folder in folders:
+        _copy_checkpoint(PUBLISHED[folder][0], vila / "checkpoints" / folder)
+    (vila / "spm_model").mkdir()
+    shutil.copy(spm_model, vila / "spm_model" / "spm.model")
+
+
 @pytest.mark.long
 def test_published_layout(tmp_path, spm_model):
     vila = tmp_path / "vila"
-    for folder, (fixture, _) in PUBLISHED.items():
-        _copy_checkpoint(fixture, vila / "checkpoints" / folder)
-    (vila / "spm_model").mkdir()
-    shutil.copy(spm_model, vila / "spm_model" / "spm.model")
+    _published_copy(vila, spm_model, EXPORTED_FOR_REAL)
     out = tmp_path / "exported"
     r = _make_export(vila, out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for folder, (fixture, name) in PUBLISHED.items():
+    for folder in EXPORTED_FOR_REAL:
+        fixture, name = PUBLISHED[folder]
         path = out / name / "1"
         assert (path / "saved_model.pb").is_file(), name
         assert f"{path}\t" in r.stdout  # the size report names every export
         _check_goldens(str(path), fixture)
     config = (out / "models.config").read_text()
-    assert all(f'name: "{n}"' in config for _, n in PUBLISHED.values())
+    assert all(f'name: "{PUBLISHED[f][1]}"' in config for f in EXPORTED_FOR_REAL)
     assert str(vila / "spm_model" / "spm.model") in r.stderr
+
+
+def test_published_layout_names_all_three(tmp_path, spm_model, monkeypatch, capsys):
+    """All three released checkpoints, in the release's order, each under its export name and in
+    models.config. (In-process, with the SavedModel writing stubbed: the real writes of both model
+    kinds are checked by `test_published_layout`.)"""
+    from export import __main__ as cli
+    vila = tmp_path / "vila"
+    _published_copy(vila, spm_model, PUBLISHED)
+    written = _stub_savedmodel_write(monkeypatch)
+    out = tmp_path / "exported"
+    assert cli.main(["all", "--vila-dir", str(vila), "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    spm_path = str(vila / "spm_model" / "spm.model")
+    assert written == [(spm_path, "vila_r"), (spm_path, "vila_p"), (spm_path, "vila_p")]
+    names = [name for _, name in PUBLISHED.values()]
+    assert sorted(os.listdir(out)) == sorted(["batching_parameters.txt", "models.config", *names])
+    assert all((out / n / "1" / "saved_model.pb").is_file() for n in names)
+    config = (out / "models.config").read_text()
+    assert all(f'name: "{n}"' in config for n in names)
+    assert all(f"{out / n / '1'}\t" in report for n in names)  # the size report names every export
 
 
 def test_flat_layout_and_checkpoints_folder(tmp_path, spm_model, monkeypatch, capsys):
