@@ -371,6 +371,6 @@ def test_vila_tf_works_without_beam(exported):
             "assert vila_tf.cli.main(['info', sys.argv[1]]) == 0\n"
             "sys.exit(vila_tf.cli.main(['beam', 'score', sys.argv[1], '--input', 'x', '--output', 'y']))\n")
     r = subprocess.run([sys.executable, "-c", code, exported["vila_r_tiny"]], capture_output=True, text=True,
-                       timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+                       timeout=300, env=env_without_jax())
     assert r.returncode == 2, r.stderr
     assert "needs Apache Beam: pip install 'vila-tf[beam]'" in r.stderr

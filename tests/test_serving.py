@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import DATA, golden
+from conftest import env_without_jax, golden
 from vila_tf import serving
 from vila_tf.buckets import BUCKETS
 from vila_tf.signatures import ALL_SIGNATURES, SIGNATURE_INPUTS
@@ -20,8 +20,9 @@ README = os.path.join(os.path.dirname(__file__), "..", "docs", "serving.md")  # 
 def _check_cli(path):
     import subprocess
     import sys
+    # Where `import jax` fails, as on a serving host (and TensorFlow then does not import it).
     r = subprocess.run([sys.executable, "-m", "vila_tf.serving", "check", path], capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=os.path.dirname(DATA) + "/.."))
+                       env=env_without_jax())
     assert r.returncode == 0, r.stderr[-2000:]
     assert "OK: serves under tensorflow_model_server" in r.stderr
     return json.loads(r.stdout)
@@ -150,7 +151,7 @@ def test_request_cli_prints_the_body(tmp_path):
     img = tmp_path / "a.png"
     img.write_bytes(_png(9))
     r = subprocess.run([sys.executable, "-m", "vila_tf.serving", "request", "zero_shot", str(img), "--columnar"],
-                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.path.dirname(DATA) + "/.."))
+                       capture_output=True, text=True, env=env_without_jax())
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == serving.rest_request("zero_shot", [str(img)], columnar=True)
 
