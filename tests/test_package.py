@@ -318,11 +318,15 @@ def serve_folder(folder):
         thread.join(timeout=10)
 
 
+def _hub_environment(cache_dir) -> dict:
+    """TF Hub's cache in `cache_dir`, and loopback never proxied (used without the proxy variables)."""
+    return dict(TFHUB_CACHE_DIR=str(cache_dir), NO_PROXY=LOOPBACK, no_proxy=LOOPBACK)
+
+
 def _run_client(handle, out_dir, images, cache_dir):
     """CLIENT in a fresh process with Keras 2 (TF_USE_LEGACY_KERAS, read when tensorflow is imported)."""
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}  # never leave loopback
-    env.update(TFHUB_CACHE_DIR=str(cache_dir), NO_PROXY=LOOPBACK, no_proxy=LOOPBACK, TF_CPP_MIN_LOG_LEVEL="2",
-               TF_USE_LEGACY_KERAS="1")
+    env.update(_hub_environment(cache_dir), TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
     os.makedirs(out_dir, exist_ok=True)
     r = subprocess.run([sys.executable, "-c", CLIENT, handle, str(out_dir), *images],
                        capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, env=env)
@@ -338,11 +342,10 @@ def test_hub_load_by_url_then_from_cache_and_as_keras_layer(dist, exported, refe
         host, port = server.server_address[:2]
         assert host == LOOPBACK
         url = f"http://{LOOPBACK}:{port}/{os.path.basename(pkg.archive)}"
-        # By URL in this process, with the environment `_run_client` gives a client; a fresh
-        # process reads the cache below.
+        # By URL in this process, in a client's environment; a fresh process reads the cache below.
         for k in [k for k in os.environ if "proxy" in k.lower()]:  # never leave loopback
             monkeypatch.delenv(k)
-        for k, v in dict(TFHUB_CACHE_DIR=str(cache), NO_PROXY=LOOPBACK, no_proxy=LOOPBACK).items():
+        for k, v in _hub_environment(cache).items():
             monkeypatch.setenv(k, v)
         first = _predictions(url, image_files)
         # hub asks for the compressed format; the one download is the only request.
