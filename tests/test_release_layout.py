@@ -140,9 +140,7 @@ def test_flat_layout_and_checkpoints_folder(tmp_path, spm_model, monkeypatch, ca
 
     from export.checkpoints import release
     published = tmp_path / "vila"
-    _copy_checkpoint("vila_p_tiny", published / "checkpoints" / "vila_pretrain")
-    (published / "spm_model").mkdir()
-    shutil.copy(spm_model, published / "spm_model" / "spm.model")
+    _published_copy(published, spm_model, ["vila_pretrain"])
     found = release.find(str(published / "checkpoints"))
     assert found.models == (("vila_p", str(published / "checkpoints" / "vila_pretrain")),)
     assert found.spm_path == str(published / "spm_model" / "spm.model")
@@ -167,13 +165,10 @@ def test_unreadable_model_stops_after_reporting_complete_ones(tmp_path, spm_mode
     from export import __main__ as cli
     from export.checkpoints import paxml as checkpoint
     vila = tmp_path / "vila"
-    _copy_checkpoint("vila_r_tiny", vila / "checkpoints" / "vila_rank_tuned")
-    _copy_checkpoint("vila_p_tiny", vila / "checkpoints" / "vila_pretrain")
+    _published_copy(vila, spm_model, ["vila_rank_tuned", "vila_pretrain"])
     state = vila / "checkpoints" / "vila_pretrain" / "checkpoint_0" / "state" / "checkpoint"
     data = state.read_bytes()
     state.write_bytes(data[: len(data) // 3])
-    (vila / "spm_model").mkdir()
-    shutil.copy(spm_model, vila / "spm_model" / "spm.model")
 
     _stub_savedmodel_write(monkeypatch)
     out = tmp_path / "exported"
