@@ -133,6 +133,24 @@ def exported(tmp_path_factory, spm_model, worker_id):
     return {n: str(root / n / "1") for n in FIXTURES}
 
 
+@pytest.fixture(scope="session")
+def jaxless(exported, tmp_path_factory, worker_id):
+    """Both exports' outputs from one process where jax and Beam cannot be imported
+    (tests/jaxless_outputs.py: hub.load's signatures, the runtime, the command line), once per run:
+    the workers share them (`build_once`), as they share the exports."""
+    folder = str(shared_dir(tmp_path_factory, worker_id) / "jaxless")
+
+    def build(d):
+        os.makedirs(d)
+        args = [a for name, path in exported.items()
+                for a in (path, os.path.join(DATA, name, "golden.npz"), os.path.join(d, f"{name}.npz"))]
+        r = run_without_jax(os.path.join(os.path.dirname(DATA), "jaxless_outputs.py"), *args)
+        assert r.returncode == 0, r.stderr[-4000:]
+
+    build_once(folder, build)
+    return {name: np.load(os.path.join(folder, f"{name}.npz"), allow_pickle=False) for name in exported}
+
+
 def xla_call_module_functions(savedmodel) -> list:
     """(FunctionDef, XlaCallModule NodeDef) of every lowered head in the SavedModel's graph."""
     from tensorflow.core.protobuf import saved_model_pb2

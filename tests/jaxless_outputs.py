@@ -1,19 +1,55 @@
-"""Run by test_export.py in a process where jax cannot be imported: runs every signature of each
-export with hub.load on its fixture's inputs at batch sizes 1, 3 and 8 and saves the outputs.
+"""Run in a process where neither jax nor Apache Beam can be imported, as after a plain
+`pip install vila-tf` on a serving host (the `jaxless` fixture of tests/conftest.py, shared by
+test_export.py, test_runtime.py and test_beam.py): runs every signature of each export with hub.load
+on its fixture's inputs at batch sizes 1, 3 and 8, then the `vila_tf` runtime and command line on
+the same export, and saves the outputs.
 
     python jaxless_outputs.py SAVEDMODEL GOLDEN.npz OUT.npz [SAVEDMODEL GOLDEN.npz OUT.npz ...]
 """
+import contextlib
 import io
 import json
 import sys
 
-import numpy as np
-import tensorflow as tf
-import tensorflow_hub as hub
-import tensorflow_text  # noqa: F401  (registers the SentencePiece ops)
+
+class _BlockBeam:
+    """`import apache_beam` fails, as where the [beam] extra is not installed (jax is blocked by
+    tests/without_jax/sitecustomize.py)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "apache_beam":
+            raise ImportError("apache_beam is blocked")
+
+
+sys.meta_path.insert(0, _BlockBeam())
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_hub as hub  # noqa: E402
+import tensorflow_text  # noqa: E402,F401  (registers the SentencePiece ops)
 
 assert "jax" not in sys.modules
 ATTRIBUTES = ("image", "lighting", "content", "background", "foreground", "composition")
+GRAY = np.full((50, 60, 3), 128, np.uint8)  # the runtime's input (tests/test_runtime.py)
+
+
+def runtime(savedmodel_dir) -> dict:
+    """`vila_tf`'s score and caption of GRAY, and its command line: `info` runs, `beam` says what
+    to install (exit code and stderr)."""
+    import vila_tf
+    from vila_tf import cli
+    m = vila_tf.load(savedmodel_dir)
+    out = {"runtime/score": m.score([GRAY]), "runtime/caption": np.array(m.caption([GRAY]))}
+    m.close()
+    for name, args in (("info", ["info", savedmodel_dir]),
+                       ("beam", ["beam", "score", savedmodel_dir, "--input", "x", "--output", "y"])):
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            out[f"cli/{name}_returncode"] = np.array(cli.main(args))
+        out[f"cli/{name}_stderr"] = np.array(err.getvalue())
+    # None of jax, flax or Beam is loaded (blocked, an import of one that is not guarded fails).
+    out["imported_blocked"] = np.array(sorted({k.split(".")[0] for k in sys.modules} & {"jax", "flax", "apache_beam"}))
+    return out
 
 
 def run(savedmodel_dir, golden_path, out_path):
@@ -55,6 +91,7 @@ def run(savedmodel_dir, golden_path, out_path):
         out["bad_image_error"] = np.array(e.message)
     # variables captured by all signatures together: each parameter exactly once
     n_vars = len({id(v) for f in model.signatures.values() for v in f.variables})
+    out.update(runtime(savedmodel_dir))
     np.savez(out_path, n_vars=np.array(n_vars), **out)
     print(json.dumps({"ok": True, "variables": n_vars}))
 

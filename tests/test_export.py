@@ -6,29 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import (DATA, build_once, export_command, golden, run_without_jax, shared_dir, xla_call_module_functions,
-                      xla_call_modules)
+from conftest import DATA, export_command, golden, xla_call_module_functions, xla_call_modules
 from export.model.tree import flatten
 
-HERE = os.path.dirname(__file__)
 TOL = 1e-4
-
-
-@pytest.fixture(scope="session")
-def jaxless(exported, tmp_path_factory, worker_id):
-    """Both exports' outputs from one jax-free process, once per run: the workers that run this
-    module's tests share them (`build_once`), as they share the exports."""
-    folder = str(shared_dir(tmp_path_factory, worker_id) / "jaxless")
-
-    def build(d):
-        os.makedirs(d)
-        args = [a for name, path in exported.items()
-                for a in (path, os.path.join(DATA, name, "golden.npz"), os.path.join(d, f"{name}.npz"))]
-        r = run_without_jax(os.path.join(HERE, "jaxless_outputs.py"), *args)
-        assert r.returncode == 0, r.stderr[-4000:]
-
-    build_once(folder, build)
-    return {name: np.load(os.path.join(folder, f"{name}.npz"), allow_pickle=False) for name in exported}
 
 
 def _tile(x, b):
