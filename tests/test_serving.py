@@ -1,6 +1,5 @@
 """TF Serving readiness, checked the way tensorflow_model_server loads and runs a SavedModel."""
 import base64
-import functools
 import json
 import os
 import re
@@ -73,10 +72,12 @@ def _png(seed, h=120, w=90):
     return tf.io.encode_png(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).numpy()
 
 
-@functools.lru_cache(maxsize=None)
-def _hub(path):
-    import tensorflow_hub as hub
-    return hub.load(path)
+def _tf2(path):
+    """The export as TensorFlow 2 code loads it, `tf.saved_model.load` (which `hub.load` calls for a
+    local path): this process's loaded object, whose functions other tests have already run
+    (`reuse_loaded_savedmodels` in conftest.py)."""
+    import tensorflow_text  # noqa: F401
+    return tf.saved_model.load(path)
 
 
 # Batches of 1 and 4, sizes the warmup requests also use: the run's compilation cache then serves
@@ -95,7 +96,7 @@ CASES = [
 
 @pytest.mark.parametrize("columnar", [False, True])
 @pytest.mark.parametrize("signature,make_items", CASES)
-def test_rest_bodies_through_session_equal_hub_load(exported, session_models, signature, make_items, columnar):
+def test_rest_bodies_through_session_equal_tf2_calls(exported, session_models, signature, make_items, columnar):
     items = make_items()
     for name, path in exported.items():
         body = json.loads(json.dumps(serving.rest_request(signature, items, columnar=columnar)))  # over the wire
@@ -105,8 +106,8 @@ def test_rest_bodies_through_session_equal_hub_load(exported, session_models, si
         response = json.loads(json.dumps(serving.rest_response(session_out, columnar=columnar)))
         parsed = serving.parse_rest_response(response, signature)
         key, _ = SIGNATURE_INPUTS[signature]
-        hub_out = _hub(path).signatures[signature](**{key: tf.constant(inputs[key])})
-        for k, v in hub_out.items():
+        tf2_out = _tf2(path).signatures[signature](**{key: tf.constant(inputs[key])})
+        for k, v in tf2_out.items():
             if v.dtype == tf.string:
                 assert parsed[k] == [s.decode() for s in v.numpy()]
             else:
@@ -114,7 +115,7 @@ def test_rest_bodies_through_session_equal_hub_load(exported, session_models, si
 
 
 @pytest.mark.parametrize("signature,make_items", CASES)
-def test_grpc_requests_through_session_equal_hub_load(exported, session_models, signature, make_items):
+def test_grpc_requests_through_session_equal_tf2_calls(exported, session_models, signature, make_items):
     from tensorflow_serving.apis import predict_pb2
     items = make_items()
     path = exported["vila_r_tiny"]
@@ -124,8 +125,8 @@ def test_grpc_requests_through_session_equal_hub_load(exported, session_models, 
     sig, inputs = serving.request_to_inputs(req)
     out = session_models["vila_r_tiny"].run(sig, inputs)
     key, _ = SIGNATURE_INPUTS[signature]
-    hub_out = _hub(path).signatures[signature](**{key: tf.constant(inputs[key])})
-    for k, v in hub_out.items():
+    tf2_out = _tf2(path).signatures[signature](**{key: tf.constant(inputs[key])})
+    for k, v in tf2_out.items():
         if v.dtype == tf.string:
             np.testing.assert_array_equal(out[k], v.numpy())
         else:
