@@ -323,7 +323,6 @@ def test_sigkill_mid_cli_run_leaves_complete_rows_then_resumes(exported, tmp_pat
 def _mixed_calls(model, photos, texts):
     return [
         lambda i: model.score([photos[i % len(photos)]]),
-        lambda i: model.score([photos[(i + 4) % len(photos)], photos[(i + 5) % len(photos)]]),  # padded to 4
         lambda i: model.zero_shot([photos[(i + 1) % len(photos)]]),
         lambda i: model.image_embedding([photos[(i + 2) % len(photos)]]),
         lambda i: model.text_embedding([texts[i % len(texts)]]),

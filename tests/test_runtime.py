@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -119,6 +120,29 @@ def test_other_heads(model, photos, exported):
     text = m.signatures["text_embedding"](text=tf.constant(texts))["text_embedding"].numpy()
     np.testing.assert_allclose(sim, image @ text.T, atol=1e-5)  # cosines of unit vectors
     assert model.caption([b"junk"])[0] is None
+
+
+def test_thread_safety(model, photos):
+    d, arrays = photos
+    inputs = [[arrays[i % 5], arrays[(i + 1) % 5]] for i in range(8)]
+    single = [model.score(x) for x in inputs]
+    results, failures = {}, []
+
+    def worker(t):
+        try:
+            results[t] = [model.score(inputs[t]) for _ in range(20)]
+        except Exception as e:  # noqa: BLE001
+            failures.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not failures
+    for t in range(8):
+        for r in results[t]:
+            np.testing.assert_array_equal(r, single[t])
 
 
 def test_serving_base_folder_takes_newest_version(exported, tmp_path):
