@@ -11,17 +11,10 @@ import io
 import json
 import sys
 
+from blocked_imports import block  # tests/ is on the path (conftest.run_without_jax)
 
-class _BlockBeam:
-    """`import apache_beam` fails, as where the [beam] extra is not installed (jax is blocked by
-    tests/without_jax/sitecustomize.py)."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "apache_beam":
-            raise ImportError("apache_beam is blocked")
-
-
-sys.meta_path.insert(0, _BlockBeam())
+# As where the [beam] extra is not installed (jax is blocked by tests/without_jax/sitecustomize.py).
+block(("apache_beam",), "a plain install has no Beam")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -111,11 +111,10 @@ def test_compute_params_casts_only_matmul_weights():
 def _run_runner(bundle, *args):
     """benchmarks/accelerator.py in a fresh process in which `import tensorflow` fails."""
     code = ("import sys\n"
-            "class _Block:\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.split('.')[0] in ('tensorflow', 'tensorflow_text', 'tf_keras', 'flax'):\n"
-            "            raise ImportError(f'{name} is blocked: the runner must need only jax and numpy')\n"
-            "sys.meta_path.insert(0, _Block())\n"
+            f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+            "from blocked_imports import block\n"
+            "block(('tensorflow', 'tensorflow_text', 'tf_keras', 'flax'), 'the runner must need only jax and numpy')\n"
+            "sys.path.pop(0)\n"
             f"sys.argv = [{RUNNER!r}, {bundle!r}] + {list(args)!r}\n"
             f"exec(compile(open({RUNNER!r}).read(), {RUNNER!r}, 'exec'))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
