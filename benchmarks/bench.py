@@ -400,7 +400,7 @@ def compilation(model, pixels, new_batch: int, repeats: int) -> dict:
     """First call of a batch size the signature has not seen (an XLA compilation) vs steady state,
     and how many compilations the runtime's buckets cost for every batch size 1..64."""
     import tensorflow as tf
-    from vila_tf import buckets
+    from vila_tf.core import buckets
     x = tf.constant(np.concatenate([pixels] * (new_batch // len(pixels) + 1))[:new_batch])
     r = timed(lambda: model.signatures["score_pixels"](image=x)["predictions"].numpy(), repeats)
     padded = [size for n in range(1, 65) for _, _, size in buckets.chunks(n)]

@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     text = json.dumps(res, indent=1)
     print(text)
     if a.out:
-        from vila_tf.atomic import atomic_file
+        from vila_tf.core.atomic import atomic_file
         with atomic_file(a.out) as f:
             f.write(text)
     return 0

@@ -69,7 +69,7 @@ def main():
     result["ratio"] = result["peak_rss_bytes"] / result["file_bytes"]
     result["machine"] = {"cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0]}
     if a.out:
-        from vila_tf.atomic import atomic_file
+        from vila_tf.core.atomic import atomic_file
         with atomic_file(a.out) as f:
             f.write(json.dumps(result, indent=1) + "\n")
     if a.json:

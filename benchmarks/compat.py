@@ -246,7 +246,7 @@ def main(argv=None) -> int:
         os.makedirs(work, exist_ok=True)
         report = matrix(args.venvs, releases, targets, work)
     report["seconds"] = round(time.time() - t0)
-    from vila_tf.atomic import atomic_file
+    from vila_tf.core.atomic import atomic_file
     with atomic_file(args.out) as f:
         f.write(json.dumps(report, indent=1) + "\n")
     print(table(report))

@@ -64,7 +64,7 @@ def signature_inputs(work: str) -> dict:
     """{signature: {input key: array}} from the inputs compat.py wrote (the same in every release)."""
     import numpy as np
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from vila_tf.signatures import BYTES, PIXELS, SIGNATURE_INPUTS
+    from vila_tf.core.signatures import BYTES, PIXELS, SIGNATURE_INPUTS
     data = np.load(os.path.join(work, "inputs.npz"), allow_pickle=False)
     images = np.array([bytes(data["png"]), bytes(data["jpeg"])], dtype=object)
     texts = np.array([t.encode() for t in data["texts"]], dtype=object)

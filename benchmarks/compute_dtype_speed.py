@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         row["speed_vs_float32"] = base / row["seconds"]
     print(json.dumps(res, indent=1))
     if a.out:
-        from vila_tf.atomic import atomic_file
+        from vila_tf.core.atomic import atomic_file
         with atomic_file(a.out) as f:
             json.dump(res, f, indent=1)
     return 0

@@ -90,7 +90,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
     if a.out:
         sys.path.insert(0, ROOT)
-        from vila_tf.atomic import atomic_file
+        from vila_tf.core.atomic import atomic_file
         with atomic_file(a.out) as f:
             json.dump(report, f, indent=1)
     return 0

@@ -102,7 +102,7 @@ def measure(stats: dict, rounds: int) -> dict:
     import tensorflow as tf
     import tensorflow_text  # noqa: F401
     from ai_edge_litert.interpreter import Interpreter
-    from vila_tf import preprocessing
+    from vila_tf.savedmodel import preprocessing
     from vila_tf.litert import format as litert_format
     meta = litert_format.read_metadata(stats["litert"])
     sm = tf.saved_model.load(stats["savedmodel"])

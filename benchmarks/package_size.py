@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     text = json.dumps(result, indent=1)
     print(text)
     sys.path.insert(0, ROOT)
-    from vila_tf.atomic import atomic_file
+    from vila_tf.core.atomic import atomic_file
     with atomic_file(args.out) as f:
         f.write(text + "\n")
     return 0

@@ -1,7 +1,7 @@
 """Throughput of the streaming pipeline on camera-size JPEGs: end to end against its parts.
 
 On one folder of camera-size JPEGs (2000x1500 by default), in one run and one process:
-  decode only   the decode threads alone (read + decode + resize, `vila_tf.pipeline`), images/s;
+  decode only   the decode threads alone (read + decode + resize, `vila_tf.core.pipeline`), images/s;
   model only    the `score_pixels` signature on ready pixels, batches of 32, images/s;
   in turn       decode a chunk, then score it, then the next (the runtime before streaming);
   stream        `VilaModel.stream("score", folder)`: decoding overlapped with the model;
@@ -98,8 +98,8 @@ CLI_WITH_PEAK = ("import sys\n"
 
 def describe(model_path: str) -> str:
     """'vila_r, model_dims 64, 2 encoder layers, demo weights' from the export's metadata."""
-    from vila_tf.versions import resolve_savedmodel
-    from vila_tf.signatures import METADATA_RELATIVE
+    from vila_tf.core.versions import resolve_savedmodel
+    from vila_tf.core.signatures import METADATA_RELATIVE
     with open(os.path.join(resolve_savedmodel(model_path), METADATA_RELATIVE)) as f:
         meta = json.load(f)
     cfg = meta.get("config", {})
@@ -128,7 +128,8 @@ def run_cli(model_path: str, inputs: list[str], out_csv: str, package_dir: str |
 def measure(model_path: str, folder: str, rounds: int, chunk: int = 128) -> dict:
     import tensorflow as tf
     import vila_tf
-    from vila_tf import inputs as inputs_lib, pipeline
+    from vila_tf.inputs import items as inputs_lib
+    from vila_tf.core import pipeline
     model = vila_tf.load(model_path)
     files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
     n = len(files)

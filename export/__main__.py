@@ -16,7 +16,7 @@ import sys
 
 from .model.config import ConfigError
 from . import PROG
-from vila_tf.digest import file_sha256
+from vila_tf.core.digest import file_sha256
 
 # Every subcommand with its one-line job: what `python -m export --help` lists. Without a
 # subcommand the arguments are the one-model export's (`export`).

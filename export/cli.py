@@ -16,7 +16,7 @@ if "tensorflow" not in sys.modules:
 from . import PROG, host_memory  # noqa: E402
 from .checkpoints import paxml as checkpoint, release  # noqa: E402
 from .model.config import VilaConfig  # noqa: E402
-from vila_tf.digest import file_sha256  # noqa: E402
+from vila_tf.core.digest import file_sha256  # noqa: E402
 
 DEMO_NAME = "vila_demo"
 DEMO_SEED = 20230618

@@ -308,12 +308,12 @@ def env_without_tensorflow() -> dict:
 
 
 def vila_tf_command(*args, cwd=None):
-    """`vila-tf ARGS` through the console script's own entry point, `vila_tf.cli.main`, in this
+    """`vila-tf ARGS` through the console script's own entry point, `vila_tf.cli.main.main`, in this
     process: a subprocess.CompletedProcess (returncode, stdout, stderr as text with universal
     newlines, as `subprocess.run(..., text=True)` gives them). A fresh process would spend 4-5 s
     importing TensorFlow before the command starts; the tests that are about the process itself
     (the installed script, a run without jax, SIGKILL, Ctrl-C) still start one."""
-    from vila_tf import cli
+    from vila_tf.cli import main as cli
     return _command_in_process(cli.main, "vila-tf", args, cwd)
 
 

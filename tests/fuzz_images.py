@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import image_mutations as im  # noqa: E402
-from vila_tf import preprocessing  # noqa: E402
+from vila_tf.savedmodel import preprocessing  # noqa: E402
 
 STATS = {"inputs": 0, "ok": 0, "rejected": 0, "model_calls": 0, "started": time.time()}
 SEEDS = sorted(im.seeds().values())

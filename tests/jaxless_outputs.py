@@ -30,7 +30,7 @@ def runtime(savedmodel_dir) -> dict:
     """`vila_tf`'s score and caption of GRAY, and its command line: `info` runs, `beam` says what
     to install (exit code and stderr)."""
     import vila_tf
-    from vila_tf import cli
+    from vila_tf.cli import main as cli
     m = vila_tf.load(savedmodel_dir)
     out = {"runtime/score": m.score([GRAY]), "runtime/caption": np.array(m.caption([GRAY]))}
     m.close()

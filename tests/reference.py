@@ -34,7 +34,7 @@ def in_buckets(fn, items: list) -> np.ndarray:
     """fn over `items` in pieces of the runtime's bucket sizes (the last one padded with copies of
     its first item, and those rows dropped): every shape a test compiles is one that vila_tf and
     the warmup requests compile too, so the run's compilation cache serves them all once."""
-    from vila_tf import buckets
+    from vila_tf.core import buckets
     out = []
     for start, stop, size in buckets.chunks(len(items)):
         piece = items[start:stop]

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from conftest import DATA, FIXTURE_OVERRIDES, build_once, shared_dir, golden
 from export.model.tree import flatten
-from vila_tf.signatures import ZERO_SHOT_ATTRIBUTES
+from vila_tf.core.signatures import ZERO_SHOT_ATTRIBUTES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(ROOT, "benchmarks", "accelerator.py")

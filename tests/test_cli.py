@@ -99,7 +99,7 @@ def test_caption_and_embed(exported, folder, references):
 
 
 def test_contact_sheet(exported, folder, tmp_path):
-    from vila_tf import contact_sheet
+    from vila_tf.cli import contact_sheet
     sheet = tmp_path / "sheet.png"
     r = run("score", exported["vila_r_tiny"], folder, "--contact-sheet", sheet, "--with-captions", "--format", "csv")
     assert r.returncode == 1  # the corrupt file is still reported
@@ -152,7 +152,7 @@ def test_zero_shot_attribute_and_prompt_columns(exported, folder, expected_zero_
 def test_zero_shot_resume_and_sheet_with_prompts(exported, folder, expected_zero_shot, tmp_path):
     """--resume continues a --prompt run (its contact sheet draws the kept rows' bars too) and
     refuses a file written with other pairs."""
-    from vila_tf import contact_sheet
+    from vila_tf.cli import contact_sheet
     files, _, own = expected_zero_shot
     out, sheet = tmp_path / "zs.jsonl", tmp_path / "zs.png"
     prompts = ["--prompt", OWN_PAIRS[0], "--prompt", OWN_PAIRS[1]]
@@ -165,7 +165,7 @@ def test_zero_shot_resume_and_sheet_with_prompts(exported, folder, expected_zero
     np.testing.assert_allclose([[x[p] for p in OWN_PAIRS] for x in rows], own[1], atol=1e-5)
     assert Image.open(sheet).size == contact_sheet.sheet_size(len(files), False, attribute_rows=2)
     # a run with other pairs cannot continue this file (checked in-process: the CLI reports it as exit 2)
-    from vila_tf import results_file
+    from vila_tf.output import results_file
     with pytest.raises(results_file.ResumeError, match="not this run's"):
         results_file.repair(str(out), "jsonl", results_file.columns("zero-shot", False, OWN_PAIRS[:1]))
 

@@ -20,8 +20,9 @@ from conftest import xla_call_modules
 from export.savedmodel import tf_targets
 from vila_tf import serving
 from vila_tf.serving.__main__ import main as serving_main
-from vila_tf import metadata, tf_compat
-from vila_tf.signatures import METADATA_RELATIVE
+from vila_tf.core import metadata
+from vila_tf.savedmodel import tf_compat
+from vila_tf.core.signatures import METADATA_RELATIVE
 
 
 def _metadata(path):

@@ -2,7 +2,7 @@
 not UTF-8 or hold line breaks, link loops, FIFOs, huge files, decode memory, two runs on one
 output, --resume across commands, outputs that are not ours, and errors as one line with exit 2.
 
-Most cases run `vila_tf.cli.main` in this process (the tiny export loads in a second once
+Most cases run `vila_tf.cli.main.main` in this process (the tiny export loads in a second once
 TensorFlow is imported); the three that need a process of their own (a real second run, a file
 size limit, Ctrl-C) start the console script.
 """
@@ -92,7 +92,9 @@ TRICKY = [LATIN1, "x\ry.png", "two\nlines.png", 'q"uote,comma.png', "=HYPERLINK(
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_every_name_is_written_readably_and_resume_reads_it_back(tmp_path, fmt):
-    from vila_tf import cli, inputs, results_file
+    from vila_tf.cli import main as cli
+    from vila_tf.inputs import items as inputs
+    from vila_tf.output import results_file
     cols = results_file.columns("score")
     sources = [str(tmp_path / n) for n in TRICKY]
     path = tmp_path / f"r.{fmt}"
@@ -107,7 +109,7 @@ def test_every_name_is_written_readably_and_resume_reads_it_back(tmp_path, fmt):
         assert cells[1][1] == "-0.5"  # numbers are never touched
     got = [r["input"] for r in results_file.read_rows(str(path), fmt, cols)]
     assert len(set(got)) == len(sources)  # lossless: every name distinct
-    from vila_tf import names
+    from vila_tf.core import names
     assert [names.source_of(g) for g in got] == sources  # and maps back to its file
     assert results_file.repair(str(path), fmt, cols) == len(sources)  # --resume accepts its own file
     skipper = cli._Skipper(str(path), fmt, cols, "score", None)
@@ -115,7 +117,7 @@ def test_every_name_is_written_readably_and_resume_reads_it_back(tmp_path, fmt):
 
 
 def test_formula_cells_are_guarded_and_read_back(tmp_path):
-    from vila_tf import results_file
+    from vila_tf.output import results_file
     cols = results_file.columns("score", with_captions=True)
     path = tmp_path / "f.csv"
     with open(path, "w", encoding="utf-8", newline="") as f:
@@ -172,7 +174,8 @@ def _in_thread(fn, timeout=30):
 
 
 def test_walk_visits_each_real_file_once_and_never_opens_fifos(messy):
-    from vila_tf import image_formats, inputs
+    from vila_tf.inputs import image_formats
+    from vila_tf.inputs import items as inputs
     report = image_formats.SkipReport()
     items = _in_thread(lambda: list(inputs.iter_items([str(messy), str(messy / "sub")], report)))
     got = sorted(os.path.relpath(it.source, messy) for it in items)
@@ -186,7 +189,8 @@ def test_walk_visits_each_real_file_once_and_never_opens_fifos(messy):
 
 
 def test_glob_star_star_ends_loops_and_skips_fifos(messy):
-    from vila_tf import image_formats, inputs
+    from vila_tf.inputs import image_formats
+    from vila_tf.inputs import items as inputs
     report = image_formats.SkipReport()
     items = _in_thread(lambda: list(inputs.iter_items([str(messy / "**" / "*.png")], report)))
     real = [os.path.realpath(it.source) for it in items]
@@ -197,7 +201,7 @@ def test_glob_star_star_ends_loops_and_skips_fifos(messy):
 
 
 def test_named_fifo_and_socket_are_errors_not_hangs(messy):
-    from vila_tf import inputs
+    from vila_tf.inputs import items as inputs
     items = list(inputs.iter_items([str(messy / "pipe.png"), str(messy / "sock.png"), str(messy / "zero.png")]))
     loaded = _in_thread(lambda: [inputs.load(it) for it in items], timeout=10)
     assert [it.error for it in loaded] == ["not a regular file (a FIFO): not read",
@@ -211,7 +215,8 @@ def _bytes_read() -> int:
 
 
 def test_huge_file_refused_before_it_is_read(tmp_path):
-    from vila_tf import decode_budget, inputs
+    from vila_tf.inputs import decode_budget
+    from vila_tf.inputs import items as inputs
     big = tmp_path / "big.jpg"
     with open(big, "wb") as f:
         f.write(b"\xff\xd8\xff\xe0")
@@ -229,7 +234,7 @@ def test_huge_file_refused_before_it_is_read(tmp_path):
 # --- decode memory (item 10) ------------------------------------------------------------------------
 
 def test_decode_budget_bounds_pixels_held_across_threads():
-    from vila_tf import decode_budget
+    from vila_tf.inputs import decode_budget
     budget = decode_budget.DecodeBudget(100)
     held, lock, over = [0], threading.Lock(), []
 
@@ -256,7 +261,8 @@ def test_decode_budget_bounds_pixels_held_across_threads():
 def test_decode_cost_is_read_from_the_header_before_the_file(tmp_path):
     """Full weight for what is decoded on the host (TIFF) or turned upright (EXIF orientation 6),
     a quarter for what the graph decodes as stored; the bytes count when they are more."""
-    from vila_tf import decode_budget, inputs
+    from vila_tf.inputs import decode_budget
+    from vila_tf.inputs import items as inputs
     im = Image.fromarray(np.zeros((300, 400, 3), np.uint8))
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -316,7 +322,8 @@ print(json.dumps({"rss_growth": peak - base, "budget_peak": m.decode_budget.peak
 
 def test_model_decodes_within_its_budget(exported, reference, tmp_path):
     import vila_tf
-    from vila_tf import decode_budget, inputs
+    from vila_tf.inputs import decode_budget
+    from vila_tf.inputs import items as inputs
     photos = [_png(60, 80, k) for k in range(8)]
     for k, p in enumerate(photos):
         (tmp_path / f"{k:02d}.png").write_bytes(p)
@@ -355,7 +362,7 @@ def test_records_identify_the_model(exported, tmp_path):
     """A SavedModel by the SHA-256 of its fingerprint.pb; a LiteRT export by its variant's recorded
     SHA-256; both without loading anything."""
     import hashlib
-    from vila_tf import output_file
+    from vila_tf.output import output_file
     from vila_tf.litert import format as litert_format
     got = output_file.model_record(exported["vila_r_tiny"])
     fingerprint = hashlib.sha256(open(os.path.join(exported["vila_r_tiny"], "fingerprint.pb"), "rb").read())
@@ -434,14 +441,14 @@ def test_a_second_run_on_a_locked_output_is_refused_naming_the_first(three, tmp_
 # `vila-tf score ...` in a fresh process whose reads of one named photo are patched (scripts below).
 PATCHED_RUN = """
 import os, sys, threading, time
-from vila_tf import inputs
+from vila_tf.inputs import items as inputs
 real = inputs.load
 def load(item, *a, **k):
     if item.source.endswith(os.environ["PATCHED_NAME"]):
         %s
     return real(item, *a, **k)
 inputs.load = load
-from vila_tf import cli
+from vila_tf.cli import main as cli
 sys.argv = ["vila-tf"] + sys.argv[1:]
 sys.exit(cli.main())
 """
@@ -593,7 +600,7 @@ def test_ctrl_c_ends_the_run_even_with_a_hung_read(exported, tmp_path):
 # --- safety: file modes, messages --------------------------------------------------------------------
 
 def test_atomic_writes_get_the_usual_modes(tmp_path):
-    from vila_tf.atomic import atomic_dir, atomic_file
+    from vila_tf.core.atomic import atomic_dir, atomic_file
     old = os.umask(0o022)
     try:
         with atomic_file(str(tmp_path / "model.sha256")) as f:
@@ -607,7 +614,7 @@ def test_atomic_writes_get_the_usual_modes(tmp_path):
 
 
 def test_broken_avif_header_message_names_no_buffer():
-    from vila_tf import image_formats
+    from vila_tf.inputs import image_formats
     with pytest.raises(image_formats.ImageFormatError) as e:
         image_formats.decode_host_format(b"\x00\x00\x00\x1cftypavif" + bytes(40), "avif", 50_000_000, True)
     assert str(e.value) == "AVIF image that cannot be read: its header is broken or not one Pillow reads"

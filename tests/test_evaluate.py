@@ -10,7 +10,8 @@ from PIL import Image
 from scipy import stats
 
 from conftest import vila_tf_command as run
-from vila_tf import evaluation, labels as labels_lib
+from vila_tf.evaluation import metrics as evaluation
+from vila_tf.evaluation import labels as labels_lib
 
 # AVA.txt's first line (image 953619): 699 points from 124 votes.
 AVA_FIRST_LINE = "1 953619 0 1 5 17 38 36 15 6 5 1 1 22 1396"

@@ -82,7 +82,7 @@ def test_zero_shot_and_attributes_match_release_formula(jaxless, spm_model, load
 def test_zero_shot_outputs_are_named_by_attribute(jaxless, exported):
     """Both zero-shot signatures return the score and one output per attribute, and the export
     metadata lists the attributes in the release's order."""
-    from vila_tf.signatures import SIGNATURE_OUTPUTS, ZERO_SHOT_ATTRIBUTES
+    from vila_tf.core.signatures import SIGNATURE_OUTPUTS, ZERO_SHOT_ATTRIBUTES
     from export.model import heads
     keys = sorted(["zero_shot_score"] + [f"zero_shot_{a}" for a in RELEASE_ATTRIBUTES])
     assert list(jaxless["vila_r_tiny"]["bytes_zero_shot_keys"]) == keys

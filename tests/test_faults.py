@@ -20,7 +20,7 @@ from reference import Reference, release_pixels
 import tiny_models
 from conftest import (DATA, FIXTURE_OVERRIDES, env_without_jax, export_command, kill_after_rows, params_flat, vila_tf_command,
                       xla_call_modules)
-from vila_tf import preprocessing
+from vila_tf.savedmodel import preprocessing
 from export.model.tree import flatten, unflatten
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(DATA)))

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 from conftest import vila_tf_command
 from reference import release_pixels as release_pipeline
-from vila_tf import image_formats
+from vila_tf.inputs import image_formats
 
 pillow_heif = pytest.importorskip("pillow_heif")  # in the dev extra: `make test` has it
 pillow_heif.register_heif_opener()
@@ -185,7 +185,7 @@ SCORED = ["a.jpg", "b.webp", "broken.png", "c.avif", "d.tiff", "e.JPG", "f.heic"
 
 
 def test_folder_walk_reports_every_file_it_does_not_score(mixed_folder):
-    from vila_tf import inputs
+    from vila_tf.inputs import items as inputs
     report = image_formats.SkipReport()
     items = inputs.expand([str(mixed_folder)], skipped=report)
     assert [os.path.basename(it.source) for it in items] == SCORED

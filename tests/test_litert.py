@@ -223,7 +223,7 @@ def test_runtime_and_command_line_without_tensorflow(litert_exported, savedmodel
     assert "PNG image" in reasons[4]  # truncated
     assert out["error_scores"][0] == pytest.approx(float(want[0]), abs=2e-6)
 
-    cli = [sys.executable, "-m", "vila_tf.cli"]
+    cli = [sys.executable, "-m", "vila_tf.cli.main"]
     r = subprocess.run(cli + ["score", folder, str(photos), "--format", "csv"], capture_output=True, text=True,
                        env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""The export metadata record (`vila_tf.metadata`): what the exporter writes is what every reader
+"""The export metadata record (`vila_tf.core.metadata`): what the exporter writes is what every reader
 gets back, and an export whose record is missing, damaged or from a newer vila-tf is refused at
 `vila_tf.load`, by `vila-tf` and by the serving check with one line naming the file and what to do."""
 import contextlib
@@ -11,9 +11,9 @@ import pytest
 
 import vila_tf
 from conftest import vila_tf_command
-from vila_tf import metadata
+from vila_tf.core import metadata
 from vila_tf.serving.__main__ import main as serving_main
-from vila_tf.signatures import ALL_SIGNATURES, METADATA_RELATIVE
+from vila_tf.core.signatures import ALL_SIGNATURES, METADATA_RELATIVE
 
 
 def test_exported_record_reads_back(exported):

@@ -87,7 +87,7 @@ def test_archive_holds_the_savedmodel_at_its_root_with_fixed_metadata(dist, expo
     assert pkg.size == len(raw) and pkg.sha256 == hashlib.sha256(raw).hexdigest()
     assert open(pkg.checksum_file).read() == f"{pkg.sha256}  {name}_1.tar.gz\n"
     assert os.stat(pkg.archive).st_mode & 0o777 == 0o644
-    from vila_tf.atomic import umask
+    from vila_tf.core.atomic import umask
     for small in (pkg.checksum_file, pkg.card):  # as `open` makes files (0644 under umask 022), not 0600
         assert os.stat(small).st_mode & 0o777 == 0o666 & ~umask(), small
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 from PIL import Image
 
 from reference import release_pixels as release_pipeline  # run_vila_predict's preprocessing, op for op
-from vila_tf import preprocessing as preprocess
+from vila_tf.savedmodel import preprocessing as preprocess
 
 
 def _rng_image(h, w, c, seed, dtype=np.uint8):

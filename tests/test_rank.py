@@ -1,4 +1,4 @@
-"""`vila-tf rank` and `vila_tf.ranking`: text -> the best-matching photos, equal to a brute-force
+"""`vila-tf rank` and `vila_tf.core.ranking`: text -> the best-matching photos, equal to a brute-force
 cosine ranking from the SavedModel's own embedding signatures, in bounded memory."""
 import csv
 import io
@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import vila_tf_command
 from reference import in_buckets
-from vila_tf import ranking
+from vila_tf.core import ranking
 
 QUERIES = ["a misty forest at dawn", "a red car"]
 

@@ -198,7 +198,7 @@ def test_warnings_point_at_the_callers_line(model, exported, tmp_path, photos):
     the line that called it, whichever depth of the runtime raised them."""
     import shutil
     import vila_tf
-    from vila_tf import image_formats
+    from vila_tf.inputs import image_formats
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "a.png").write_bytes(_encode(photos[1][0]))

@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from conftest import env_without_jax, golden
 from vila_tf import serving
-from vila_tf.buckets import BUCKETS
-from vila_tf.signatures import ALL_SIGNATURES, SIGNATURE_INPUTS
+from vila_tf.core.buckets import BUCKETS
+from vila_tf.core.signatures import ALL_SIGNATURES, SIGNATURE_INPUTS
 
 README = os.path.join(os.path.dirname(__file__), "..", "docs", "serving.md")  # its curl example
 

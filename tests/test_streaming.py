@@ -113,7 +113,7 @@ def test_ctrl_c_while_reading_inputs_stops_the_stream(model, reference):
 
 
 def test_folders_are_walked_without_reading_files(tmp_path):
-    from vila_tf import inputs
+    from vila_tf.inputs import items as inputs
     (tmp_path / "b").mkdir()
     (tmp_path / "a.jpg").write_bytes(b"x")
     (tmp_path / "b" / "c.png").write_bytes(b"x")
@@ -181,7 +181,7 @@ def test_sigkill_mid_run_then_resume(exported, reference, tmp_path):
 # --- results files ----------------------------------------------------------------------------------
 
 def test_repair_keeps_complete_rows_only(tmp_path):
-    from vila_tf import results_file
+    from vila_tf.output import results_file
     cols = results_file.columns("score", with_captions=True)
     rows = [{"input": "a.jpg", "score": 0.5, "caption": 'two\nlines, "quoted"'},
             {"input": "b.jpg", "error": "not an image"}, {"input": "c.jpg", "score": 0.25, "caption": "é"}]
@@ -212,7 +212,9 @@ def test_repair_keeps_complete_rows_only(tmp_path):
 
 def test_resume_with_changed_inputs_appends_what_is_missing(tmp_path):
     """Inputs added since the interrupted run: rows are found by source, the new inputs appended."""
-    from vila_tf import cli, inputs, results_file
+    from vila_tf.cli import main as cli
+    from vila_tf.inputs import items as inputs
+    from vila_tf.output import results_file
     cols = results_file.columns("score")
     path = tmp_path / "s.csv"
     path.write_text("input,score,error\na,0.1,\nc,,broken\nd,0.4,\n")

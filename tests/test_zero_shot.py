@@ -6,7 +6,8 @@ from scipy.special import softmax
 
 from conftest import golden
 from test_tokenizer import flax_text_embeddings
-from vila_tf import contact_sheet, zero_shot
+from vila_tf.cli import contact_sheet
+from vila_tf.core import zero_shot
 
 ATTRIBUTES = ("image", "lighting", "content", "background", "foreground", "composition")
 

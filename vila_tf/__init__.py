@@ -6,8 +6,8 @@
     for r in model.stream("score", ["photos/"]):  # results as they come (docs/streaming.md)
         print(r.source, r.value, r.error)
 """
-from vila_tf.results import DemoModelWarning, ImageError, Result
-from vila_tf.tf_compat import IncompatibleTensorFlowError
+from vila_tf.core.results import DemoModelWarning, ImageError, Result
+from vila_tf.savedmodel.tf_compat import IncompatibleTensorFlowError
 
 __all__ = ["load", "VilaModel", "ImageError", "Result", "DemoModelWarning", "IncompatibleTensorFlowError"]
 
@@ -32,7 +32,7 @@ def load(path: str, device=None, max_workers=None, exif_orientation: bool = True
     if variant:
         raise ValueError(f"variant={variant!r}: only a LiteRT export has variants; {path} is not one")
     # TensorFlow is imported here, when a SavedModel is loaded, not by `import vila_tf`.
-    from vila_tf import model
+    from vila_tf.savedmodel import model
     return model.VilaModel(path, device=device, max_workers=max_workers, exif_orientation=exif_orientation,
                            decode_budget_pixels=decode_budget_pixels, max_file_bytes=max_file_bytes)
 
@@ -40,6 +40,6 @@ def load(path: str, device=None, max_workers=None, exif_orientation: bool = True
 def __getattr__(name):
     # Lazy: `import vila_tf` stays light (no TensorFlow) until a model is loaded.
     if name == "VilaModel":
-        from vila_tf import model
+        from vila_tf.savedmodel import model
         return model.VilaModel
     raise AttributeError(f"module 'vila_tf' has no attribute {name!r}")

@@ -389,7 +389,7 @@ def write_paxml(params: Mapping, out_dir: str, step: int = 0, layout: str = "pax
 def save_converted(loaded: LoadedCheckpoint, out_dir: str) -> str:
     """Writes the params as an orbax checkpoint plus `vila_config.json`, atomically."""
     import orbax.checkpoint as ocp
-    from vila_tf.atomic import atomic_dir
+    from vila_tf.core.atomic import atomic_dir
     out_dir = os.path.abspath(out_dir)
     with atomic_dir(out_dir) as tmp:
         with ocp.PyTreeCheckpointer() as ckptr:

@@ -10,10 +10,10 @@ import dataclasses
 import os
 from typing import Optional
 
-from vila_tf import metadata as export_metadata
-from vila_tf import signatures as signatures_lib
-from vila_tf.signatures import SIGNATURES, WARMUP_RELATIVE
-from vila_tf.tf_compat import releases_in_words
+from vila_tf.core import metadata as export_metadata
+from vila_tf.core import signatures as signatures_lib
+from vila_tf.core.signatures import SIGNATURES, WARMUP_RELATIVE
+from vila_tf.savedmodel.tf_compat import releases_in_words
 
 
 class ModelCardError(Exception):
@@ -243,7 +243,7 @@ def _tensorflow_range(m: dict) -> str:
 
 
 def _preprocessing(facts: ModelFacts) -> str:
-    from vila_tf.preprocessing import PRE_CROP_SIZE
+    from vila_tf.savedmodel.preprocessing import PRE_CROP_SIZE
     m = facts.metadata
     size = m["config"].get("image_size", 224)
     webp = "WebP" in m.get("image_formats", ())

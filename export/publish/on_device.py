@@ -17,9 +17,9 @@ import dataclasses
 import os
 import shutil
 
-from vila_tf.atomic import atomic_file
+from vila_tf.core.atomic import atomic_file
 from vila_tf.litert import format as litert_format
-from vila_tf.digest import file_sha256
+from vila_tf.core.digest import file_sha256
 
 
 class OnDeviceError(ValueError):

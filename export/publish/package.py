@@ -28,7 +28,7 @@ import tarfile
 import time
 from typing import Callable, Optional
 
-from vila_tf.atomic import atomic_file
+from vila_tf.core.atomic import atomic_file
 
 from . import model_card, on_device
 from .. import PROG

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from vila_tf.buckets import BUCKETS
-from vila_tf.versions import local_versions
+from vila_tf.core.buckets import BUCKETS
+from vila_tf.core.versions import local_versions
 
 
 def model_versions(root: str) -> dict:

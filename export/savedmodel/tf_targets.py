@@ -23,7 +23,7 @@ import dataclasses
 import re
 from typing import Iterable, Optional
 
-from vila_tf import tf_compat
+from vila_tf.savedmodel import tf_compat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +127,7 @@ def older_stablehlo(a: str, b: str) -> str:
 
 def support(calling_convention: int, stablehlo: str, ops: Iterable[str], target_release: Optional[str],
             webp_in_graph: Optional[bool] = None) -> dict:
-    """The metadata record of the TensorFlow releases an export runs on (vila_tf.tf_compat reads it).
+    """The metadata record of the TensorFlow releases an export runs on (vila_tf.savedmodel.tf_compat reads it).
     `webp_in_graph`: whether the graph decodes WebP (through DecodeImage, which reads WebP from 2.20
     on); by default, whether it holds the DecodeWebP op."""
     ops = set(ops)
@@ -136,7 +136,7 @@ def support(calling_convention: int, stablehlo: str, ops: Iterable[str], target_
     minimum = oldest_release_for(calling_convention, stablehlo, ops)
     return {"minimum": minimum,
             # Releases from the minimum on that run the export but compute other numbers: vila_tf
-            # and `serving check` refuse them (vila_tf.tf_compat).
+            # and `serving check` refuse them (vila_tf.savedmodel.tf_compat).
             "known_bad": {r: why for r, why in KNOWN_BAD.items() if release_key(r) >= release_key(minimum)},
             "target_tensorflow": release_of(target_release) if target_release else None,
             "calling_convention_version": calling_convention, "stablehlo_version": stablehlo,

@@ -12,8 +12,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from vila_tf.buckets import BUCKETS
-from vila_tf.signatures import SIGNATURE_INPUTS, WARMUP_RELATIVE
+from vila_tf.core.buckets import BUCKETS
+from vila_tf.core.signatures import SIGNATURE_INPUTS, WARMUP_RELATIVE
 
 MAX_RECORDS = 1000
 

@@ -25,16 +25,16 @@ from ..model import heads
 from .. import host_memory
 from . import tf_targets, variables_file
 from .jax_settings import calling_convention, reproducible_locations
-from vila_tf import preprocessing as preprocess
-from vila_tf import tf_compat
+from vila_tf.savedmodel import preprocessing as preprocess
+from vila_tf.savedmodel import tf_compat
 from ..model.tree import unflatten
 from ..model.config import VilaConfig
 from ..model.params import ParamSource, as_source
 from .tokenizer import LingvoTokenizer
 from .warmup import write_warmup
-from vila_tf.atomic import atomic_dir
-from vila_tf import metadata as export_metadata
-from vila_tf.signatures import (ALL_SIGNATURES, BYTES, CAPTION_HEAD, IMAGE_HEAD, NO_HEAD, PIXELS, SIGNATURES,
+from vila_tf.core.atomic import atomic_dir
+from vila_tf.core import metadata as export_metadata
+from vila_tf.core.signatures import (ALL_SIGNATURES, BYTES, CAPTION_HEAD, IMAGE_HEAD, NO_HEAD, PIXELS, SIGNATURES,
                                 TEXT, ZERO_SHOT_ATTRIBUTE_OUTPUTS)
 
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -213,7 +213,7 @@ class VilaModule(tf.Module):
 
     # -- signatures ------------------------------------------------------------------------------
     def _make_signatures(self):
-        """Every signature of the table in `vila_tf.signatures`, as tf.functions on this module."""
+        """Every signature of the table in `vila_tf.core.signatures`, as tf.functions on this module."""
         s = self.cfg.image_size
         tf_fn = lambda f, spec: tf.function(f, input_signature=[spec], autograph=False)
         specs = {PIXELS: tf.TensorSpec([None, s, s, 3], tf.float32, name="image"),
@@ -300,7 +300,7 @@ def options_for_target(options: ExportOptions, log: Callable[[str], None] = prin
 def write_savedmodel(params, cfg: VilaConfig, spm_model_path: str, out_dir: str,
                      options: Optional[ExportOptions] = None, log: Callable[[str], None] = print,
                      consume_params: bool = False) -> str:
-    """Builds and saves the SavedModel at exactly `out_dir`, atomically (`vila_tf.atomic`): a crash,
+    """Builds and saves the SavedModel at exactly `out_dir`, atomically (`vila_tf.core.atomic`): a crash,
     Ctrl-C or SIGKILL leaves either the previous complete model or the new one, never a partial one.
 
     `params`: a `ParamSource` (read one array at a time) or a nested dict of arrays, which

@@ -26,9 +26,9 @@ import time
 from typing import Callable, Iterable, Optional
 
 from .. import PROG
-from vila_tf.atomic import atomic_dir
+from vila_tf.core.atomic import atomic_dir
 from vila_tf.litert import format as litert_format
-from vila_tf.digest import file_sha256
+from vila_tf.core.digest import file_sha256
 
 # Ops that compute shapes at run time: a model holding one was not lowered for static shapes.
 SHAPE_OPS = frozenset({"SHAPE", "RANK", "SIZE", "BROADCAST_TO", "BROADCAST_ARGS", "UNSORTED_SEGMENT_PROD",
@@ -148,7 +148,7 @@ def measure_accuracy(source, folder: str, records: dict, images: list) -> dict:
     import numpy as np
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
-    from vila_tf import preprocessing
+    from vila_tf.savedmodel import preprocessing
     from ..model import heads
     cfg = source.config
     fn = jax.jit(lambda p, x: heads.image_outputs(p, cfg, x, source.zero_shot_prompts, source.quality_prompt))
@@ -189,7 +189,7 @@ def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.V
                  log: Callable[[str], None] = _log) -> str:
     """Converts `source` (export.tools.litert_source.ImageHeads) and writes LITERT_DIR atomically."""
     from . import litert_graph
-    from vila_tf import preprocessing
+    from vila_tf.savedmodel import preprocessing
     variants = list(dict.fromkeys(variants))
     variants.sort(key=lambda v: litert_format.VARIANTS.index(v) if v in litert_format.VARIANTS else -1)  # float32 first
     unknown = [v for v in variants if v not in litert_format.VARIANTS]

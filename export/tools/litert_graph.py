@@ -21,7 +21,7 @@ What makes the `.tflite` fast on a phone's (or laptop's) CPU:
   two [196, 768] x [768, 3072] projections fewer (1.9 GFLOP). About 7% of the tower's FLOPs; the
   encoder, the layer norms and the quality head run the model's own modules (docs/model.md §5).
 
-The preprocessing is the SavedModel's own code (`vila_tf.preprocessing.crop_and_scale`: the TF1
+The preprocessing is the SavedModel's own code (`vila_tf.savedmodel.preprocessing.crop_and_scale`: the TF1
 resize without half-pixel centers to 272, center crop 224, /255; docs/model.md §11), so an app that
 passes decoded pixels gets the export's score.
 """
@@ -37,7 +37,7 @@ import numpy as np
 from ..model import heads, modules
 from ..savedmodel import tf_targets
 from ..savedmodel.jax_settings import reproducible_locations
-from vila_tf import preprocessing
+from vila_tf.savedmodel import preprocessing
 from vila_tf.litert.format import IMAGE_INPUT, IMAGE_SIGNATURE
 
 def _gelu_composite(x):

@@ -18,8 +18,8 @@ import numpy as np
 from ..model import heads
 from ..model.config import VilaConfig
 from ..model.tree import unflatten
-from vila_tf import metadata as export_metadata
-from vila_tf.digest import file_sha256
+from vila_tf.core import metadata as export_metadata
+from vila_tf.core.digest import file_sha256
 
 # The parameters the image heads read (docs/model.md §4-5 and docs/model.md §7): the ViT, both
 # poolers and the VILA-R projection. The text tower only embeds the prompts, which are constants.
@@ -61,7 +61,7 @@ def from_savedmodel(savedmodel_dir: str) -> ImageHeads:
     """The image heads of an export: its weights as stored (bfloat16 storage widened to float32)
     and the prompt embeddings it computed."""
     import tensorflow as tf
-    from vila_tf.versions import resolve_savedmodel
+    from vila_tf.core.versions import resolve_savedmodel
     savedmodel_dir = resolve_savedmodel(savedmodel_dir)
     try:
         meta = export_metadata.read(savedmodel_dir)

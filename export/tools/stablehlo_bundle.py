@@ -21,9 +21,9 @@ import os
 
 import numpy as np
 
-from vila_tf.atomic import atomic_dir
-from vila_tf import metadata as export_metadata
-from vila_tf.signatures import ALL_SIGNATURES, PIXELS, SIGNATURES
+from vila_tf.core.atomic import atomic_dir
+from vila_tf.core import metadata as export_metadata
+from vila_tf.core.signatures import ALL_SIGNATURES, PIXELS, SIGNATURES
 from .. import PROG
 
 FORMAT = "vila-tf-stablehlo/1"

@@ -18,16 +18,17 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from vila_tf import buckets, zero_shot
+from vila_tf.core import buckets
+from vila_tf.core import zero_shot
 from vila_tf.beam import io as beam_io, names, overlap, shards
 from vila_tf.beam.leftovers import TempFolders
 from vila_tf.beam.handler import (ERRORS, EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, METRICS_NAMESPACE, RESULTS, TASKS,
                                   is_remote, log, remote_savedmodel)
 from vila_tf.beam.transforms import build
-from vila_tf import metadata as export_metadata
-from vila_tf.metadata import ExportMetadata
-from vila_tf.signatures import METADATA_RELATIVE
-from vila_tf.versions import resolve_savedmodel
+from vila_tf.core import metadata as export_metadata
+from vila_tf.core.metadata import ExportMetadata
+from vila_tf.core.signatures import METADATA_RELATIVE
+from vila_tf.core.versions import resolve_savedmodel
 
 # -- the command ------------------------------------------------------------------------------------------
 

@@ -17,8 +17,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 import vila_tf
-from vila_tf import buckets, tasks, zero_shot
-from vila_tf.versions import numbered
+from vila_tf.core import buckets
+from vila_tf.core import tasks
+from vila_tf.core import zero_shot
+from vila_tf.core.versions import numbered
 
 log = logging.getLogger("vila_tf.beam")
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
@@ -149,7 +151,7 @@ class VilaModelHandler(ModelHandler[bytes, PredictionResult, Any]):
         self.raw_values = raw_values
         self.exif_orientation = exif_orientation  # False: photos as stored, as the release scored them
         # zero-shot: your (good, bad) pairs, else the release's six attributes; each record holds
-        # "score" and one column per pair (vila_tf.zero_shot)
+        # "score" and one column per pair (vila_tf.core.zero_shot)
         self.prompts = zero_shot.pairs_from(prompts) if prompts is not None else None
 
     def load_model(self):

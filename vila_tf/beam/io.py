@@ -22,7 +22,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from vila_tf import tasks
+from vila_tf.core import tasks
 from vila_tf.beam import names, shards
 from vila_tf.beam.handler import METRICS_NAMESPACE
 

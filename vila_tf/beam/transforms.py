@@ -12,7 +12,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from vila_tf.beam import io as beam_io, names
-from vila_tf import buckets, zero_shot
+from vila_tf.core import buckets
+from vila_tf.core import zero_shot
 
 from vila_tf.beam.handler import ERRORS, METRICS_NAMESPACE, RESULTS, TASKS, VilaModelHandler
 

@@ -37,7 +37,7 @@ def model_file(variant: str) -> str:
 def resolve(path) -> str | None:
     """The LiteRT export at `path`: the folder itself, or the newest numbered version of a base
     folder (`make litert` writes LITERT_OUT/<name>/<version>/, as TF Serving's layout); None if neither."""
-    from vila_tf.versions import local_versions, numbered
+    from vila_tf.core.versions import local_versions, numbered
     path = os.fspath(path)
     if os.path.isfile(os.path.join(path, METADATA_FILE)):
         return path

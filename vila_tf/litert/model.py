@@ -8,8 +8,8 @@
         print(r.index, r.source, r.value, r.error)
 
 Inputs are what `VilaModel` takes (paths, folders, globs, bytes, arrays, PIL images; lazily, through
-vila_tf.inputs), decoded on the host with Pillow (vila_tf.litert.pillow_decode) by a pool of decode
-threads a few images ahead of the model (vila_tf.pipeline). The model itself resizes and crops
+vila_tf.inputs.items), decoded on the host with Pillow (vila_tf.litert.pillow_decode) by a pool of decode
+threads a few images ahead of the model (vila_tf.core.pipeline). The model itself resizes and crops
 (the release's preprocessing is inside the `.tflite`), one image per call: the models are lowered
 for batch 1, where the phone runs them too. One call gives the score, the embedding and the
 zero-shot score, so a stream of several tasks costs one call per image.
@@ -28,16 +28,19 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from vila_tf import image_formats, inputs as inputs_lib, pipeline, tasks as tasks_lib
-from vila_tf.warn import warn
+from vila_tf.inputs import image_formats
+from vila_tf.inputs import items as inputs_lib
+from vila_tf.core import pipeline
+from vila_tf.core import tasks as tasks_lib
+from vila_tf.core.warn import warn
 from vila_tf.litert import format as litert_format
 from vila_tf.litert import pillow_decode
-from vila_tf.results import DemoModelWarning, ImageError, Result
+from vila_tf.core.results import DemoModelWarning, ImageError, Result
 
 log = logging.getLogger("vila_tf")
 
-DEFAULT_MAX_PIXELS = 50_000_000  # as the SavedModel runtime (vila_tf.preprocessing)
-# The tasks of the registry (vila_tf.tasks) that the image heads compute: the `image` signature has
+DEFAULT_MAX_PIXELS = 50_000_000  # as the SavedModel runtime (vila_tf.savedmodel.preprocessing)
+# The tasks of the registry (vila_tf.core.tasks) that the image heads compute: the `image` signature has
 # each task's output, under the same key as the SavedModel's pixel signature.
 TASKS = ("score", "zero_shot", "image_embedding")
 
@@ -98,7 +101,7 @@ class LiteRTModel:
             if isinstance(item.data, bytes):
                 return pillow_decode.decode(item.data, self.max_pixels, self.exif_orientation, item.source), None
             arr = item.data
-            if arr.dtype != np.uint8:  # float in [0, 1] (vila_tf.inputs checked): the model's uint8 levels
+            if arr.dtype != np.uint8:  # float in [0, 1] (vila_tf.inputs.items checked): the model's uint8 levels
                 arr = np.round(arr * 255.0).astype(np.uint8)
             if arr.shape[0] * arr.shape[1] > self.max_pixels:
                 return None, f"array of {arr.shape[0]} x {arr.shape[1]} pixels, more than the allowed {self.max_pixels}"

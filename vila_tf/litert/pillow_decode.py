@@ -4,7 +4,7 @@ Where the SavedModel decodes in its graph (`tf.io.decode_image`, docs/model.md Â
 backend decodes on the host, with the same rules: RGBA and palette images lose their alpha (no
 compositing), gray is replicated to three channels, a GIF or WebP animation gives its first frame,
 images over `max_pixels` are refused from their header, and the other formats of
-docs/formats.md (AVIF, HEIC, TIFF) go through `vila_tf.image_formats` exactly as for the
+docs/formats.md (AVIF, HEIC, TIFF) go through `vila_tf.inputs.image_formats` exactly as for the
 SavedModel runtime.
 
 JPEG: TensorFlow decodes with libjpeg's fast integer IDCT and fancy chroma upsampling, which
@@ -19,9 +19,9 @@ import os
 
 import numpy as np
 
-from vila_tf import image_formats
+from vila_tf.inputs import image_formats
 from vila_tf.litert import jpeg
-from vila_tf.image_formats import ImageFormatError
+from vila_tf.inputs.image_formats import ImageFormatError
 
 _PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP"}
 

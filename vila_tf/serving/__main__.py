@@ -5,10 +5,11 @@ import argparse
 import json
 import sys
 
-from vila_tf import metadata as export_metadata, tf_compat
+from vila_tf.core import metadata as export_metadata
+from vila_tf.savedmodel import tf_compat
 from vila_tf.serving.check import MissingServingApiError, _child, check
 from vila_tf.serving.requests import rest_request
-from vila_tf.signatures import SIGNATURE_INPUTS
+from vila_tf.core.signatures import SIGNATURE_INPUTS
 
 
 def main(argv=None) -> int:

@@ -14,8 +14,9 @@ from typing import Mapping
 
 import numpy as np
 
-from vila_tf import metadata as export_metadata, tf_compat
-from vila_tf.signatures import WARMUP_RELATIVE
+from vila_tf.core import metadata as export_metadata
+from vila_tf.savedmodel import tf_compat
+from vila_tf.core.signatures import WARMUP_RELATIVE
 
 
 

@@ -1,5 +1,5 @@
 """TF Serving requests and responses, REST and gRPC, built from and parsed into the signature
-contract (`vila_tf.signatures`).
+contract (`vila_tf.core.signatures`).
 
   body = rest_request("serving_default", ["a.jpg", "b.jpg"])      # {"signature_name": ..., "instances": [{"b64": ...}]}
   requests.post("http://HOST:8501/v1/models/vila_r:predict", json=body)
@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from vila_tf.signatures import BYTES, PIXELS, SIGNATURE_INPUTS, SIGNATURE_OUTPUTS, TEXT
+from vila_tf.core.signatures import BYTES, PIXELS, SIGNATURE_INPUTS, SIGNATURE_OUTPUTS, TEXT
 
 
 

@@ -1,6 +1,6 @@
 """Photo formats on the host: what a file is (by content), what the graph cannot decode, which way up.
 
-The SavedModel's graph decodes JPEG, PNG, GIF, BMP and WebP (`vila_tf.preprocessing`). The runtime
+The SavedModel's graph decodes JPEG, PNG, GIF, BMP and WebP (`vila_tf.savedmodel.preprocessing`). The runtime
 (`vila_tf`, the CLI, Beam) also reads AVIF, HEIC/HEIF and TIFF with Pillow (HEIF through the
 pillow-heif plugin, `pip install 'vila-tf[heif]'`) and then resizes them with the graph's own
 release-exact code. By default it shows the model each photo the way photo viewers do: the EXIF
@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from vila_tf import warn
+from vila_tf.core import warn
 
 # Formats by where they are decoded. Names are those sniff() returns.
 GRAPH_FORMATS = ("jpeg", "png", "gif", "bmp", "webp")
@@ -42,7 +42,7 @@ RAW_EXTENSIONS = frozenset({".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".sr
 # Skipped without a word: sidecars that sit next to photos (hidden files are skipped too).
 SIDECAR_EXTENSIONS = frozenset({".xmp", ".aae", ".thm"})
 SIDECAR_NAMES = frozenset({"thumbs.db", "desktop.ini"})
-RECORD_SUFFIX = ".vila-tf.json"  # the record next to a results file (vila_tf.output_file)
+RECORD_SUFFIX = ".vila-tf.json"  # the record next to a results file (vila_tf.output.output_file)
 
 HEAD_BYTES = 64  # enough for every signature below
 EXIF_ORIENTATION_TAG = 0x0112
@@ -117,7 +117,7 @@ def is_silently_skipped(path: str) -> bool:
 
 
 def _some(paths: list[str], shown: int = 3) -> str:
-    from vila_tf import names
+    from vila_tf.core import names
     text = ", ".join(names.written(p) for p in paths[:shown])
     return text + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
 

@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from vila_tf import image_formats
+from vila_tf.inputs import image_formats
 
 DEFAULT_DECODE_BUDGET = 64_000_000  # pixels (full weight): one 49 MP TIFF at a time
 GRAPH_SHARE = 4  # a photo the graph decodes as stored costs a quarter of its pixels (measured above)
@@ -90,7 +90,7 @@ def _header_cost(f, apply_orientation: bool) -> Optional[int]:
 
 
 def cost(item, max_file_bytes: int, unknown: int, apply_orientation: bool = True) -> int:
-    """What a decode of `item` (a `vila_tf.inputs.Item`) takes out of the budget: the pixels its
+    """What a decode of `item` (a `vila_tf.inputs.items.Item`) takes out of the budget: the pixels its
     header declares (a quarter for a photo the graph decodes as stored), or its file size / 25
     when that is more (the bytes are held too); `unknown` when the header cannot be read. A file
     that will not be read costs nothing."""

@@ -5,12 +5,12 @@
   vila-tf zero-shot MODEL photos/ [--prompt "sharp photo|blurry photo" ...] [--contact-sheet sheet.png]
   vila-tf caption MODEL photos/ ;  vila-tf embed MODEL ... --output emb.jsonl
   vila-tf info MODEL
-  vila-tf evaluate MODEL --labels AVA.txt --images DIR --output OUT   (vila_tf/evaluate_cmd.py)
-  vila-tf rank MODEL 'a misty forest at dawn' library/ [--top K]      (vila_tf/rank_cmd.py)
+  vila-tf evaluate MODEL --labels AVA.txt --images DIR --output OUT   (vila_tf/cli/evaluate.py)
+  vila-tf rank MODEL 'a misty forest at dawn' library/ [--top K]      (vila_tf/cli/rank.py)
 
 Rows are written (and flushed per batch) as they are scored; `--resume` continues an interrupted
 run into the same --output (docs/streaming.md). The files a run writes are checked, locked and
-recorded before the model loads (`vila_tf.output_file`, docs/reliability.md).
+recorded before the model loads (`vila_tf.output.output_file`, docs/reliability.md).
 
 Exit codes: 0 every input processed, 1 some inputs failed (reported on stderr and in the output
 with their reason; with --resume, rows kept from the interrupted run count too), 2 usage or
@@ -29,13 +29,21 @@ import warnings
 from typing import Optional
 
 import vila_tf
-from vila_tf import (buckets, contact_sheet, image_formats, inputs as inputs_lib, names, output_file, results_file,
-                     tasks, tf_compat)
-from vila_tf import zero_shot
-from vila_tf import evaluate_cmd, rank_cmd  # commands with their own options and runner
-from vila_tf.atomic import atomic_file
-from vila_tf.progress import Progress
-from vila_tf.results import DemoModelWarning
+from vila_tf.core import buckets
+from vila_tf.cli import contact_sheet
+from vila_tf.inputs import image_formats
+from vila_tf.inputs import items as inputs_lib
+from vila_tf.core import names
+from vila_tf.output import output_file
+from vila_tf.output import results_file
+from vila_tf.core import tasks
+from vila_tf.savedmodel import tf_compat
+from vila_tf.core import zero_shot
+from vila_tf.cli import evaluate as evaluate_cmd  # commands with their own options and runner
+from vila_tf.cli import rank as rank_cmd
+from vila_tf.core.atomic import atomic_file
+from vila_tf.cli.progress import Progress
+from vila_tf.core.results import DemoModelWarning
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 CONTACT_SHEET_MAX = 200  # thumbnails kept (and drawn) at most: the best-scored ones

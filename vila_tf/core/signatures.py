@@ -3,7 +3,7 @@ signatures, the runtime and the TF Serving clients read their inputs and outputs
 makes its requests, the StableHLO bundle names its functions and the model card describes them.
 
 Each signature runs one lowered head on pixels; an image-bytes signature is its pixel twin behind
-the in-graph preprocessing (decode, resize, crop: `vila_tf.preprocessing`).
+the in-graph preprocessing (decode, resize, crop: `vila_tf.savedmodel.preprocessing`).
 """
 from __future__ import annotations
 
@@ -78,5 +78,5 @@ def purpose(name: str, scorer: str) -> str:
 
 
 # Files inside a SavedModel, relative to its folder.
-METADATA_RELATIVE = "assets.extra/vila_tf.json"  # export metadata (vila_tf.metadata)
+METADATA_RELATIVE = "assets.extra/vila_tf.json"  # export metadata (vila_tf.core.metadata)
 WARMUP_RELATIVE = "assets.extra/tf_serving_warmup_requests"  # TF Serving warmup (PredictionLog TFRecord)

@@ -16,7 +16,7 @@ import os
 import re
 from typing import Any, Optional
 
-from vila_tf.signatures import METADATA_RELATIVE
+from vila_tf.core.signatures import METADATA_RELATIVE
 
 FORMAT_NAME = "vila-tf"
 FORMAT_VERSION = 1
@@ -49,7 +49,7 @@ class ExportMetadata:
     signatures: tuple = ()
     versions: dict = dataclasses.field(default_factory=dict)  # jax, flax, tensorflow, numpy that built it
     calling_convention_version: Optional[int] = None
-    tensorflow_support: Optional[dict] = None  # {"minimum": "2.18", ...} (vila_tf.tf_compat)
+    tensorflow_support: Optional[dict] = None  # {"minimum": "2.18", ...} (vila_tf.savedmodel.tf_compat)
     export_seconds: Optional[float] = None
     format: str = FORMAT
     # Fields a newer exporter of the same format added: kept, so a rewrite loses nothing.

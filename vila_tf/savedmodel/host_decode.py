@@ -1,6 +1,6 @@
 """One input item -> the model's pixels, float32 [224, 224, 3] in [0, 1], on the host, in a decode
-thread: the exact TensorFlow ops the SavedModel runs in-graph (`vila_tf.preprocessing`), with the
-photos the graph cannot decode or must turn upright decoded by `vila_tf.image_formats` first."""
+thread: the exact TensorFlow ops the SavedModel runs in-graph (`vila_tf.savedmodel.preprocessing`), with the
+photos the graph cannot decode or must turn upright decoded by `vila_tf.inputs.image_formats` first."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +11,10 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from vila_tf import decode_budget, image_formats, inputs as inputs_lib, preprocessing
+from vila_tf.inputs import decode_budget
+from vila_tf.inputs import image_formats
+from vila_tf.inputs import items as inputs_lib
+from vila_tf.savedmodel import preprocessing
 
 
 def on_device(device: Optional[str]):
@@ -37,7 +40,7 @@ class HostDecoder:
     def __init__(self, max_pixels: int, exif_orientation: bool = True, device: Optional[str] = None,
                  budget_pixels: Optional[int] = None, max_file_bytes: Optional[int] = None):
         self.max_pixels, self.exif_orientation, self.device = max_pixels, exif_orientation, device
-        # Shared by every thread decoding for this model (vila_tf.decode_budget).
+        # Shared by every thread decoding for this model (vila_tf.inputs.decode_budget).
         self.budget = decode_budget.DecodeBudget(budget_pixels or decode_budget.DEFAULT_DECODE_BUDGET)
         self.max_file_bytes = int(max_file_bytes or inputs_lib.DEFAULT_MAX_FILE_BYTES)
         # WebP in the graph needs a TensorFlow with its decoder; without one Pillow decodes it.

@@ -2,14 +2,14 @@
 interrupted run left behind.
 
 Rows are only ever appended, whole, by one run at a time (the output is locked:
-`vila_tf.output_file`), so after a crash or SIGKILL a file holds complete rows, then at most one
+`vila_tf.output.output_file`), so after a crash or SIGKILL a file holds complete rows, then at most one
 torn row at the end (a write cut short). `repair` finds the end of the last complete row (a CSV
 record with balanced quotes, a JSON line that parses) and truncates the rest. A file damaged some
 other way (NUL bytes left by a machine crash, rows interleaved by two runs of an older version)
 is cleaned by `clean`: damaged rows dropped, each input's first row kept.
 
-Input names are written as `vila_tf.names.written` gives them (valid UTF-8, lossless), CSV text
-cells with the spreadsheet-formula guard of `vila_tf.names.csv_cell`.
+Input names are written as `vila_tf.core.names.written` gives them (valid UTF-8, lossless), CSV text
+cells with the spreadsheet-formula guard of `vila_tf.core.names.csv_cell`.
 """
 from __future__ import annotations
 
@@ -21,14 +21,15 @@ import json
 import os
 from typing import Iterator, NamedTuple, Optional
 
-from vila_tf import names, tasks
+from vila_tf.core import names
+from vila_tf.core import tasks
 
 FORMATS = ("csv", "jsonl")
 
 
 def columns(command: str, with_captions: bool = False, pair_names=()) -> list[str]:
     """The CSV columns of a command: fixed up front, since rows are written as they come.
-    `pair_names`: a zero-shot column per attribute or prompt pair (vila_tf.zero_shot), after the
+    `pair_names`: a zero-shot column per attribute or prompt pair (vila_tf.core.zero_shot), after the
     caption."""
     return (["input", tasks.BY_COMMAND[command].field] + (["caption"] if with_captions else []) + list(pair_names)
             + ["error"])
@@ -208,7 +209,7 @@ def clean(path: str, fmt: str, cols: list[str]) -> Cleaned:
             with open(path, "r+b") as f:
                 f.truncate(good_end)
         return Cleaned(len(keys), 0, 0, torn, False)
-    from vila_tf.atomic import atomic_file
+    from vila_tf.core.atomic import atomic_file
     seen, kept, repeated = set(), 0, 0
     mode = os.stat(path).st_mode & 0o7777
     with open(path, "rb") as src, atomic_file(path, "wb") as dst:

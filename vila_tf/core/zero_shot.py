@@ -19,7 +19,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from vila_tf.signatures import ZERO_SHOT_ATTRIBUTE_OUTPUTS, ZERO_SHOT_ATTRIBUTES
+from vila_tf.core.signatures import ZERO_SHOT_ATTRIBUTE_OUTPUTS, ZERO_SHOT_ATTRIBUTES
 
 SEPARATOR = "|"
 # The release's pairs, in its order (run_vila_predict._ZSL_QUALITY_PROMPTS).

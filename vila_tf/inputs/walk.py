@@ -24,7 +24,7 @@ import os
 import stat
 from typing import Iterable, Iterator, Optional
 
-from vila_tf import image_formats
+from vila_tf.inputs import image_formats
 
 
 def _inside(path: str, folder: str) -> Optional[str]:

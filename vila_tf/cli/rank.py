@@ -1,5 +1,5 @@
 """`vila-tf rank MODEL 'a misty forest at dawn' library/ [--top K] [--output FILE]`: the photos
-that best match a text, best first, with their cosine similarity (`vila_tf.ranking`).
+that best match a text, best first, with their cosine similarity (`vila_tf.core.ranking`).
 
 Any number of photos, in bounded memory: they stream through the model and only the K best per
 query are kept. `--query TEXT` (repeatable) ranks for more texts in the same pass. The table goes
@@ -13,13 +13,13 @@ import json
 import os
 import sys
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2  # as vila_tf.cli
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2  # as vila_tf.cli.main
 HELP = "the photos that best match a text, best first (cosine similarity of the embeddings)"
 COLUMNS = ["query", "rank", "similarity", "input"]
 
 
 def add_parser(sub) -> None:
-    from vila_tf.ranking import DEFAULT_TOP
+    from vila_tf.core.ranking import DEFAULT_TOP
     c = sub.add_parser("rank", help=HELP, description=HELP + ".")
     c.add_argument("model", help="exported SavedModel folder, or a TF Serving base folder (newest version)")
     c.add_argument("query", help="what to look for, e.g. 'a misty forest at dawn'")
@@ -47,8 +47,9 @@ def run(args) -> int:
         print("vila-tf rank: a query is empty: give the text to look for", file=sys.stderr)
         return EXIT_ERROR
     import vila_tf
-    from vila_tf import image_formats, ranking
-    from vila_tf.progress import Progress
+    from vila_tf.inputs import image_formats
+    from vila_tf.core import ranking
+    from vila_tf.cli.progress import Progress
     try:
         model = vila_tf.load(args.model, device=args.device, max_workers=args.decode_threads)
     except (FileNotFoundError, OSError, ValueError, vila_tf.IncompatibleTensorFlowError) as e:
@@ -93,7 +94,7 @@ def _print(result) -> None:
 
 
 def _write(result, path: str, fmt: str) -> None:
-    from vila_tf.atomic import atomic_file
+    from vila_tf.core.atomic import atomic_file
     rows = [{"query": q, "rank": m.rank, "similarity": round(m.similarity, 6), "input": m.source}
             for q, matches in result.matches.items() for m in matches]
     with atomic_file(path, "w", encoding="utf-8", newline="") as f:

@@ -25,7 +25,7 @@ class Progress:
             return
 
         def count():
-            from vila_tf import inputs as inputs_lib
+            from vila_tf.inputs import items as inputs_lib
             self.total = sum(1 for _ in inputs_lib.iter_items(inputs))
         threading.Thread(target=count, daemon=True, name="vila-tf-count").start()
 

@@ -13,7 +13,7 @@ import os
 import re
 from typing import Optional
 
-from vila_tf.metadata import ExportMetadata, path_in
+from vila_tf.core.metadata import ExportMetadata, path_in
 
 METADATA_KEY = "tensorflow_support"  # the ExportMetadata field
 # Releases that run an export but compute other numbers than every other release (measured by

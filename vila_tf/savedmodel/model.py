@@ -9,10 +9,10 @@
     for r in model.stream("score", photo_generator()):           # results as they come, any number
         print(r.index, r.source, r.value, r.error)                  # of inputs, in bounded memory
 
-`VilaModel` is a façade over three parts, each in its own module: the inputs (`vila_tf.inputs`:
+`VilaModel` is a façade over three parts, each in its own module: the inputs (`vila_tf.inputs.items`:
 paths, folders, globs, bytes, arrays, PIL images, walked lazily), the host decoder
-(`vila_tf.host_decode`: the exact code the SavedModel runs in-graph, in a thread pool a few batches
-ahead of the model, `vila_tf.pipeline`) and the bucketed runner (`vila_tf.runner`: the pixel
+(`vila_tf.savedmodel.host_decode`: the exact code the SavedModel runs in-graph, in a thread pool a few batches
+ahead of the model, `vila_tf.core.pipeline`) and the bucketed runner (`vila_tf.savedmodel.runner`: the pixel
 signatures on batches padded to the export's buckets). Everything is a collector over `stream`. A
 bad image (unreadable, empty, truncated, not an image, over the pixel limit) fails alone: its row
 is NaN (None for captions, value None in `stream`), a warning names it, and `return_errors=True`
@@ -35,13 +35,20 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops of the graph)
 
-from vila_tf import buckets, image_formats, inputs as inputs_lib, metadata, pipeline, preprocessing, tasks, tf_compat
-from vila_tf import zero_shot as zsl
-from vila_tf.host_decode import HostDecoder, on_device
-from vila_tf.results import DemoModelWarning, ImageError, Result
-from vila_tf.runner import BucketedRunner
-from vila_tf.versions import resolve_savedmodel
-from vila_tf.warn import warn
+from vila_tf.core import buckets
+from vila_tf.inputs import image_formats
+from vila_tf.inputs import items as inputs_lib
+from vila_tf.core import metadata
+from vila_tf.core import pipeline
+from vila_tf.savedmodel import preprocessing
+from vila_tf.core import tasks
+from vila_tf.savedmodel import tf_compat
+from vila_tf.core import zero_shot as zsl
+from vila_tf.savedmodel.host_decode import HostDecoder, on_device
+from vila_tf.core.results import DemoModelWarning, ImageError, Result
+from vila_tf.savedmodel.runner import BucketedRunner
+from vila_tf.core.versions import resolve_savedmodel
+from vila_tf.core.warn import warn
 
 log = logging.getLogger("vila_tf")
 PROMPT_SETS_KEPT = 16  # prompt sets whose text embeddings a model keeps

@@ -1,4 +1,4 @@
-"""The SavedModel's signatures run on batches padded to the export's buckets (`vila_tf.buckets`):
+"""The SavedModel's signatures run on batches padded to the export's buckets (`vila_tf.core.buckets`):
 any number of inputs costs at most one XLA compilation per bucket and signature, and those are the
 sizes TF Serving's warmup compiles too."""
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from vila_tf import buckets
-from vila_tf.host_decode import on_device
+from vila_tf.core import buckets
+from vila_tf.savedmodel.host_decode import on_device
 
 
 class BucketedRunner:

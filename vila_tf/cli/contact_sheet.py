@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from vila_tf import image_formats
+from vila_tf.inputs import image_formats
 
 THUMB = 192  # thumbnail box, pixels
 PAD = 8

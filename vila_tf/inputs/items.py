@@ -19,7 +19,8 @@ from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
-from vila_tf import image_formats, walk
+from vila_tf.inputs import image_formats
+from vila_tf.inputs import walk
 
 # Files larger than this are refused before a byte is read (`vila_tf.load(max_file_bytes=)`,
 # `--max-file-size`): the largest image within the 50-megapixel limit, stored uncompressed as
@@ -41,12 +42,12 @@ def _is_glob(s: str) -> bool:
     return walk.is_glob(s)
 
 
-# -- walking folders and globs, lazily (vila_tf.walk: each real file once, no FIFOs, no loops) -------
+# -- walking folders and globs, lazily (vila_tf.inputs.walk: each real file once, no FIFOs, no loops) -------
 
 def walk_files(folder: str, skipped: Optional[image_formats.SkipReport] = None) -> Iterator[str]:
     """Every regular file under `folder`, recursively: a folder's files (sorted) before its
     sub-folders (sorted). One folder's names are in memory at a time. Hidden files and folders
-    are left out, links that loop are not followed (`vila_tf.walk`)."""
+    are left out, links that loop are not followed (`vila_tf.inputs.walk`)."""
     return walk.Walk(skipped).files(folder)
 
 
@@ -167,7 +168,7 @@ def iter_items(inputs: Union[Any, Iterable[Any]],
     (`image_formats.keep`): the others are added to `skipped` as the walk meets them. A pattern
     or folder that matches no image becomes one failed item, so nothing the user named
     disappears silently. Path items are not read here (see `load`). Folder walks and patterns
-    meet each real file once (`vila_tf.walk`); `exclude` lists `(st_dev, st_ino)` of files they
+    meet each real file once (`vila_tf.inputs.walk`); `exclude` lists `(st_dev, st_ino)` of files they
     never yield (a run's own output)."""
     if is_single(inputs):
         inputs = [inputs]

@@ -6,7 +6,7 @@ AUC, bootstrap intervals), written as OUT/metrics.json, OUT/summary.md and PNG p
   vila-tf evaluate --scores scores.csv --labels AVA.txt --output eval/  # scores of an earlier `vila-tf score`
 
 With MODEL, the labelled images are scored through the same streaming core as `vila-tf score`
-(`VilaModel.stream`, `vila_tf.results_file`): rows go to OUT/scores.jsonl as they come, a
+(`VilaModel.stream`, `vila_tf.output.results_file`): rows go to OUT/scores.jsonl as they come, a
 progress bar shows the rate, and `--resume` continues an interrupted run. Labelled images that
 are missing or cannot be scored are counted and listed, not fatal. docs/evaluation.md.
 """
@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Optional
 
-EXIT_OK, EXIT_ERROR = 0, 2  # as vila_tf.cli
+EXIT_OK, EXIT_ERROR = 0, 2  # as vila_tf.cli.main
 SCORES_FILE = "scores.jsonl"
 HELP = "compare a model's scores with human labels (AVA.txt or path,score CSV): SRCC, PLCC, KRCC, accuracy"
 
@@ -37,7 +37,7 @@ def _score_threshold(text: str):
 
 
 def add_parser(sub) -> None:
-    from vila_tf import evaluation
+    from vila_tf.evaluation import metrics as evaluation
     c = sub.add_parser("evaluate", help=HELP, description=HELP + ". See docs/evaluation.md.")
     c.add_argument("model", nargs="?", help="exported SavedModel folder (or TF Serving base folder) that scores the "
                    "images; leave out with --scores")
@@ -112,7 +112,7 @@ def _check_args(args) -> None:
 
 
 def _read_labels(args):
-    from vila_tf import labels as labels_lib
+    from vila_tf.evaluation import labels as labels_lib
     try:
         fmt = labels_lib.detect_format(args.labels)
         if fmt == "ava" and args.model and not args.images:
@@ -135,7 +135,9 @@ def _read_labels(args):
 
 def _evaluate(args) -> int:
     import numpy as np
-    from vila_tf import eval_report, evaluation, labels as labels_lib
+    from vila_tf.evaluation import report as eval_report
+    from vila_tf.evaluation import metrics as evaluation
+    from vila_tf.evaluation import labels as labels_lib
     _check_args(args)
     fmt, labels = _read_labels(args)
     if args.model:
@@ -224,7 +226,7 @@ def _value(row: dict, column: str):
 def _result_rows(path: str, column: str):
     """The rows of a results file (CSV or JSON Lines, by name or else by content), lazily."""
     import csv
-    from vila_tf import results_file
+    from vila_tf.output import results_file
     fmt = "jsonl" if path.lower().endswith((".jsonl", ".json")) else "csv"
     if not path.lower().endswith((".jsonl", ".json", ".csv")):
         with open(path, "rb") as f:
@@ -250,8 +252,9 @@ def _result_rows(path: str, column: str):
 def _score(args, labels, scores_path: str) -> None:
     """Scores the labelled images that have no row in OUT/scores.jsonl yet, appending rows as they
     come (labels whose image file does not exist are left for the report)."""
-    from vila_tf import names, results_file
-    from vila_tf.progress import Progress
+    from vila_tf.core import names
+    from vila_tf.output import results_file
+    from vila_tf.cli.progress import Progress
     cols = results_file.columns("score")
     exists = [os.path.isfile(label.path) for label in labels]
     if not any(exists):
@@ -289,7 +292,8 @@ def _load(args):
 
 
 def _stream_scores(args, model, todo: list, skipped: int, scores_path: str, cols: list, progress_cls) -> None:
-    from vila_tf import inputs as inputs_lib, results_file
+    from vila_tf.inputs import items as inputs_lib
+    from vila_tf.output import results_file
     progress = progress_cls("evaluate", args.progress or sys.stderr.isatty())
     progress.total = skipped + len(todo)
     os.makedirs(args.output, exist_ok=True)

@@ -27,8 +27,12 @@ import stat
 import tempfile
 from typing import Iterable, Optional
 
-from vila_tf import image_formats, metadata, results_file, tasks, versions
-from vila_tf.digest import file_sha256
+from vila_tf.inputs import image_formats
+from vila_tf.core import metadata
+from vila_tf.output import results_file
+from vila_tf.core import tasks
+from vila_tf.core import versions
+from vila_tf.core.digest import file_sha256
 
 try:
     import fcntl
@@ -124,7 +128,7 @@ def _read_record(path: str) -> Optional[dict]:
 
 
 def _write_record(path: str, record: dict) -> None:
-    from vila_tf.atomic import atomic_file
+    from vila_tf.core.atomic import atomic_file
     with atomic_file(record_path(path), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
         f.write("\n")

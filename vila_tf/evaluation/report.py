@@ -2,7 +2,7 @@
 `summary.md` (for people) and two plots drawn with matplotlib's Agg canvas (no display, no global
 pyplot state): `scatter.png` (model score against MOS, with the least-squares line; a log-density
 hexbin once there are too many points to see) and `histograms.png` (the MOS and the scores, with
-the two thresholds). Every file appears whole or not at all (`vila_tf.atomic`)."""
+the two thresholds). Every file appears whole or not at all (`vila_tf.core.atomic`)."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from vila_tf import evaluation
-from vila_tf.atomic import atomic_file
+from vila_tf.evaluation import metrics as evaluation
+from vila_tf.core.atomic import atomic_file
 
 HEXBIN_ABOVE = 2000  # points: beyond this a scatter is an ink blot, a density shows the shape
 LISTED_IN_SUMMARY = 20  # missing or failed images named in summary.md (metrics.json lists all)

@@ -1,0 +1,1 @@
+"""Evaluation against human labels: label readers, metrics and the report."""
