@@ -14,11 +14,12 @@ import json
 import os
 import sys
 
-import numpy as np
-from export.model.tree import flatten, unflatten
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # run as a script: the repository root (for `export`) is not on the path
+
+import numpy as np  # noqa: E402
+from export.model.tree import flatten, unflatten  # noqa: E402
+
 DATA = os.path.join(ROOT, "tests", "data")
 FIXTURES = ("vila_r_tiny", "vila_p_tiny")
 FIXTURE_OVERRIDES = {"decoding_max_len": 16}

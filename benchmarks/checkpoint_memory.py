@@ -11,9 +11,11 @@ import resource
 import subprocess
 import sys
 import time
-from export.model.tree import flatten, unflatten
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run as a script: the repository root (for `export`) is not on the path
+
+from export.model.tree import flatten, unflatten  # noqa: E402
 
 
 def write(dir_):

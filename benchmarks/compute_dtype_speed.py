@@ -12,11 +12,11 @@ import os
 import sys
 import time
 
-import numpy as np
-from export.model import demo
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # run as a script: the repository root (for `export`) is not on the path
+
+import numpy as np  # noqa: E402
+from export.model import demo  # noqa: E402
 
 
 def main(argv=None) -> int:
