@@ -19,6 +19,8 @@ import uuid
 
 import numpy as np
 import pytest
+
+from vila_tf.inputs import names as file_names
 from PIL import Image
 
 pytest.importorskip("apache_beam")
@@ -78,15 +80,16 @@ def test_non_utf8_file_names_are_scored_and_written_losslessly(exported, model, 
     err = capsys.readouterr().err
     assert rc == 1, err  # one input is not an image
     results, errors = _jsonl(f"{prefix}-results-*.jsonl"), _jsonl(f"{prefix}-errors-*.jsonl")
-    # The documented form: os.fsencode of the JSON string is the exact name, each input exactly once.
-    assert sorted(os.fsencode(r["input"]) for r in results + errors) == sorted([*paths, fifo])
+    # The documented form, as `vila-tf score` writes it: source_of gives the exact name, each input once.
+    exact = lambda r: os.fsencode(file_names.source_of(r["input"]))  # noqa: E731
+    assert sorted(exact(r) for r in results + errors) == sorted([*paths, fifo])
     for r in results:
-        assert r["score"] == pytest.approx(_score(model, paths[os.fsencode(r["input"])]), abs=1e-5)
-    errors = {os.path.basename(os.fsencode(e["input"])): e["error"] for e in errors}
+        assert r["score"] == pytest.approx(_score(model, paths[exact(r)]), abs=1e-5)
+    errors = {os.path.basename(exact(e)): e["error"] for e in errors}
     assert "not a JPEG" in errors[b"\xff\xfe-notes.jpg"]
     assert errors[b"pipe.jpg"] == f"{photos}/pipe.jpg is a FIFO, not a regular file: not read"
     with open(glob.glob(f"{prefix}-results-*.jsonl")[0], "rb") as f:
-        assert b'caf\\udce9.png"' in f.read()  # the JSON escape of the undecodable byte
+        assert b'caf\\xe9.png"' in f.read()  # the undecodable byte as `vila-tf score` writes it
 
 
 # -- WebDataset: long, non-UTF-8, unsafe and link members; a non-UTF-8 shard name; Parquet results --------
@@ -126,10 +129,10 @@ def test_webdataset_edges_and_the_filtered_copy(exported, model, tmp_path, capsy
     assert rc == 1, err
     table = pq.read_table(sorted(glob.glob(f"{prefix}-results-*.parquet")))
     got = {r["id"]: r["score"] for r in table.to_pylist()}
-    # Parquet strings must be UTF-8: the undecodable byte as the six characters \udce9 (documented).
-    assert set(got) == {"good1", long_key, "caf\\udce9", "good2"}
+    # Parquet strings must be UTF-8: the undecodable byte as `vila-tf score` writes it, \xe9 (documented).
+    assert set(got) == {"good1", long_key, "caf\\xe9", "good2"}
     for key, data in images.items():
-        assert got[key.replace("\udce9", "\\udce9")] == pytest.approx(_score(model, data), abs=1e-5)
+        assert got[key.replace("\udce9", "\\xe9")] == pytest.approx(_score(model, data), abs=1e-5)
     errors = {e["id"]: e["error"] for e in _jsonl(f"{prefix}-errors-*.jsonl")}
     assert set(errors) == {"../evil", "/abs", "sub/../../x", "link", "hard"}
     for key in ("../evil", "/abs", "sub/../../x"):

@@ -6,10 +6,11 @@
     for r in model.stream("score", ["photos/"]):  # results as they come (docs/streaming.md)
         print(r.source, r.value, r.error)
 """
+from vila_tf.core.model import Model, UnsupportedTaskError
 from vila_tf.core.results import DemoModelWarning, ImageError, Result
 from vila_tf.savedmodel.tf_compat import IncompatibleTensorFlowError
 
-__all__ = ["load", "VilaModel", "ImageError", "Result", "DemoModelWarning", "IncompatibleTensorFlowError"]
+__all__ = ["load", "Model", "UnsupportedTaskError", "VilaModel", "ImageError", "Result", "DemoModelWarning", "IncompatibleTensorFlowError"]
 
 
 def load(path: str, device=None, max_workers=None, exif_orientation: bool = True, variant=None,
@@ -28,7 +29,8 @@ def load(path: str, device=None, max_workers=None, exif_orientation: bool = True
             raise ValueError(f"device={device!r}: a LiteRT export runs on this machine's CPU here "
                              "(a phone app picks its GPU delegate itself, docs/on_device.md)")
         from vila_tf.litert import model as litert_model
-        return litert_model.LiteRTModel(path, variant, max_workers=max_workers, exif_orientation=exif_orientation)
+        return litert_model.LiteRTModel(path, variant, max_workers=max_workers, exif_orientation=exif_orientation,
+                                        decode_budget_pixels=decode_budget_pixels, max_file_bytes=max_file_bytes)
     if variant:
         raise ValueError(f"variant={variant!r}: only a LiteRT export has variants; {path} is not one")
     # TensorFlow is imported here, when a SavedModel is loaded, not by `import vila_tf`.
@@ -42,4 +44,7 @@ def __getattr__(name):
     if name == "VilaModel":
         from vila_tf.savedmodel import model
         return model.VilaModel
+    if name == "LiteRTModel":
+        from vila_tf.litert import model
+        return model.LiteRTModel
     raise AttributeError(f"module 'vila_tf' has no attribute {name!r}")

@@ -22,7 +22,8 @@ from vila_tf.core import buckets
 from vila_tf.core import zero_shot
 from vila_tf.beam import io as beam_io, names, overlap, shards
 from vila_tf.beam.leftovers import TempFolders
-from vila_tf.beam.handler import (ERRORS, EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, METRICS_NAMESPACE, RESULTS, TASKS,
+from vila_tf.core.exits import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED
+from vila_tf.beam.handler import (ERRORS, METRICS_NAMESPACE, RESULTS, TASKS,
                                   is_remote, log, remote_savedmodel)
 from vila_tf.beam.transforms import build
 from vila_tf.core import metadata as export_metadata

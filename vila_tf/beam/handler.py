@@ -23,7 +23,6 @@ from vila_tf.core import zero_shot
 from vila_tf.core.versions import numbered
 
 log = logging.getLogger("vila_tf.beam")
-EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
 METRICS_NAMESPACE = "vila_tf"
 RESULTS, ERRORS = "results", "errors"
 FAILED_ON_IMAGE = "the model failed on this image"

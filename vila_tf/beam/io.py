@@ -305,7 +305,8 @@ def results_schema(field: str, embedding_size: Optional[int] = None, id_field: s
 
 
 def _parquet_row(record: dict) -> dict:
-    return {k: (v.tolist() if hasattr(v, "tolist") else names.parquet_text(v) if isinstance(v, (str, bytes)) else v)
+    return {k: (v.tolist() if hasattr(v, "tolist") else names.parquet_text(v)
+                if k in names.NAME_KEYS or isinstance(v, bytes) else v)
             for k, v in record.items()}
 
 

@@ -5,22 +5,21 @@ Python reads such a name with each undecodable byte as a lone surrogate (U+DC80.
 `os.fsdecode`). Beam's coders encode every element as UTF-8, which a lone surrogate cannot be, so
 a job carrying such a path as text failed as a whole. Inside the job a name is therefore carried
 as text when it is UTF-8 and as its bytes when it is not (`carry`), and turned back into the
-surrogate form only where a file is opened (`local`) or a record is written:
-
-- JSON Lines: the name as `os.fsdecode` gives it, each undecodable byte as the JSON escape
-  `\\udcXX` (what Python's own `json.dumps` writes): `os.fsencode(json.loads(line)["input"])` is
-  the exact name;
-- Parquet (its strings must be UTF-8): the same six characters `\\udcXX` as text;
-- messages: each undecodable byte as `\\xNN`.
+surrogate form only where a file is opened (`local`) or a record is written. Records (JSON Lines
+and Parquet) hold a name exactly as `vila-tf score` writes it (`vila_tf.inputs.names.written`:
+each undecodable byte as `\\xNN`, a backslash doubled when the name needs escaping), so the rows of
+both commands join on `input`; `names.source_of` gives the file name back. Messages show each
+undecodable byte as `\\xNN` too.
 """
 from __future__ import annotations
 
 import json
-import re
 from typing import Union
 
+from vila_tf.inputs.names import written
+
 Name = Union[str, bytes]  # what the pipeline carries: text when UTF-8, else the name's bytes
-_SURROGATE = re.compile("[\ud800-\udfff]")
+NAME_KEYS = ("input", "id")  # the record fields that hold a file name or sample key
 
 
 def _raw(text: str) -> bytes:
@@ -51,16 +50,17 @@ def shown(text: Name) -> str:
     return (text if isinstance(text, bytes) else _raw(text)).decode("utf-8", "backslashreplace")
 
 
-def _escape(match: re.Match) -> str:
-    return "\\u%04x" % ord(match.group())
+def record_name(name: Name) -> str:
+    """A name as records write it: the form `vila-tf score` writes (valid UTF-8, lossless)."""
+    return written(local(name))
 
 
 def json_line(record: dict) -> str:
-    """One JSON object, UTF-8 text except each undecodable byte of a name as `\\udcXX`."""
-    return _SURROGATE.sub(_escape, json.dumps({k: local(v) if isinstance(v, bytes) else v
-                                               for k, v in record.items()}, ensure_ascii=False))
+    """One JSON object, UTF-8 text, its names as `vila-tf score` writes them."""
+    return json.dumps({k: record_name(v) if k in NAME_KEYS or isinstance(v, bytes) else v
+                       for k, v in record.items()}, ensure_ascii=False)
 
 
 def parquet_text(name: Name) -> str:
-    """The name as a Parquet string: each undecodable byte as the six characters `\\udcXX`."""
-    return _SURROGATE.sub(_escape, local(name))
+    """A name as a Parquet string (UTF-8): the form `vila-tf score` writes."""
+    return record_name(name)

@@ -18,13 +18,11 @@ import os
 import sys
 from typing import Optional
 
-EXIT_OK, EXIT_ERROR = 0, 2  # as vila_tf.cli.main
+from vila_tf.cli import options
+from vila_tf.core.exits import EXIT_OK, UsageError
+
 SCORES_FILE = "scores.jsonl"
 HELP = "compare a model's scores with human labels (AVA.txt or path,score CSV): SRCC, PLCC, KRCC, accuracy"
-
-
-class UsageError(Exception):
-    """Something the user must change: one line on stderr, exit 2."""
 
 
 def _score_threshold(text: str):
@@ -39,8 +37,7 @@ def _score_threshold(text: str):
 def add_parser(sub) -> None:
     from vila_tf.evaluation import metrics as evaluation
     c = sub.add_parser("evaluate", help=HELP, description=HELP + ". See docs/evaluation.md.")
-    c.add_argument("model", nargs="?", help="exported SavedModel folder (or TF Serving base folder) that scores the "
-                   "images; leave out with --scores")
+    options.add_model(c, optional=True)
     c.add_argument("--labels", required=True, help="AVA.txt (vote counts per image) or a CSV of path,score rows")
     c.add_argument("--images", metavar="DIR", help="the images: DIR/<image id>.jpg for AVA.txt; for a CSV, relative "
                    "paths are relative to DIR (default: the CSV's folder)")
@@ -62,25 +59,12 @@ def add_parser(sub) -> None:
     c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
     c.add_argument("--resume", action="store_true", help="continue an interrupted run: images with a row in "
                    "OUT/scores.jsonl are not scored again")
-    c.add_argument("--batch-size", type=int, default=32, help="images per model call (at most 32)")
-    c.add_argument("--device", help="e.g. GPU:0 or CPU:0 (default: TensorFlow's placement: "
-                   "its first GPU when it sees one, else the CPU)")
-    c.add_argument("--decode-threads", type=int, default=None, metavar="N",
-                   help="threads reading and decoding images (default: min(8, CPU count))")
-    c.add_argument("--batches-ahead", type=int, default=2, metavar="N",
-                   help="batches decoded ahead of the model, at most (default 2)")
-    c.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
-    c.add_argument("--release-exact-orientation", action="store_true",
-                   help="score photos as stored, ignoring EXIF orientation, exactly as the release did")
+    options.add_run_options(c)
     c.set_defaults(run=run)
 
 
 def run(args) -> int:
-    try:
-        return _evaluate(args)
-    except UsageError as e:
-        print(f"vila-tf evaluate: {e}", file=sys.stderr)
-        return EXIT_ERROR
+    return _evaluate(args)
 
 
 def _check_args(args) -> None:
@@ -97,9 +81,13 @@ def _check_args(args) -> None:
         raise UsageError("--score-column picks a column of --scores RESULTS; MODEL's own scores are 'score'")
     if args.scores and args.resume:
         raise UsageError("--resume continues the scoring of MODEL; with --scores nothing is scored")
-    for flag in ("batch_size", "batches_ahead", "decode_threads"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1")
+    options.check(args)
+    if args.scores:
+        given = [f for f, v in (("--variant", args.variant), ("--device", args.device),
+                                ("--decode-threads", args.decode_threads), ("--decode-budget", args.decode_budget),
+                                ("--max-file-size", args.max_file_size)) if v is not None]
+        if given:
+            raise UsageError(f"{given[0]} sets how MODEL runs; with --scores nothing is run: leave it out")
     if args.bootstrap < 0:
         raise UsageError("--bootstrap must be >= 0")
     for flag, path in (("--labels", args.labels), ("--scores", args.scores), ("--subset", args.subset)):
@@ -252,7 +240,7 @@ def _result_rows(path: str, column: str):
 def _score(args, labels, scores_path: str) -> None:
     """Scores the labelled images that have no row in OUT/scores.jsonl yet, appending rows as they
     come (labels whose image file does not exist are left for the report)."""
-    from vila_tf.core import names
+    from vila_tf.inputs import names
     from vila_tf.output import results_file
     from vila_tf.cli.progress import Progress
     cols = results_file.columns("score")
@@ -275,29 +263,21 @@ def _score(args, labels, scores_path: str) -> None:
     if not todo:
         return
     skipped = sum(1 for label, ok in zip(labels, exists) if ok and label.path in done)
-    model = _load(args)
+    model = options.load(args, ("score",))
     try:
         _stream_scores(args, model, todo, skipped, scores_path, cols, Progress)
     finally:
         model.close()
 
 
-def _load(args):
-    import vila_tf
-    try:
-        return vila_tf.load(args.model, device=args.device, max_workers=args.decode_threads,
-                            exif_orientation=not args.release_exact_orientation)
-    except (FileNotFoundError, OSError, ValueError, vila_tf.IncompatibleTensorFlowError) as e:
-        raise UsageError(f"cannot load model: {e}") from None
-
-
 def _stream_scores(args, model, todo: list, skipped: int, scores_path: str, cols: list, progress_cls) -> None:
     from vila_tf.inputs import items as inputs_lib
+    from vila_tf.inputs import names
     from vila_tf.output import results_file
     progress = progress_cls("evaluate", args.progress or sys.stderr.isatty())
     progress.total = skipped + len(todo)
     os.makedirs(args.output, exist_ok=True)
-    step = max(1, min(args.batch_size, 32))
+    step = args.batch_size
     processed = failed = 0
     # Items, not path strings: a file name with glob characters is still one file.
     items = (inputs_lib.Item(path, path=path) for path in todo)
@@ -307,10 +287,10 @@ def _stream_scores(args, model, todo: list, skipped: int, scores_path: str, cols
             writer.write(results_file.make_row("score", r.source, r.value, r.error))
             if r.error is not None:
                 failed += 1
-                progress.message(f"vila-tf: {r.source}: {r.error}")
+                progress.message(f"vila-tf: {names.written(r.source)}: {r.error}")
             processed += 1
             if processed % step == 0:  # one batch on disk: a kill loses at most what is in flight
                 out.flush()
-                progress.update(processed, skipped)
+            progress.update(processed, skipped)  # from the first photo
         out.flush()
     progress.update(processed, skipped, final=True)

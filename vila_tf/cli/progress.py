@@ -1,58 +1,64 @@
-"""The one-line progress bar the `vila-tf` commands draw on stderr (score, evaluate, rank)."""
+"""The progress bar of the `vila-tf` commands (score, zero-shot, caption, embed, evaluate, rank):
+tqdm's, on stderr, from the first photo; in Jupyter tqdm's notebook widget.
+
+The total is counted in a background thread (a walk of file names, no reading) so the first rows
+never wait for it; until it is known the bar shows the count and the rate."""
 from __future__ import annotations
 
-import math
 import sys
 import threading
-import time
 from typing import Optional
 
 
 class Progress:
-    """A one-line progress bar on stderr (only on a terminal unless forced): done/total, rate, ETA.
+    """`update(processed, skipped)` after each photo; `message(text)` for a line that must not run
+    into the bar. Shown on a terminal, or everywhere with `enabled=True` (`--progress`)."""
 
-    The total is counted in a background thread (a walk of file names, no reading) so the first
-    rows never wait for it; until it is known the bar shows done/? and the rate."""
-
-    def __init__(self, label: str, enabled: bool):
+    def __init__(self, label: str, enabled: bool, total: Optional[int] = None):
         self.label, self.enabled = label, enabled
-        self.total: Optional[int] = None
-        self.start = time.monotonic()
-        self._last = 0.0
+        self._bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+            self._bar = tqdm(total=total, desc=label, unit="img", file=sys.stderr, dynamic_ncols=True,
+                             mininterval=0.2, smoothing=0.1)
+
+    @property
+    def total(self) -> Optional[int]:
+        return self._bar.total if self._bar is not None else None
+
+    @total.setter
+    def total(self, value: Optional[int]) -> None:
+        if self._bar is not None:
+            self._bar.total = value
+            self._bar.refresh()
 
     def count_in_background(self, inputs) -> None:
-        if not self.enabled:
+        if self._bar is None:
             return
 
         def count():
             from vila_tf.inputs import items as inputs_lib
-            self.total = sum(1 for _ in inputs_lib.iter_items(inputs))
+            total = sum(1 for _ in inputs_lib.iter_items(inputs))
+            if self._bar is not None and self._bar.total is None:
+                self._bar.total = total
         threading.Thread(target=count, daemon=True, name="vila-tf-count").start()
 
     def message(self, text: str) -> None:
-        """A line on stderr that does not run into the bar (the bar is redrawn on the next update)."""
-        sys.stderr.write(("\r\x1b[K" if self.enabled and self._last else "") + text + "\n")
-        self._last = 0.0  # redraw the bar on the next update
-        sys.stderr.flush()
+        """A line on stderr above the bar."""
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def update(self, processed: int, skipped: int = 0, final: bool = False) -> None:
-        """`processed` inputs scored by this run, `skipped` found done by --resume."""
-        now = time.monotonic()
-        if not self.enabled or (not final and now - self._last < 0.2):
+        """`processed` inputs done by this run, `skipped` found done by --resume."""
+        if self._bar is None:
             return
-        self._last = now
         done = processed + skipped
-        rate = processed / max(now - self.start, 1e-9)
-        total = done if final else self.total
-        if total:
-            frac = min(1.0, done / total)
-            bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-            eta = (total - done) / rate if rate > 0 else float("inf")
-            eta_text = "--:--" if not math.isfinite(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
-            text = f"{self.label} [{bar}] {done}/{total} {100 * frac:.0f}% {rate:.1f} img/s ETA {eta_text}"
-        else:
-            text = f"{self.label} [{'counting':^30}] {done}/? {rate:.1f} img/s"
-        sys.stderr.write("\r" + text)
+        if done != self._bar.n:
+            self._bar.update(done - self._bar.n)
         if final:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+            self._bar.total = done
+            self._bar.refresh()
+            self._bar.close()
+            self._bar = None

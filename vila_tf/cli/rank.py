@@ -3,25 +3,26 @@ that best match a text, best first, with their cosine similarity (`vila_tf.core.
 
 Any number of photos, in bounded memory: they stream through the model and only the K best per
 query are kept. `--query TEXT` (repeatable) ranks for more texts in the same pass. The table goes
-to stdout; `--output FILE` writes CSV or JSON Lines rows (query, rank, similarity, input) once
-the pass is done. Exit codes as `vila-tf score`: 0, 1 some photos failed, 2 usage or model error.
+to stdout; `--output FILE` (checked and locked before the model loads, like every file a command
+writes: vila_tf.output) gets CSV or JSON Lines rows (query, rank, similarity, input) once the pass
+is done. Needs the text tower: a LiteRT export is refused in one line.
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 import sys
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2  # as vila_tf.cli.main
+from vila_tf.cli import options
+from vila_tf.core.exits import EXIT_OK, EXIT_SOME_FAILED, UsageError
+from vila_tf.inputs import names
+
 HELP = "the photos that best match a text, best first (cosine similarity of the embeddings)"
-COLUMNS = ["query", "rank", "similarity", "input"]
 
 
 def add_parser(sub) -> None:
     from vila_tf.core.ranking import DEFAULT_TOP
     c = sub.add_parser("rank", help=HELP, description=HELP + ".")
-    c.add_argument("model", help="exported SavedModel folder, or a TF Serving base folder (newest version)")
+    options.add_model(c)
     c.add_argument("query", help="what to look for, e.g. 'a misty forest at dawn'")
     c.add_argument("inputs", nargs="+", help="image files, folders (walked recursively) or glob patterns")
     c.add_argument("--query", dest="more_queries", action="append", default=[], metavar="TEXT",
@@ -29,32 +30,50 @@ def add_parser(sub) -> None:
     c.add_argument("--top", type=int, default=DEFAULT_TOP, metavar="K", help="photos per query (default %(default)s)")
     c.add_argument("--output", "-o", help="also write the rankings here: CSV, or JSON Lines for .jsonl/.json")
     c.add_argument("--format", choices=["csv", "jsonl"], default=None, help="format of --output (default: by name)")
-    c.add_argument("--batch-size", type=int, default=32, help="images per model call (at most 32)")
-    c.add_argument("--device", help="e.g. GPU:0 or CPU:0 (default: TensorFlow's placement: "
-                   "its first GPU when it sees one, else the CPU)")
-    c.add_argument("--decode-threads", type=int, default=None, metavar="N",
-                   help="threads reading and decoding images (default: min(8, CPU count))")
-    c.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+    options.add_run_options(c)
     c.set_defaults(run=run)
 
 
 def run(args) -> int:
-    if args.top < 1 or args.batch_size < 1 or (args.decode_threads is not None and args.decode_threads < 1):
-        print("vila-tf rank: --top, --batch-size and --decode-threads must be >= 1", file=sys.stderr)
-        return EXIT_ERROR
+    from vila_tf.output import output_file
+    options.check(args)
+    if args.top < 1:
+        raise UsageError("--top must be >= 1")
     queries = list(dict.fromkeys([args.query] + args.more_queries))
     if any(not q.strip() for q in queries):
-        print("vila-tf rank: a query is empty: give the text to look for", file=sys.stderr)
-        return EXIT_ERROR
-    import vila_tf
-    from vila_tf.inputs import image_formats
-    from vila_tf.core import ranking
-    from vila_tf.cli.progress import Progress
+        raise UsageError("a query is empty: give the text to look for")
+    missing = options.check_inputs(args.inputs)
+    output = None
+    if args.output:
+        fmt = options.output_format(args.output, args.format, "csv")
+        try:
+            output_file.check_extension(args.output, fmt, "--output")
+            record = output_file.run_record("rank", fmt, output_file.RANK_COLUMNS,
+                                            output_file.model_record(args.model, args.variant),
+                                            exif_orientation=not args.release_exact_orientation)
+            output = output_file.ResultsOutput(args.output, fmt, output_file.RANK_COLUMNS, record, False,
+                                               args.inputs).prepare()
+        except output_file.OutputError as e:
+            raise UsageError(str(e)) from None
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot load model: {e}") from None
     try:
-        model = vila_tf.load(args.model, device=args.device, max_workers=args.decode_threads)
-    except (FileNotFoundError, OSError, ValueError, vila_tf.IncompatibleTensorFlowError) as e:
-        print(f"vila-tf rank: cannot load model: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        model = options.load(args, ("image_embedding", "text_embedding"))
+        for path in missing:
+            print(f"vila-tf: {names.written(path)}: no such file or folder", file=sys.stderr)
+        try:
+            return _rank(args, model, queries, output, set(missing))
+        finally:
+            model.close()
+    finally:
+        if output is not None:
+            output.abandon()  # nothing once the rankings are written (closed already)
+
+
+def _rank(args, model, queries: list, output, reported: set) -> int:
+    from vila_tf.cli.progress import Progress
+    from vila_tf.core import ranking
+    from vila_tf.inputs import image_formats
     progress = Progress("rank", args.progress or sys.stderr.isatty())
     progress.count_in_background(args.inputs)
     skipped_files = image_formats.SkipReport()
@@ -62,25 +81,18 @@ def run(args) -> int:
 
     def on_result(r):
         done[0] += 1
-        if r.error is not None:
-            progress.message(f"vila-tf: {r.source}: {r.error}")
+        if r.error is not None and r.source not in reported:
+            progress.message(f"vila-tf: {names.written(r.source)}: {r.error}")
         progress.update(done[0])
 
-    try:
-        result = ranking.rank(model, queries, args.inputs, top=args.top, batch_size=args.batch_size,
-                              on_result=on_result, skipped=skipped_files)
-    except KeyboardInterrupt:
-        print("\nvila-tf: interrupted: nothing written", file=sys.stderr)
-        return 130
-    finally:
-        model.close()
+    result = ranking.rank(model, queries, args.inputs, top=args.top, batch_size=args.batch_size,
+                          batches_ahead=args.batches_ahead, on_result=on_result, skipped=skipped_files)
     progress.update(done[0], final=True)
     for line in skipped_files.lines():
         print(f"vila-tf: {line}", file=sys.stderr)
     _print(result)
-    if args.output:
-        _write(result, args.output, args.format or ("jsonl" if args.output.lower().endswith((".jsonl", ".json"))
-                                                    else "csv"))
+    if output is not None:
+        _write(result, output)
     if result.failed:
         print(f"vila-tf: {result.failed} of {result.seen + result.failed} photos failed", file=sys.stderr)
     return EXIT_SOME_FAILED if result.failed else EXIT_OK
@@ -88,21 +100,20 @@ def run(args) -> int:
 
 def _print(result) -> None:
     for query, matches in result.matches.items():
-        print(f"{query!r}: the best {len(matches)} of {result.seen} photos")
+        print(f"{query!r}: the best {len(matches)} of {result.seen} photo{'s' if result.seen != 1 else ''}")
         for m in matches:
-            print(f"{m.rank:4d}  {m.similarity:+.4f}  {m.source}")
+            print(f"{m.rank:4d}  {m.similarity:+.4f}  {names.written(m.source)}")
 
 
-def _write(result, path: str, fmt: str) -> None:
-    from vila_tf.core.atomic import atomic_file
-    rows = [{"query": q, "rank": m.rank, "similarity": round(m.similarity, 6), "input": m.source}
-            for q, matches in result.matches.items() for m in matches]
-    with atomic_file(path, "w", encoding="utf-8", newline="") as f:
-        if fmt == "csv":
-            w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
-            w.writeheader()
-            w.writerows(rows)
-        else:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"vila-tf: rankings -> {os.path.abspath(path)}", file=sys.stderr)
+def _write(result, output) -> None:
+    """The rankings through the output layer: names written losslessly, CSV cells formula-guarded."""
+    from vila_tf.output import results_file
+    out = output.begin()
+    writer = results_file.RowWriter(out, output.fmt, output.cols, header=True)
+    for q, matches in result.matches.items():
+        for m in matches:
+            writer.write({"query": q, "rank": m.rank, "similarity": round(m.similarity, 6),
+                          "input": names.written(m.source)})
+    out.flush()
+    output.close()
+    print(f"vila-tf: rankings -> {os.path.abspath(output.path)}", file=sys.stderr)

@@ -119,35 +119,41 @@ class ZeroShotScores:
 
 @dataclasses.dataclass(frozen=True)
 class PairTask:
-    """A zero-shot task for `VilaModel.stream` (make it with `VilaModel.zero_shot_task`): each
-    value is a dict {"score": mean over the pairs, name: that pair's score, ...} in column order.
+    """A zero-shot task for `Model.stream` (make it with `model.zero_shot_task`): each value is a
+    dict {"score": mean over the pairs, name: that pair's score, ...} in column order.
 
-    The release's six attributes come straight from the zero-shot signature (computed in the
-    graph); your own pairs from the image-embedding signature and `embeddings`, the pairs' text
-    embeddings [2K, D] (good, bad alternating), computed once when the task is made."""
+    Where a pair's score comes from: the release's six from the model's own attribute outputs
+    (computed in the graph); your own pairs either from the image embedding and `embeddings`, the
+    pairs' text embeddings [2K, D] (good, bad alternating), computed once when the task is made
+    (the SavedModel), or from the `columns` of an `output` that a model computes them in (pairs
+    baked into a LiteRT export at conversion)."""
     names: tuple
     prompts: tuple
-    embeddings: Optional[np.ndarray] = None  # None: the release's six, from the graph
+    embeddings: Optional[np.ndarray] = None
+    columns: Optional[tuple] = None
+    output: Optional[str] = None
 
     @property
     def release(self) -> bool:
-        return self.embeddings is None
+        return self.embeddings is None and self.columns is None
 
     @property
     def signature(self) -> str:
-        return "zero_shot_pixels" if self.release else "image_embedding_pixels"
+        return "zero_shot_pixels" if self.release or self.columns is not None else "image_embedding_pixels"
 
     def pair_values(self, outputs: dict) -> np.ndarray:
         """The signature's outputs for a batch -> float32 [B, K]."""
         if self.release:
-            return np.stack([np.asarray(outputs[k]) for k in ZERO_SHOT_ATTRIBUTE_OUTPUTS], axis=-1)
+            return np.stack([np.asarray(outputs[k]).reshape(-1) for k in ZERO_SHOT_ATTRIBUTE_OUTPUTS], axis=-1)
+        if self.columns is not None:
+            return np.asarray(outputs[self.output], np.float32)[:, list(self.columns)]
         return pair_scores(outputs["image_embedding"], self.embeddings)
 
     def values(self, outputs: dict) -> list:
         """The signature's outputs for a batch -> one value per image."""
         pairs = self.pair_values(outputs)
         # The release's score is the graph's own mean; yours the mean of your pairs.
-        scores = np.asarray(outputs["zero_shot_score"]) if self.release else pairs.mean(axis=1)
+        scores = np.asarray(outputs["zero_shot_score"]).reshape(-1) if self.release else pairs.mean(axis=1)
         return [{"score": float(s), **{n: float(v) for n, v in zip(self.names, row)}}
                 for s, row in zip(scores, pairs)]
 

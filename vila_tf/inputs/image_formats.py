@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from vila_tf.core import warn
+from vila_tf.inputs import warn
 
 # Formats by where they are decoded. Names are those sniff() returns.
 GRAPH_FORMATS = ("jpeg", "png", "gif", "bmp", "webp")
@@ -117,7 +117,7 @@ def is_silently_skipped(path: str) -> bool:
 
 
 def _some(paths: list[str], shown: int = 3) -> str:
-    from vila_tf.core import names
+    from vila_tf.inputs import names
     text = ", ".join(names.written(p) for p in paths[:shown])
     return text + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
 

@@ -174,6 +174,10 @@ def iter_items(inputs: Union[Any, Iterable[Any]],
         inputs = [inputs]
     walker = walk.Walk(skipped, exclude)
     counters = {"bytes": 0, "array": 0, "image": 0}
+    yield from _items(inputs, walker, counters)
+
+
+def _items(inputs: Iterable[Any], walker: walk.Walk, counters: dict, depth: int = 0) -> Iterator[Item]:
     for x in inputs:
         if isinstance(x, Item):  # already expanded
             yield x
@@ -190,6 +194,9 @@ def iter_items(inputs: Union[Any, Iterable[Any]],
             yield _from_array(np.asarray(x.convert("RGB")), src)
         elif isinstance(x, (str, os.PathLike)):
             yield from _path_items(os.fspath(x), walker)
+        elif depth < 8 and (isinstance(x, (list, tuple)) or hasattr(x, "__next__")):
+            # a list or generator among the inputs (["photos/", more_photos()]): its items in turn, lazily
+            yield from _items(x, walker, counters, depth + 1)
         else:
             yield Item(repr(x)[:60], error=f"unsupported input type {type(x).__name__}")
 

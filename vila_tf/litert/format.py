@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 
+from vila_tf.core.signatures import ZERO_SHOT_ATTRIBUTE_OUTPUTS
+
 FORMAT = "vila-tf-litert/1"
 METADATA_FILE = "vila_litert.json"
 VARIANTS = ("float32", "float16", "int8")
@@ -23,7 +25,17 @@ DEFAULT_VARIANT = "float32"
 # inside (docs/model.md §11), all three image heads out.
 IMAGE_SIGNATURE = "image"
 IMAGE_INPUT = "image"  # uint8 [1, H, W, 3]
-OUTPUTS = ("predictions", "image_embedding", "zero_shot_score")  # [1, 1], [1, D], [1]
+# The release's six zero-shot attributes, each pair's score as its own output [1], named and
+# ordered as the SavedModel's zero-shot signature (`zero_shot_image`, `zero_shot_lighting`, ...).
+ATTRIBUTE_OUTPUTS = ZERO_SHOT_ATTRIBUTE_OUTPUTS
+# Every export's outputs: [1, 1], [1, D], [1], then [1] per attribute.
+OUTPUTS = ("predictions", "image_embedding", "zero_shot_score") + ATTRIBUTE_OUTPUTS
+# Your own prompt pairs, embedded at conversion (`python -m export litert --prompt 'GOOD|BAD'`):
+# one more output, float32 [1, K], column k = softmax(image·good_k, image·bad_k)[good], the pairs
+# in the order given and recorded in the metadata under PROMPTS_KEY as [["good", "bad"], ...].
+# An export converted without --prompt has neither the output nor the pairs.
+PROMPT_SCORES_OUTPUT = "zero_shot_prompt_scores"
+PROMPTS_KEY = "prompts"
 
 
 class LiteRTExportError(ValueError):
@@ -63,6 +75,24 @@ def read_metadata(path) -> dict:
     if meta.get("format") != FORMAT:
         raise LiteRTExportError(f"{meta_path}: format {meta.get('format')!r}, this vila_tf reads {FORMAT!r}")
     return meta
+
+
+def prompts(meta: dict) -> tuple:
+    """The prompt pairs baked into the export, ((good, bad), ...) in the column order of
+    PROMPT_SCORES_OUTPUT; () when it was converted without --prompt."""
+    pairs = meta.get(PROMPTS_KEY) or ()
+    if not isinstance(pairs, (list, tuple)) or not all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in pairs):
+        raise LiteRTExportError(f"{METADATA_FILE}: {PROMPTS_KEY!r} is {pairs!r}, expected [[good, bad], ...]; "
+                                "write the export again")
+    return tuple((p[0], p[1]) for p in pairs)
+
+
+def outputs(meta: dict) -> tuple:
+    """The output names of the export's `image` signature as its metadata records them (an export
+    converted before the attribute outputs has only the first three of OUTPUTS)."""
+    recorded = meta.get("signatures", {}).get(IMAGE_SIGNATURE, {}).get("outputs")
+    return tuple(recorded) if recorded else OUTPUTS[:3]
 
 
 def variant_path(path, meta: dict, variant: str) -> str:

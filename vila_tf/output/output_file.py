@@ -41,6 +41,7 @@ except ImportError:  # not POSIX (Windows): outputs are not locked there
 
 RECORD_SUFFIX = image_formats.RECORD_SUFFIX
 RECORD_VERSION = 1
+RANK_COLUMNS = ["query", "rank", "similarity", "input"]  # `vila-tf rank --output`
 SHEET_SOFTWARE = "vila-tf contact sheet"  # the PNG text chunk that marks a sheet as ours
 
 
@@ -158,6 +159,8 @@ def _looks_like_results(path: str) -> Optional[str]:
     except (csv.Error, StopIteration):
         return None
     fields = {t.field for t in tasks.BY_COMMAND.values()}
+    if cells == RANK_COLUMNS:  # `vila-tf rank --output`
+        return "csv"
     return "csv" if len(cells) >= 3 and cells[0] == "input" and cells[1] in fields and cells[-1] == "error" else None
 
 
@@ -176,6 +179,28 @@ def _describe(path: str) -> str:
     except UnicodeDecodeError:
         return "it holds binary data"
     return f"it starts with {text[:40]!r}"
+
+
+# What each format's file is called: an output named for another format is refused, never written
+# in the wrong one (a .jpg holding PNG bytes, a .csv holding JSON Lines).
+EXTENSIONS = {"csv": (".csv",), "jsonl": (".jsonl", ".json"), "png": (".png",)}
+_KNOWN = {ext: fmt for fmt, exts in EXTENSIONS.items() for ext in exts} | {
+    ext: "another format" for ext in (".jpg", ".jpeg", ".tsv", ".txt.gz", ".parquet", ".webp", ".gif", ".tif", ".tiff")}
+
+
+def check_extension(path: str, fmt: str, flag: str) -> None:
+    """OutputError when `path`'s extension names another format than `fmt` (a name with no known
+    extension is taken as it is; a contact sheet must be a .png)."""
+    if path in ("-", os.devnull) or (os.path.exists(path) and not os.path.isfile(path)):
+        return  # a device or FIFO: no name to mislead anyone
+    ext = os.path.splitext(path)[1].lower()
+    if fmt == "png" and ext != ".png":
+        raise OutputError(f"{flag} {path}: a contact sheet is a PNG image: give a name ending in .png")
+    named = _KNOWN.get(ext)
+    if named is not None and named != fmt and fmt in EXTENSIONS:
+        raise OutputError(f"{flag} {path}: the name says {named if named != 'another format' else ext}, but the rows "
+                          f"are written as {fmt}: name it {os.path.splitext(path)[0]}{EXTENSIONS[fmt][0]}, or "
+                          f"choose --format {named if named in EXTENSIONS else fmt}")
 
 
 def _same_file(a: str, b: str) -> bool:

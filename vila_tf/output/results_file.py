@@ -8,8 +8,8 @@ record with balanced quotes, a JSON line that parses) and truncates the rest. A 
 other way (NUL bytes left by a machine crash, rows interleaved by two runs of an older version)
 is cleaned by `clean`: damaged rows dropped, each input's first row kept.
 
-Input names are written as `vila_tf.core.names.written` gives them (valid UTF-8, lossless), CSV text
-cells with the spreadsheet-formula guard of `vila_tf.core.names.csv_cell`.
+Input names are written as `vila_tf.inputs.names.written` gives them (valid UTF-8, lossless), CSV text
+cells with the spreadsheet-formula guard of `vila_tf.inputs.names.csv_cell`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import json
 import os
 from typing import Iterator, NamedTuple, Optional
 
-from vila_tf.core import names
+from vila_tf.inputs import names
 from vila_tf.core import tasks
 
 FORMATS = ("csv", "jsonl")

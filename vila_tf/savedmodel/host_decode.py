@@ -11,7 +11,6 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from vila_tf.inputs import decode_budget
 from vila_tf.inputs import image_formats
 from vila_tf.inputs import items as inputs_lib
 from vila_tf.savedmodel import preprocessing
@@ -35,59 +34,60 @@ def reason(err: Exception) -> str:
 
 
 class HostDecoder:
-    """Thread-safe once warmed up: `pixels(item)` may run in many threads at once."""
+    """Thread-safe once warmed up: `pixels(item, ...)` may run in many threads at once. The decode
+    budget, the file-size cap and reading the file are the model core's (`vila_tf.core.model`)."""
 
-    def __init__(self, max_pixels: int, exif_orientation: bool = True, device: Optional[str] = None,
-                 budget_pixels: Optional[int] = None, max_file_bytes: Optional[int] = None):
-        self.max_pixels, self.exif_orientation, self.device = max_pixels, exif_orientation, device
-        # Shared by every thread decoding for this model (vila_tf.inputs.decode_budget).
-        self.budget = decode_budget.DecodeBudget(budget_pixels or decode_budget.DEFAULT_DECODE_BUDGET)
-        self.max_file_bytes = int(max_file_bytes or inputs_lib.DEFAULT_MAX_FILE_BYTES)
+    def __init__(self, device: Optional[str] = None):
+        self.device = device
         # WebP in the graph needs a TensorFlow with its decoder; without one Pillow decodes it.
         self.graph_webp = hasattr(tf.io, "decode_webp")
-        self._decode = tf.function(
-            lambda b: preprocessing.crop_and_scale(preprocessing.decode(b, None, max_pixels, self.graph_webp)),
-            input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
-        self._decode_only = tf.function(lambda b: preprocessing.decode(b, None, max_pixels, self.graph_webp),
-                                        input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+        self._decode: dict = {}  # max_pixels -> (decode and resize, decode only): traced once each
         self._resize = tf.function(preprocessing.crop_and_scale,
                                    input_signature=[tf.TensorSpec([None, None, 3], tf.float32)], autograph=False)
         self._trace_lock = threading.Lock()
 
-    def warm_up(self) -> None:
+    def _functions(self, max_pixels: int):
+        fns = self._decode.get(max_pixels)
+        if fns is None:
+            with self._trace_lock:
+                fns = self._decode.get(max_pixels)
+                if fns is None:
+                    spec = [tf.TensorSpec([], tf.string)]
+                    fns = (tf.function(lambda b: preprocessing.crop_and_scale(
+                               preprocessing.decode(b, None, max_pixels, self.graph_webp)),
+                               input_signature=spec, autograph=False),
+                           tf.function(lambda b: preprocessing.decode(b, None, max_pixels, self.graph_webp),
+                                       input_signature=spec, autograph=False))
+                    self._decode[max_pixels] = fns
+        return fns
+
+    def warm_up(self, max_pixels: int) -> None:
         """Traces the decode functions once, before the threads call them (not once per thread)."""
-        if self._decode.experimental_get_tracing_count() and self._resize.experimental_get_tracing_count():
+        decode, _ = self._functions(max_pixels)
+        if decode.experimental_get_tracing_count() and self._resize.experimental_get_tracing_count():
             return
         with self._trace_lock, on_device(self.device):
-            if not self._decode.experimental_get_tracing_count():
-                self._decode(tf.io.encode_png(tf.zeros([2, 2, 3], tf.uint8)))
+            if not decode.experimental_get_tracing_count():
+                decode(tf.io.encode_png(tf.zeros([2, 2, 3], tf.uint8)))
             if not self._resize.experimental_get_tracing_count():
                 self._resize(tf.zeros([2, 2, 3], tf.float32))
 
-    def pixels(self, item: inputs_lib.Item) -> tuple[Optional[np.ndarray], Optional[str]]:
-        """(float32 [224, 224, 3], None), or (None, why it failed). Within the decode budget: the
-        item's cost, read from its header before the file is read, is held until it is resized."""
-        with self.budget.hold(decode_budget.cost(item, self.max_file_bytes, self.max_pixels, self.exif_orientation)):
-            return self._pixels(item)
-
-    def _pixels(self, item: inputs_lib.Item) -> tuple[Optional[np.ndarray], Optional[str]]:
-        item = inputs_lib.load(item, self.max_file_bytes)
-        if item.error:
-            return None, item.error
+    def pixels(self, item: inputs_lib.Item, max_pixels: int, exif_orientation: bool) -> np.ndarray:
+        """A loaded item (bytes or an array) -> float32 [224, 224, 3]; ImageFormatError with the
+        reason when it cannot be decoded."""
+        decode, decode_only = self._functions(max_pixels)
         try:
             with on_device(self.device):
                 if isinstance(item.data, bytes):
                     # Photos the graph cannot decode or must turn upright come back as pixels.
                     pixels = image_formats.decode_on_host(
-                        item.data, self.max_pixels, self.exif_orientation,
-                        lambda b: self._decode_only(tf.constant(b)).numpy(), self.graph_webp, item.source)
+                        item.data, max_pixels, exif_orientation,
+                        lambda b: decode_only(tf.constant(b)).numpy(), self.graph_webp, item.source)
                     if pixels is None:
-                        return self._decode(tf.constant(item.data)).numpy(), None
+                        return decode(tf.constant(item.data)).numpy()
                     # cast in TensorFlow: no float32 copy of a full-size photo in numpy as well (decode memory)
-                    return self._resize(tf.cast(tf.constant(pixels), tf.float32)).numpy(), None
+                    return self._resize(tf.cast(tf.constant(pixels), tf.float32)).numpy()
                 arr = item.data.astype(np.float32) * (255.0 if item.data.dtype != np.uint8 else 1.0)
-                return self._resize(tf.constant(arr)).numpy(), None
+                return self._resize(tf.constant(arr)).numpy()
         except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError, tf.errors.UnknownError) as e:
-            return None, reason(e)
-        except image_formats.ImageFormatError as e:
-            return None, str(e)
+            raise image_formats.ImageFormatError(reason(e)) from None

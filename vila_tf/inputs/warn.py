@@ -7,7 +7,7 @@ import os
 import sys
 import warnings
 
-# this file is vila_tf/core/warn.py: the package is two levels up
+# this file is vila_tf/inputs/warn.py: the package is two levels up
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 

@@ -1,0 +1,113 @@
+"""The run options of every `vila-tf` command that runs a model, declared once (same names, same
+defaults, same checks), the one model loader, and the check of the inputs before it loads.
+
+A command adds `add_model(c)` and `add_run_options(c)` to its parser, calls `check(args)` first
+(every setting honoured or refused in one line, before anything loads or is written), then
+`check_inputs(args.inputs)` and `load(args)` (a model, or UsageError naming what to do)."""
+from __future__ import annotations
+
+import glob
+import os
+from typing import Optional
+
+from vila_tf.core.exits import UsageError
+from vila_tf.core import buckets, pipeline
+from vila_tf.litert import format as litert_format
+
+MODEL_HELP = ("exported SavedModel folder, or a TF Serving base folder (newest version), or a LiteRT export "
+              "(python -m export litert)")
+
+
+def add_model(c, optional: bool = False) -> None:
+    kwargs = {"nargs": "?"} if optional else {}
+    c.add_argument("model", help=MODEL_HELP + (" (leave out with --scores)" if optional else ""), **kwargs)
+    c.add_argument("--variant", choices=litert_format.VARIANTS, default=None,
+                   help="which model of a LiteRT export (default float32); only a LiteRT export has variants")
+
+
+def add_run_options(c) -> None:
+    """The options of running a model over photos (score, zero-shot, caption, embed, rank, evaluate)."""
+    c.add_argument("--batch-size", type=int, default=buckets.MAX_BATCH,
+                   help=f"images per model call, 1 to {buckets.MAX_BATCH} (default %(default)s)")
+    c.add_argument("--device", help="e.g. GPU:0 or CPU:0 (default: TensorFlow's placement: its first GPU when it "
+                                    "sees one, else the CPU); a LiteRT export runs on the CPU")
+    c.add_argument("--decode-threads", type=int, default=None, metavar="N",
+                   help="threads reading and decoding images (default: min(8, CPU count))")
+    c.add_argument("--batches-ahead", type=int, default=pipeline.DEFAULT_BATCHES_AHEAD, metavar="N",
+                   help="batches decoded ahead of the model, at most (default %(default)s)")
+    c.add_argument("--decode-budget", type=float, default=None, metavar="MP",
+                   help="megapixels the decode threads may decode at once (default 64: one 49 MP TIFF at a "
+                        "time, about 1.6 GB; a JPEG counts a quarter of its pixels)")
+    c.add_argument("--max-file-size", type=float, default=None, metavar="MB",
+                   help="refuse image files larger than this, before reading them (default 500)")
+    c.add_argument("--release-exact-orientation", action="store_true",
+                   help="score photos as stored, ignoring their EXIF orientation, exactly as the release did "
+                        "(default: turned upright as photo viewers show them)")
+    c.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+    c.add_argument("--verbose", action="store_true", help="also show TensorFlow's own log lines")
+
+
+def check(args) -> None:
+    """UsageError for a setting out of range, before anything loads."""
+    if not 1 <= args.batch_size <= buckets.MAX_BATCH:
+        raise UsageError(f"--batch-size {args.batch_size}: give 1 to {buckets.MAX_BATCH} (the largest batch the "
+                         "exports are compiled for)")
+    for flag in ("batches_ahead", "decode_threads", "decode_budget", "max_file_size"):
+        value = getattr(args, flag, None)
+        if value is not None and not value > 0:
+            raise UsageError(f"--{flag.replace('_', '-')} must be > 0")
+
+
+def check_inputs(inputs: list[str]) -> list[str]:
+    """The named inputs that do not exist (a path that is not there and no glob pattern that
+    matches); UsageError when none of them does, before the model loads."""
+    missing = [p for p in inputs if not os.path.lexists(p) and not (glob.has_magic(p) and glob.glob(p, recursive=True))]
+    if missing and len(missing) == len(inputs):
+        raise UsageError(f"{missing[0]}: no such file or folder" + (f" (nor {len(missing) - 1} more)"
+                                                                   if len(missing) > 1 else "")
+                         + ": give image files, folders or glob patterns")
+    return missing
+
+
+def load_kwargs(args) -> dict:
+    mb, mp = getattr(args, "max_file_size", None), getattr(args, "decode_budget", None)
+    return dict(device=getattr(args, "device", None), max_workers=getattr(args, "decode_threads", None),
+                exif_orientation=not getattr(args, "release_exact_orientation", False),
+                variant=getattr(args, "variant", None), decode_budget_pixels=int(mp * 1e6) if mp else None,
+                max_file_bytes=int(mb * 1e6) if mb else None)
+
+
+def load(args, needs: tuple = ()):
+    """The model of `args.model`, able to do every task in `needs`; UsageError (one line) when it
+    cannot be loaded or cannot do one of them."""
+    import vila_tf
+    from vila_tf.cli import terminal
+    try:
+        with terminal.native_stderr_filtered(getattr(args, "verbose", False)):
+            model = vila_tf.load(args.model, **load_kwargs(args))
+    except ImportError as e:
+        raise UsageError(f"cannot load model: {e}") from None
+    except (OSError, ValueError, vila_tf.IncompatibleTensorFlowError) as e:
+        raise UsageError(f"cannot load model: {_first_line(e)}") from None
+    try:
+        model.require(*needs)
+    except vila_tf.UnsupportedTaskError as e:
+        model.close()
+        raise UsageError(f"{args.model}: {e}") from None
+    return model
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def output_format(path: Optional[str], chosen: Optional[str], default: str) -> str:
+    """An output's format: --format, else by its name (.jsonl/.json: JSON Lines, .csv: CSV), else `default`."""
+    if chosen:
+        return chosen
+    if path and path.lower().endswith((".jsonl", ".json")):
+        return "jsonl"
+    if path and path.lower().endswith(".csv"):
+        return "csv"
+    return default
