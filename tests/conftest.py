@@ -287,15 +287,21 @@ def run_without_jax(script: str, *args, timeout=900):
                           timeout=timeout, env=env_without_jax())
 
 
+# The prompt pairs the tiny VILA-R's LiteRT export bakes in (`python -m export litert --prompt`):
+# its `image` signature has `zero_shot_prompt_scores` [1, 2]; the pretrain one's has none.
+LITERT_PROMPTS = {"vila_r_tiny": ("sharp photo|blurry photo", "a calm lake at dawn|a cluttered desk"),
+                  "vila_p_tiny": ()}
+
+
 @pytest.fixture(scope="session")
 def litert_exported(tmp_path_factory, exported, worker_id):
-    """`python -m export litert` of both tiny exports (float32, float16, int8), once per run:
-    {fixture name: LiteRT folder}."""
+    """`python -m export litert` of both tiny exports (float32, float16, int8), once per run, the
+    VILA-R one with LITERT_PROMPTS: {fixture name: LiteRT folder}."""
     from export.tools import litert, litert_source
     root = shared_dir(tmp_path_factory, worker_id) / "litert"
     for n in FIXTURES:
-        build_once(str(root / n), lambda d, n=n: litert.write_litert(litert_source.from_savedmodel(exported[n]), d,
-                                                                     log=lambda msg: None))
+        build_once(str(root / n), lambda d, n=n: litert.write_litert(
+            litert_source.from_savedmodel(exported[n], LITERT_PROMPTS[n]), d, log=lambda msg: None))
     return {n: str(root / n) for n in FIXTURES}
 
 

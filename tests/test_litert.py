@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES, env_without_tensorflow, export_command
+from conftest import FIXTURES, LITERT_PROMPTS, env_without_tensorflow, export_command
 from reference import in_buckets
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -71,18 +71,28 @@ def test_jpeg_pixels_equal_tensorflows(progressive):
 
 @pytest.fixture(scope="module")
 def savedmodel_outputs(exported):
-    """The SavedModel's own outputs on the encoded images (its in-graph decode and preprocessing)."""
+    """The SavedModel's own outputs on the encoded images (its in-graph decode and preprocessing),
+    and the text embeddings of the prompt pairs its LiteRT export bakes in (LITERT_PROMPTS)."""
     import tensorflow as tf
     import tensorflow_text  # noqa: F401
+    from vila_tf.core.signatures import ZERO_SHOT_OUTPUTS
+    from vila_tf.core.zero_shot import pairs_from
     _, images = encoded_images()
     out = {}
     for n in FIXTURES:
         m = tf.saved_model.load(exported[n])
-        call = lambda sig, key: in_buckets(
-            lambda b: m.signatures[sig](image_bytes=tf.constant(b))[key].numpy(), images)
-        out[n] = {"score": call("serving_default", "predictions")[:, 0],
-                  "image_embedding": call("image_embedding", "image_embedding"),
-                  "zero_shot": call("zero_shot", "zero_shot_score")}
+        call = lambda sig, keys: in_buckets(
+            lambda b: np.stack([v.numpy() for v in map(m.signatures[sig](image_bytes=tf.constant(b)).get, keys)], -1),
+            images)
+        zero_shot = call("zero_shot", ZERO_SHOT_OUTPUTS)  # [N, 7]: the score, then the six attributes
+        out[n] = {"score": call("serving_default", ["predictions"])[:, 0, 0],
+                  "image_embedding": call("image_embedding", ["image_embedding"])[..., 0],
+                  "zero_shot": zero_shot[:, 0],
+                  "zero_shot_attributes": zero_shot[:, 1:]}
+        texts = [t for pair in pairs_from(LITERT_PROMPTS[n]) for t in pair] if LITERT_PROMPTS[n] else []
+        if texts:
+            out[n]["prompt_text_embeddings"] = m.signatures["text_embedding"](text=tf.constant(texts))[
+                "text_embedding"].numpy()
     return out
 
 
@@ -110,9 +120,17 @@ def test_static_shapes_builtin_ops_one_signature(litert_exported, fixture_name, 
     (inp,) = runner.get_input_details().values()
     assert inp["dtype"] == np.uint8 and list(inp["shape_signature"]) == [1, -1, -1, 3]
     outs = runner.get_output_details()
-    assert set(outs) == {"predictions", "image_embedding", "zero_shot_score"}
-    dims = meta["config"]["model_dims"]
-    assert [list(outs[k]["shape"]) for k in ("predictions", "image_embedding", "zero_shot_score")] == [[1, 1], [1, dims], [1]]
+    # the SavedModel's zero-shot outputs, and with --prompt one column per pair of yours
+    attributes = ("zero_shot_image", "zero_shot_lighting", "zero_shot_content", "zero_shot_background",
+                  "zero_shot_foreground", "zero_shot_composition")
+    k = len(LITERT_PROMPTS[fixture_name])
+    want = {"predictions": [1, 1], "image_embedding": [1, meta["config"]["model_dims"]], "zero_shot_score": [1],
+            **{a: [1] for a in attributes}, **({"zero_shot_prompt_scores": [1, k]} if k else {})}
+    assert {n: list(o["shape"]) for n, o in outs.items()} == want
+    assert all(o["dtype"] == np.float32 for o in outs.values())
+    # the metadata records them in the contract's order (vila_tf.litert.format)
+    recorded = meta["signatures"]["image"]["outputs"]
+    assert list(recorded) == list(want) and {n: o["shape"] for n, o in recorded.items()} == want
     # the metadata records the file as written
     import hashlib
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == meta["variants"][variant]["sha256"]
@@ -153,7 +171,46 @@ def test_quantized_variants_accuracy(litert_exported, savedmodel_outputs, fixtur
     # the export measured it too (against the heads in JAX) and recorded it within the same bounds
     acc = json.load(open(os.path.join(litert_exported[fixture_name], "vila_litert.json")))["accuracy"]["variants"]
     assert acc[variant]["score_max_abs_error"] <= max_err and acc[variant]["embedding_min_cosine"] >= min_cos
+    assert acc[variant]["zero_shot_attributes_max_abs_error"] <= max_err
     assert acc["float32"]["score_max_abs_error"] <= 1e-5
+    assert acc["float32"]["zero_shot_attributes_max_abs_error"] <= 1e-5
+
+
+def test_zero_shot_attributes_and_prompt_scores_equal_the_savedmodels(litert_exported, savedmodel_outputs,
+                                                                      fixture_name):
+    """The six attribute outputs are the SavedModel's zero-shot ones (`zero_shot_pixels` behind its
+    in-graph decode) on the same photos; the pairs given with --prompt (recorded in the metadata, in
+    order) are scored in the model as the runtime scores them on the SavedModel:
+    pair_scores(its image embedding, its text embeddings)."""
+    from ai_edge_litert.interpreter import Interpreter
+    from vila_tf.core.signatures import ZERO_SHOT_ATTRIBUTE_OUTPUTS
+    from vila_tf.core.zero_shot import pair_scores, pairs_from
+    from vila_tf.litert import format as litert_format
+    from vila_tf.litert.pillow_decode import decode  # TensorFlow's pixels (test_jpeg_pixels_equal_tensorflows)
+    folder = litert_exported[fixture_name]
+    meta = litert_format.read_metadata(folder)
+    pairs = litert_format.prompts(meta)
+    given = LITERT_PROMPTS[fixture_name]
+    assert pairs == (pairs_from(given) if given else ())
+    assert meta[litert_format.PROMPTS_KEY] == [list(p) for p in pairs]
+    assert litert_format.outputs(meta) == litert_format.OUTPUTS + ((litert_format.PROMPT_SCORES_OUTPUT,) if pairs else ())
+    assert litert_format.ATTRIBUTE_OUTPUTS == ZERO_SHOT_ATTRIBUTE_OUTPUTS
+    want = savedmodel_outputs[fixture_name]
+    runner = Interpreter(model_path=os.path.join(folder, litert_format.model_file("float32"))) \
+        .get_signature_runner(litert_format.IMAGE_SIGNATURE)
+    got = [runner(image=decode(data, 10 ** 8, True)[None]) for data in encoded_images()[1]]
+    attributes = np.array([[g[k][0] for k in ZERO_SHOT_ATTRIBUTE_OUTPUTS] for g in got])
+    np.testing.assert_allclose(attributes, want["zero_shot_attributes"], atol=1e-4)  # as zero_shot_score's
+    np.testing.assert_allclose([g["zero_shot_score"][0] for g in got], want["zero_shot"], atol=1e-4)
+    if not pairs:
+        assert all(litert_format.PROMPT_SCORES_OUTPUT not in g for g in got)
+        return
+    scores = np.concatenate([g[litert_format.PROMPT_SCORES_OUTPUT] for g in got])
+    # measured: 6e-8 at most (float32 rounding of the same sums)
+    np.testing.assert_allclose(scores, pair_scores(want["image_embedding"], want["prompt_text_embeddings"]), atol=1e-6)
+    acc = meta["accuracy"]["variants"]
+    assert acc["float32"]["prompt_scores_max_abs_error"] <= 1e-6
+    assert acc["int8"]["prompt_scores_max_abs_error"] <= VARIANT_BOUNDS["int8"][0]
 
 
 NO_TF_SCRIPT = r"""
@@ -278,6 +335,11 @@ def test_export_command_line(exported, tmp_path):
     assert r.returncode == 2 and "not a SavedModel folder" in r.stderr and not (tmp_path / "x").exists()
     r = export_command("litert", exported["vila_r_tiny"], "--out", tmp_path / "y", "--variants", "int8")
     assert r.returncode == 2 and "float32 included" in r.stderr
+    for bad in ("sharp photo", "sharp photo|", "a|b|c"):  # refused in one line, before any work
+        r = export_command("litert", exported["vila_r_tiny"], "--out", tmp_path / "z", "--prompt", "good|bad",
+                           "--prompt", bad)
+        assert r.returncode == 2 and not (tmp_path / "z").exists(), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "--prompt" in r.stderr and repr(bad) in r.stderr
 
 
 def test_checkpoint_source_gives_the_export_source(exported, spm_model):
@@ -285,12 +347,18 @@ def test_checkpoint_source_gives_the_export_source(exported, spm_model):
     from conftest import DATA, FIXTURE_OVERRIDES
     from export.model.tree import flatten
     from export.tools import litert_source
-    a = litert_source.from_savedmodel(exported["vila_r_tiny"])
-    b = litert_source.from_checkpoint(os.path.join(DATA, "vila_r_tiny", "ckpt"), spm_model, overrides=FIXTURE_OVERRIDES)
+    prompts = ["sharp photo|blurry photo"]
+    a = litert_source.from_savedmodel(exported["vila_r_tiny"], prompts)
+    b = litert_source.from_checkpoint(os.path.join(DATA, "vila_r_tiny", "ckpt"), spm_model, overrides=FIXTURE_OVERRIDES,
+                                      prompts=prompts)
     fa, fb = flatten(a.params), flatten(b.params)
     assert sorted(fa) == sorted(fb) and all(np.array_equal(fa[k], fb[k]) for k in fa)
     np.testing.assert_allclose(a.zero_shot_prompts, b.zero_shot_prompts, atol=1e-6)
     np.testing.assert_allclose(a.quality_prompt, b.quality_prompt, atol=1e-6)
+    # your pairs: the export's text_embedding signature, and the checkpoint's text tower in JAX
+    assert a.prompts == b.prompts == (("sharp photo", "blurry photo"),)
+    assert a.prompt_embeddings.shape == (2, a.config.model_dims)
+    np.testing.assert_allclose(a.prompt_embeddings, b.prompt_embeddings, atol=1e-6)
     assert a.config == b.config
 
 

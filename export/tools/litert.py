@@ -1,15 +1,18 @@
 """`python -m export litert`: the image heads as LiteRT models for phones, edge boxes and a
 TensorFlow-free `vila_tf` (docs/on_device.md).
 
-    python -m export litert SAVEDMODEL_DIR --out LITERT_DIR
+    python -m export litert SAVEDMODEL_DIR --out LITERT_DIR [--prompt 'GOOD|BAD' ...]
     python -m export litert --checkpoint CKPT_DIR --spm SPM_MODEL --out LITERT_DIR
 
 One `.tflite` per variant, each with one signature `image`: decoded RGB pixels, uint8
 [1, H, W, 3] at any size, with the release's preprocessing inside, -> `predictions` [1, 1] (the
 VILA-R score; the zero-shot score for a pretrain model), `image_embedding` [1, D],
-`zero_shot_score` [1]. The variants: float32 (converted by the TFLite converter, builtin ops only),
-float16 and int8 weights (the float32 model quantized by ai-edge-quantizer: float16 weight casting;
-per-channel int8 weights with dynamic-range int8 compute). Every model is checked before it is
+`zero_shot_score` [1] and its six attributes `zero_shot_image` ... `zero_shot_composition` [1]
+each (the SavedModel's zero-shot outputs), and with `--prompt` your own pairs' scores
+`zero_shot_prompt_scores` [1, K] (embedded at conversion; vila_tf/litert/format.py). The
+variants: float32 (converted by the TFLite converter, builtin ops only), float16 and int8 weights
+(the float32 model quantized by ai-edge-quantizer: float16 weight casting; per-channel int8
+weights with dynamic-range int8 compute). Every model is checked before it is
 written: builtin ops only and no shape computation (static shapes, export/tools/litert_graph.py).
 The folder is written atomically with `vila_litert.json` (vila_tf/litert/format.py).
 """
@@ -21,6 +24,7 @@ import contextlib
 import io
 import json
 import os
+import sys
 import tempfile
 import time
 from typing import Callable, Iterable, Optional
@@ -28,6 +32,7 @@ from typing import Callable, Iterable, Optional
 from .. import PROG
 from vila_tf.core.atomic import atomic_dir
 from vila_tf.litert import format as litert_format
+from vila_tf.core import zero_shot
 from vila_tf.core.digest import file_sha256
 
 # Ops that compute shapes at run time: a model holding one was not lowered for static shapes.
@@ -47,7 +52,6 @@ class LiteRTError(ValueError):
 
 
 def _log(msg: str) -> None:
-    import sys
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
@@ -143,7 +147,8 @@ def accuracy_images(seed: int = 0) -> list:
 def measure_accuracy(source, folder: str, records: dict, images: list) -> dict:
     """Each variant against the float32 image heads in JAX on the same pixels (the release's
     preprocessing in TensorFlow, then heads.image_outputs: what the SavedModel's `score_pixels`
-    computes): the largest score and zero-shot differences and the smallest embedding cosine."""
+    computes): the largest score, zero-shot, per-attribute and (with your own pairs) prompt-score
+    differences, and the smallest embedding cosine."""
     import jax
     import numpy as np
     import tensorflow as tf
@@ -151,26 +156,40 @@ def measure_accuracy(source, folder: str, records: dict, images: list) -> dict:
     from vila_tf.savedmodel import preprocessing
     from ..model import heads
     cfg = source.config
-    fn = jax.jit(lambda p, x: heads.image_outputs(p, cfg, x, source.zero_shot_prompts, source.quality_prompt))
+
+    def reference(p, x):
+        out = heads.image_outputs(p, cfg, x, source.zero_shot_prompts, source.quality_prompt)
+        own = heads.zero_shot_pairs_from_embeddings(out[0], source.prompt_embeddings) if source.prompts else None
+        return out, own
+    fn = jax.jit(reference)
     ref = []
     for img in images:
         pixels = preprocessing.crop_and_scale(tf.constant(img.astype(np.float32))).numpy()[None]
-        out = [np.asarray(o) for o in fn(source.params, pixels)]
+        out, own = fn(source.params, pixels)
+        out = [np.asarray(o) for o in out]
         score = out[-1][0, 0] if cfg.has_quality_head else out[1][0]  # the quality score comes last
-        ref.append((score, out[0][0], out[1][0]))
+        ref.append((score, out[0][0], out[1][0], out[2][0], None if own is None else np.asarray(own)[0]))
     result = {}
     for variant, rec in records.items():
         runner = Interpreter(model_path=os.path.join(folder, rec["file"]), num_threads=os.cpu_count()) \
             .get_signature_runner(litert_format.IMAGE_SIGNATURE)
-        score_err, zsl_err, cosine = [], [], []
-        for img, (score, emb, zsl) in zip(images, ref):
+        score_err, zsl_err, attr_err, prompt_err, cosine = [], [], [], [], []
+        for img, (score, emb, zsl, attributes, own) in zip(images, ref):
             out = runner(**{litert_format.IMAGE_INPUT: img[None]})
             e = out["image_embedding"][0]
             score_err.append(abs(float(out["predictions"][0, 0]) - float(score)))
             zsl_err.append(abs(float(out["zero_shot_score"][0]) - float(zsl)))
+            got = np.array([out[k][0] for k in litert_format.ATTRIBUTE_OUTPUTS])
+            attr_err.append(float(np.abs(got - attributes).max()))
+            if own is not None:
+                prompt_err.append(float(np.abs(out[litert_format.PROMPT_SCORES_OUTPUT][0] - own).max()))
             cosine.append(float(e @ emb / (np.linalg.norm(e) * np.linalg.norm(emb))))
         result[variant] = {"images": len(images), "score_max_abs_error": max(score_err),
-                           "zero_shot_max_abs_error": max(zsl_err), "embedding_min_cosine": min(cosine)}
+                           "zero_shot_max_abs_error": max(zsl_err),
+                           "zero_shot_attributes_max_abs_error": max(attr_err),
+                           "embedding_min_cosine": min(cosine)}
+        if prompt_err:
+            result[variant]["prompt_scores_max_abs_error"] = max(prompt_err)
     return result
 
 
@@ -183,6 +202,26 @@ def _versions() -> dict:
         except md.PackageNotFoundError:
             pass
     return out
+
+
+def signature_outputs(dims: int, own_pairs: int) -> dict:
+    """The `image` signature's outputs in litert_format's order: {name: {"dtype", "shape"}}."""
+    shapes = {"predictions": [1, 1], "image_embedding": [1, dims], "zero_shot_score": [1],
+              **{k: [1] for k in litert_format.ATTRIBUTE_OUTPUTS}}
+    if own_pairs:
+        shapes[litert_format.PROMPT_SCORES_OUTPUT] = [1, own_pairs]
+    return {k: {"dtype": "float32", "shape": shapes[k]}
+            for k in litert_format.OUTPUTS + ((litert_format.PROMPT_SCORES_OUTPUT,) if own_pairs else ())}
+
+
+def check_signature(model: bytes, variant: str, expected: dict) -> None:
+    """The model's `image` signature has exactly the outputs (names and shapes) the metadata records."""
+    from ai_edge_litert.interpreter import Interpreter
+    runner = Interpreter(model_content=model).get_signature_runner(litert_format.IMAGE_SIGNATURE)
+    got = {k: list(d["shape"]) for k, d in runner.get_output_details().items()}
+    want = {k: v["shape"] for k, v in expected.items()}
+    if got != want:
+        raise LiteRTError(f"{variant} model: signature {litert_format.IMAGE_SIGNATURE!r} outputs {got}, expected {want}")
 
 
 def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.VARIANTS,
@@ -201,6 +240,10 @@ def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.V
     t0 = time.time()
     with atomic_dir(out_dir) as tmp:
         log(f"lowering the image heads of {cfg.model_type} for batch 1 (static shapes) and converting")
+        outputs = signature_outputs(cfg.model_dims, len(source.prompts))
+        if source.prompts:
+            log(f"your {len(source.prompts)} prompt pair(s), embedded, as {litert_format.PROMPT_SCORES_OUTPUT} "
+                f"[1, {len(source.prompts)}]: " + ", ".join(zero_shot.pair_name(p) for p in source.prompts))
         module = litert_graph.ImageHeadsModule(source)
         with tempfile.TemporaryDirectory(dir=os.path.dirname(out_dir)) as scratch:
             model = litert_graph.convert(module, os.path.join(scratch, "savedmodel"))
@@ -212,6 +255,7 @@ def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.V
                 log(f"quantizing: {variant}")
                 model = _quantized(os.path.join(tmp, litert_format.model_file("float32")), variant)
             ops[variant] = check_ops(model, variant)
+            check_signature(model, variant, outputs)
             with open(path, "wb") as f:
                 f.write(model)
             records[variant] = {"file": os.path.basename(path), "bytes": os.path.getsize(path), "sha256": file_sha256(path),
@@ -221,7 +265,10 @@ def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.V
         log(f"accuracy of each variant against the float32 heads in JAX ({len(ACCURACY_SIZES)} images)")
         accuracy = measure_accuracy(source, tmp, records, accuracy_images())
         for v, a in accuracy.items():
-            log(f"{v}: score error <= {a['score_max_abs_error']:.2e}, embedding cosine >= {a['embedding_min_cosine']:.6f}")
+            prompt = f", prompt scores <= {a['prompt_scores_max_abs_error']:.2e}" if source.prompts else ""
+            log(f"{v}: score error <= {a['score_max_abs_error']:.2e}, zero-shot <= {a['zero_shot_max_abs_error']:.2e}, "
+                f"attributes <= {a['zero_shot_attributes_max_abs_error']:.2e}{prompt}, "
+                f"embedding cosine >= {a['embedding_min_cosine']:.6f}")
         log("GPU-delegate analysis")
         gpu = {v: gpu_delegate_report(os.path.join(tmp, records[v]["file"])) for v in variants}
         meta = {
@@ -234,9 +281,8 @@ def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.V
             "source": source.source,
             "signatures": {litert_format.IMAGE_SIGNATURE: {
                 "inputs": {litert_format.IMAGE_INPUT: {"dtype": "uint8", "shape": [1, -1, -1, 3]}},
-                "outputs": {"predictions": {"dtype": "float32", "shape": [1, 1]},
-                            "image_embedding": {"dtype": "float32", "shape": [1, cfg.model_dims]},
-                            "zero_shot_score": {"dtype": "float32", "shape": [1]}}}},
+                "outputs": outputs}},
+            litert_format.PROMPTS_KEY: [list(p) for p in source.prompts],
             "max_pixels": preprocessing.DEFAULT_MAX_PIXELS,
             "preprocessing": "inside the model: TF1 bilinear resize to 272x272 without half-pixel centers, "
                              "center crop 224, /255 (docs/model.md §11)",
@@ -256,7 +302,8 @@ def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.V
 def cmd_litert(argv, add_overrides, get_overrides) -> int:
     p = argparse.ArgumentParser(
         prog=f"{PROG} litert",
-        description="LiteRT (.tflite) models of the image heads (score, image embedding, zero-shot score): "
+        description="LiteRT (.tflite) models of the image heads (score, image embedding, zero-shot score and "
+                    "its six attributes, and your own prompt pairs' scores with --prompt): "
                     "uint8 pixels of any size in, the release's preprocessing inside; float32, float16 "
                     "and int8 variants (docs/on_device.md).")
     p.add_argument("savedmodel", nargs="?", help="an export (SavedModel folder or TF Serving base folder)")
@@ -265,8 +312,18 @@ def cmd_litert(argv, add_overrides, get_overrides) -> int:
     p.add_argument("--out", required=True, help="LiteRT folder to write (atomically)")
     p.add_argument("--variants", default=",".join(litert_format.VARIANTS),
                    help=f"comma-separated, float32 included (default: {','.join(litert_format.VARIANTS)})")
+    p.add_argument("--prompt", action="append", metavar="'GOOD|BAD'",
+                   help="your own good/bad prompt pair (repeatable), embedded at conversion: the `image` signature "
+                        f"gains `{litert_format.PROMPT_SCORES_OUTPUT}` [1, K], one column per pair in the order given")
     add_overrides(p)
     args = p.parse_args(argv)
+    prompts = ()
+    if args.prompt:  # a malformed pair fails before any work, in one line
+        try:
+            prompts = zero_shot.pairs_from(args.prompt)
+        except zero_shot.PromptError as e:
+            print(f"error: --prompt: {e}", file=sys.stderr)
+            return 2
     if bool(args.savedmodel) == bool(args.checkpoint):
         p.error("give an export folder, or --checkpoint with --spm (not both)")
     if args.checkpoint and not args.spm:
@@ -277,9 +334,9 @@ def cmd_litert(argv, add_overrides, get_overrides) -> int:
         p.error(f"--variants {args.variants}: choose from {', '.join(litert_format.VARIANTS)}, float32 included")
     from . import litert_source
     if args.savedmodel:
-        source = litert_source.from_savedmodel(args.savedmodel)
+        source = litert_source.from_savedmodel(args.savedmodel, prompts)
     else:
-        source = litert_source.from_checkpoint(args.checkpoint, args.spm, args.step, get_overrides(args))
+        source = litert_source.from_checkpoint(args.checkpoint, args.spm, args.step, get_overrides(args), prompts)
     if source.source.get("demo_weights"):
         _log("DEMO weights: the LiteRT models' scores mean nothing either")
     out = write_litert(source, args.out, variants)

@@ -38,7 +38,7 @@ from ..model import heads, modules
 from ..savedmodel import tf_targets
 from ..savedmodel.jax_settings import reproducible_locations
 from vila_tf.savedmodel import preprocessing
-from vila_tf.litert.format import IMAGE_INPUT, IMAGE_SIGNATURE
+from vila_tf.litert.format import ATTRIBUTE_OUTPUTS, IMAGE_INPUT, IMAGE_SIGNATURE, PROMPT_SCORES_OUTPUT
 
 def _gelu_composite(x):
     exact = lambda x, approximate="none": jax.nn.gelu(x, approximate=False)
@@ -114,9 +114,11 @@ def _layer_norm(x, ln: dict):
     return modules.LayerNorm(x.shape[-1]).apply({"params": ln}, x)
 
 
-def image_outputs(p: dict, cfg, images, zero_shot_prompts, quality_prompt=None):
-    """heads.image_outputs on `device_params`: the same outputs (embedding, zero-shot score and,
-    for VILA-R, the quality score) with the poolers' constant work done ahead."""
+def image_outputs(p: dict, cfg, images, pair_prompts, quality_prompt=None):
+    """heads.image_outputs on `device_params`, with the poolers' constant work done ahead: the
+    embedding [B, D], the zero-shot score [B] (the mean over the release's six pairs), the score
+    of every pair [B, 6 + K] (the release's six, then your own K; `pair_prompts` [2 (6 + K), D],
+    good/bad alternating) and, for VILA-R, the quality score [B, 1]."""
     import jax.numpy as jnp
     model = modules.VilaModel(cfg)
     tower = {k: v for k, v in p.items() if k not in ("generative", "contrastive")}
@@ -133,25 +135,30 @@ def image_outputs(p: dict, cfg, images, zero_shot_prompts, quality_prompt=None):
     context = jnp.einsum("bnd,ndh->bnh", mean, c["wv"]) + c["bv"]
     contrastive = _layer_norm(_post(context, c["post"]), c["ln"])  # [B, D]
     embedding = modules.l2_normalize(contrastive)
-    zero_shot_score = heads.zero_shot_from_embeddings(embedding, zero_shot_prompts)
+    # One mechanism for every pair, the release's and yours: constant prompt embeddings and the
+    # release's per-pair softmax (heads.zero_shot_pairs_from_embeddings).
+    pairs = heads.zero_shot_pairs_from_embeddings(embedding, pair_prompts)
+    zero_shot_score = pairs[:, :len(ATTRIBUTE_OUTPUTS)].mean(axis=1)
     if quality_prompt is None:
-        return embedding, zero_shot_score
+        return embedding, zero_shot_score, pairs
     quality = model.apply({"params": tower}, contrastive, method=modules.VilaModel.quality_image_embedding)
-    return embedding, zero_shot_score, quality @ quality_prompt.T
+    return embedding, zero_shot_score, pairs, quality @ quality_prompt.T
 
 
 class ImageHeadsModule(tf.Module):
     """The image tower's weights as variables (frozen into constants by the converter) and the
-    one signature function: uint8 pixels [1, H, W, 3] -> the three image heads."""
+    one signature function: uint8 pixels [1, H, W, 3] -> the three image heads, the six
+    attributes' scores and, given your own pairs, their scores."""
 
     def __init__(self, source):
         super().__init__(name="vila_litert")
         cfg = self.cfg = source.config
         self.weights = tf.nest.map_structure(lambda a: tf.Variable(a, trainable=False), device_params(source.params))
-        zero_shot, quality = source.zero_shot_prompts, source.quality_prompt
+        self.own_pairs = len(source.prompts)
+        pair_prompts, quality = source.pair_prompts, source.quality_prompt
 
         def outputs(params, images):
-            return image_outputs(params, cfg, images, zero_shot, quality)
+            return image_outputs(params, cfg, images, pair_prompts, quality)
 
         # Batch 1, static: the converter then emits no shape computation (see the module docstring).
         self._lowered = jax2tf.convert(outputs, with_gradient=False, native_serialization_platforms=("cpu",))
@@ -160,10 +167,17 @@ class ImageHeadsModule(tf.Module):
 
     def _image(self, image):
         pixels = preprocessing.crop_and_scale(tf.cast(image[0], tf.float32))[None]
-        out = self._lowered(self.weights, pixels)
+        embedding, zero_shot_score, pairs, *quality = self._lowered(self.weights, pixels)
         # A pretrain model has no quality head: its score is the zero-shot score (as the SavedModel's).
-        score = out[2] if self.cfg.has_quality_head else out[1][:, None]
-        return {"predictions": score, "image_embedding": out[0], "zero_shot_score": out[1]}
+        score = quality[0] if quality else zero_shot_score[:, None]
+        # The per-pair scores leave the lowered function as one [1, 6 + K] array and are sliced
+        # here (no model work) into one output per attribute, as the SavedModel's, and your pairs'.
+        n = len(ATTRIBUTE_OUTPUTS)
+        out = {"predictions": score, "image_embedding": embedding, "zero_shot_score": zero_shot_score,
+               **{key: pairs[:, i] for i, key in enumerate(ATTRIBUTE_OUTPUTS)}}
+        if self.own_pairs:
+            out[PROMPT_SCORES_OUTPUT] = pairs[:, n:]
+        return out
 
     def concrete_functions(self) -> dict:
         """{signature name: concrete function}, lowered with the GELU composite, for the StableHLO
