@@ -89,7 +89,7 @@ def test_non_utf8_file_names_are_scored_and_written_losslessly(exported, model, 
     assert "not a JPEG" in errors[b"\xff\xfe-notes.jpg"]
     assert errors[b"pipe.jpg"] == f"{photos}/pipe.jpg is a FIFO, not a regular file: not read"
     with open(glob.glob(f"{prefix}-results-*.jsonl")[0], "rb") as f:
-        assert b'caf\\xe9.png"' in f.read()  # the undecodable byte as `vila-tf score` writes it
+        assert b'caf\\\\xe9.png"' in f.read()  # the undecodable byte as `vila-tf score` writes it
 
 
 # -- WebDataset: long, non-UTF-8, unsafe and link members; a non-UTF-8 shard name; Parquet results --------

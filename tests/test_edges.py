@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 import pytest
+
+from vila_tf.cli import score as score_cmd
 from PIL import Image
 
 from conftest import env_without_jax, vila_tf_command
@@ -109,10 +111,10 @@ def test_every_name_is_written_readably_and_resume_reads_it_back(tmp_path, fmt):
         assert cells[1][1] == "-0.5"  # numbers are never touched
     got = [r["input"] for r in results_file.read_rows(str(path), fmt, cols)]
     assert len(set(got)) == len(sources)  # lossless: every name distinct
-    from vila_tf.core import names
+    from vila_tf.inputs import names
     assert [names.source_of(g) for g in got] == sources  # and maps back to its file
     assert results_file.repair(str(path), fmt, cols) == len(sources)  # --resume accepts its own file
-    skipper = cli._Skipper(str(path), fmt, cols, "score", None)
+    skipper = score_cmd._Skipper(str(path), fmt, cols, "score", None)
     assert list(skipper.filter(inputs.Item(s) for s in sources)) == [] and skipper.skipped == len(sources)
 
 

@@ -202,7 +202,7 @@ def test_evaluate_reports_scipy_metrics_on_the_scores_it_wrote(evaluated, ava, r
     summary = (out / "summary.md").read_text()
     assert f"| {m['srcc']:.3f} |" in summary and "![scatter](scatter.png)" in summary and BROKEN_ID in summary
     assert f"SRCC {m['srcc']:.4f}" in r.stdout
-    assert "evaluate [" in r.stderr and f"{N_GOOD + 1}/{N_GOOD + 1}" in r.stderr  # the progress bar
+    assert "evaluate:" in r.stderr and f"{N_GOOD + 1}/{N_GOOD + 1}" in r.stderr  # the progress bar
 
 
 def test_resume_continues_without_duplicating(evaluated, ava, exported, tmp_path):

@@ -87,7 +87,7 @@ def test_host_formats_check_the_pixel_limit(model):
     finally:
         model.max_pixels = limit
     assert [e.index for e in errors] == [0, 1, 2]
-    assert all("header declares 100 x 100 = 10000 pixels, more than the allowed 9999" in e.reason for e in errors)
+    assert all("header declares 100 x 100 (width x height) = 10000 pixels, more than the allowed 9999" in e.reason for e in errors)
 
 
 @pytest.mark.parametrize("orientation", [6, 5])

@@ -295,7 +295,7 @@ def test_runtime_and_command_line_without_tensorflow(litert_exported, savedmodel
     r = subprocess.run(cli + ["info", folder], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and "LiteRT" in r.stdout and "image(image uint8[1, -1, -1, 3])" in r.stdout
     r = subprocess.run(cli + ["caption", folder, str(photos)], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 2 and "captions need the SavedModel" in r.stderr
+    assert r.returncode == 2 and "caption needs the SavedModel" in r.stderr
 
 
 def test_orientation_and_arguments_as_the_savedmodel_runtime(litert_exported, model, tmp_path):
@@ -315,7 +315,7 @@ def test_orientation_and_arguments_as_the_savedmodel_runtime(litert_exported, mo
         np.testing.assert_allclose(lite_model.score([buf.getvalue()]), tf_model.score([buf.getvalue()]), atol=2e-6)
         tf_model.close(), lite_model.close()
     for call in (lite.caption, lite.text_embedding):
-        with pytest.raises(ValueError, match="needs the text tower: use the SavedModel"):
+        with pytest.raises(ValueError, match="needs the SavedModel"):
             call(["x.jpg"])
     with pytest.raises(ValueError, match="unknown task"):
         next(lite.stream("colour", []))

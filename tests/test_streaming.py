@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 import pytest
+
+from vila_tf.cli import score as score_cmd
 from PIL import Image
 
 from conftest import env_without_jax, kill_after_rows, run_without_jax, vila_tf_command
@@ -218,8 +220,8 @@ def test_resume_with_changed_inputs_appends_what_is_missing(tmp_path):
     cols = results_file.columns("score")
     path = tmp_path / "s.csv"
     path.write_text("input,score,error\na,0.1,\nc,,broken\nd,0.4,\n")
-    best = cli._Best(2)
-    skipper = cli._Skipper(str(path), "csv", cols, "score", best)
+    best = score_cmd._Best(2)
+    skipper = score_cmd._Skipper(str(path), "csv", cols, "score", best)
     todo = [it.source for it in skipper.filter(inputs.Item(s) for s in ["a", "b", "c", "d", "e"])]
     assert todo == ["b", "e"] and skipper.skipped == 3 and skipper.failed == 1
     assert sorted(e[2] for e in best.heap) == ["a", "d"]

@@ -181,7 +181,8 @@ def _evaluate(args) -> int:
     written = eval_report.write_all(args.output, pred, mos, record)
     _print_summary(record)
     if missing_keys or failed:
-        print(f"vila-tf: {len(missing_keys)} labelled images missing, {len(failed)} failed: listed in "
+        gone = "without an image file" if args.model else f"without a row in {scores_path}"
+        print(f"vila-tf: {len(missing_keys)} labelled images {gone}, {len(failed)} failed: listed in "
               f"{os.path.join(args.output, 'metrics.json')}", file=sys.stderr)
     print("vila-tf: wrote " + ", ".join(os.path.join(args.output, f) for f in written), file=sys.stderr)
     return EXIT_OK

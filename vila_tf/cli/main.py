@@ -47,7 +47,7 @@ def main(argv: Optional[list] = None) -> int:
     as_command = argv is None  # the console script, not a call from Python
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["beam"]:  # `vila-tf beam ...`: own parser, since unknown flags belong to Beam
-        terminal.quiet_native_log("--verbose" in argv)
+        terminal.quiet_native_log(False)
         try:
             from vila_tf.beam import cli as beam_cli  # an optional integration: Apache Beam
         except ImportError as e:
@@ -55,10 +55,23 @@ def main(argv: Optional[list] = None) -> int:
             return EXIT_ERROR
         return beam_cli.main(argv[1:])
     args = _parser().parse_args(argv)
+    args.as_command = as_command
     terminal.quiet_native_log(getattr(args, "verbose", False))
     warnings.simplefilter("ignore", RuntimeWarning)  # per-image failures are reported by the commands instead
     warnings.simplefilter("always", DemoModelWarning)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"vila-tf: WARNING: {msg}\n"
+    try:
+        with terminal.native_stderr_hidden(getattr(args, "verbose", False)):
+            return _run(args)
+    except BrokenPipeError:  # `vila-tf ... | head`: the reader has what it wanted
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_OK
+
+
+def _run(args) -> int:
     try:
         return args.run(args)
     except UsageError as e:
@@ -66,16 +79,10 @@ def main(argv: Optional[list] = None) -> int:
             f"vila-tf {args.command}"
         print(f"{prefix}: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except BrokenPipeError:  # `vila-tf ... | head`: the reader has what it wanted
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        return EXIT_OK
     except KeyboardInterrupt:
         print("\nvila-tf: interrupted (rows written so far are complete: rerun with --resume to continue)",
               file=sys.stderr)
-        if as_command:
+        if args.as_command:
             # The rows are flushed and the output closed (the finally blocks ran). A decode thread
             # may still be blocked in a read (a hung network mount): exiting normally would wait
             # for it forever, so the command ends here.

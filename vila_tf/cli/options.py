@@ -58,10 +58,21 @@ def check(args) -> None:
             raise UsageError(f"--{flag.replace('_', '-')} must be > 0")
 
 
+def check_model(args) -> dict:
+    """The model's record (what it is, its identity) read without loading it: UsageError naming
+    what is wrong with MODEL, before the inputs are looked at."""
+    from vila_tf.output import output_file
+    try:
+        return output_file.model_record(args.model, getattr(args, "variant", None))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load model: {_first_line(e)}") from None
+
+
 def check_inputs(inputs: list[str]) -> list[str]:
-    """The named inputs that do not exist (a path that is not there and no glob pattern that
-    matches); UsageError when none of them does, before the model loads."""
-    missing = [p for p in inputs if not os.path.lexists(p) and not (glob.has_magic(p) and glob.glob(p, recursive=True))]
+    """The named files and folders that do not exist (a glob pattern that matches nothing is
+    reported as a failed row, like a folder without images); UsageError when none of the inputs
+    exists, before the model loads."""
+    missing = [p for p in inputs if not glob.has_magic(p) and not os.path.lexists(p)]
     if missing and len(missing) == len(inputs):
         raise UsageError(f"{missing[0]}: no such file or folder" + (f" (nor {len(missing) - 1} more)"
                                                                    if len(missing) > 1 else "")
@@ -81,10 +92,8 @@ def load(args, needs: tuple = ()):
     """The model of `args.model`, able to do every task in `needs`; UsageError (one line) when it
     cannot be loaded or cannot do one of them."""
     import vila_tf
-    from vila_tf.cli import terminal
     try:
-        with terminal.native_stderr_filtered(getattr(args, "verbose", False)):
-            model = vila_tf.load(args.model, **load_kwargs(args))
+        model = vila_tf.load(args.model, **load_kwargs(args))
     except ImportError as e:
         raise UsageError(f"cannot load model: {e}") from None
     except (OSError, ValueError, vila_tf.IncompatibleTensorFlowError) as e:
@@ -93,7 +102,7 @@ def load(args, needs: tuple = ()):
         model.require(*needs)
     except vila_tf.UnsupportedTaskError as e:
         model.close()
-        raise UsageError(f"{args.model}: {e}") from None
+        raise UsageError(str(e)) from None
     return model
 
 

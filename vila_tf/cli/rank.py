@@ -42,21 +42,18 @@ def run(args) -> int:
     queries = list(dict.fromkeys([args.query] + args.more_queries))
     if any(not q.strip() for q in queries):
         raise UsageError("a query is empty: give the text to look for")
+    model_record = options.check_model(args)
     missing = options.check_inputs(args.inputs)
     output = None
     if args.output:
         fmt = options.output_format(args.output, args.format, "csv")
+        record = output_file.run_record("rank", fmt, output_file.RANK_COLUMNS, model_record,
+                                        exif_orientation=not args.release_exact_orientation)
         try:
-            output_file.check_extension(args.output, fmt, "--output")
-            record = output_file.run_record("rank", fmt, output_file.RANK_COLUMNS,
-                                            output_file.model_record(args.model, args.variant),
-                                            exif_orientation=not args.release_exact_orientation)
             output = output_file.ResultsOutput(args.output, fmt, output_file.RANK_COLUMNS, record, False,
                                                args.inputs).prepare()
         except output_file.OutputError as e:
             raise UsageError(str(e)) from None
-        except (OSError, ValueError) as e:
-            raise UsageError(f"cannot load model: {e}") from None
     try:
         model = options.load(args, ("image_embedding", "text_embedding"))
         for path in missing:

@@ -176,23 +176,17 @@ class _Skipper:
             yield item
 
 
-def _prepare_outputs(args, fmt: str, cols: list[str]):
+def _prepare_outputs(args, fmt: str, cols: list[str], model: dict):
     """The checks on every file the run will write, before the model loads: the locked
     --output (None for stdout) and the --contact-sheet path. Raises output_file.OutputError."""
     output = None
     if args.output:
-        output_file.check_extension(args.output, fmt, "--output")
-        try:
-            model = output_file.model_record(args.model, getattr(args, "variant", None))
-        except (FileNotFoundError, OSError, ValueError) as e:
-            raise output_file.OutputError(f"cannot load model: {e}") from None
         record = output_file.run_record(args.command, fmt, cols, model,
                                         exif_orientation=not args.release_exact_orientation)
         output = output_file.ResultsOutput(args.output, fmt, cols, record, args.resume, args.inputs,
                                            _format_reason(args)).prepare()
     try:
         if getattr(args, "contact_sheet", None):
-            output_file.check_extension(args.contact_sheet, "png", "--contact-sheet")
             output_file.check_contact_sheet(args.contact_sheet, args.inputs, args.output)
     except output_file.OutputError:
         if output is not None:
@@ -254,9 +248,10 @@ def run(args) -> int:
     with_captions = bool(getattr(args, "with_captions", False))
     pair_names = _pair_names(args, with_captions)
     cols = results_file.columns(args.command, with_captions, pair_names)
+    model_record = options.check_model(args)
     missing = options.check_inputs(args.inputs)
     try:
-        output = _prepare_outputs(args, fmt, cols)
+        output = _prepare_outputs(args, fmt, cols, model_record)
     except output_file.OutputError as e:
         raise UsageError(str(e)) from None
     try:

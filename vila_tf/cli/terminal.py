@@ -1,23 +1,21 @@
-"""A quiet terminal: `vila-tf` shows its own lines, not TensorFlow's native start-up log.
+"""A quiet terminal: `vila-tf` shows its own lines, not TensorFlow's native log.
 
-TensorFlow's C++ code logs through absl: CUDA stubs, `failed call to cuInit`, oneDNN notes. Lines
-from after absl's logging starts obey TF_CPP_MIN_LOG_LEVEL, which the command line sets to 3
-(fatal only) unless the user set it or asked for `--verbose`; the lines from before it starts do
-not, so while TensorFlow is imported and the model loaded, file descriptor 2 goes to a temporary
-file, and afterwards only Python's own lines from that time (warnings, vila-tf's messages) are
-passed on. The library (`vila_tf.load`) changes none of this for its users.
+TensorFlow's C++ code (and libjpeg inside it) writes straight to file descriptor 2: CUDA stubs,
+`failed call to cuInit`, oneDNN notes, "Improper call to JPEG library". TF_CPP_MIN_LOG_LEVEL hides
+only the lines absl writes after its logging has started, so for the run of a command the native
+code's descriptor 2 goes to /dev/null while Python's `sys.stderr` (vila-tf's messages, warnings,
+the progress bar) writes to the terminal through a descriptor of its own. `--verbose`, or a
+TF_CPP_MIN_LOG_LEVEL the user set, leaves the terminal as it is. The library (`vila_tf.load`)
+changes none of this for its users.
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
-import tempfile
 
-# What absl and TensorFlow's native code write before their logging is set up: a line starting
-# with a glog prefix (I1208 00:24:11.1 ...), or the notes below.
-_NATIVE_PREFIXES = ("WARNING: All log messages before absl::InitializeLog()", "E0000 ", "W0000 ", "I0000 ",
-                    "To enable the following instructions", "oneDNN custom operations")
+USER_LEVEL = "TF_CPP_MIN_LOG_LEVEL" in os.environ  # set by the user before vila-tf started
 
 
 def quiet_native_log(verbose: bool) -> None:
@@ -26,39 +24,32 @@ def quiet_native_log(verbose: bool) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def _native(line: str) -> bool:
-    if line.startswith(_NATIVE_PREFIXES):
-        return True
-    # glog: a severity letter, MMDD, a time (e.g. "I1208 00:24:11.123456  4242 cuda_executor.cc:1]")
-    return len(line) > 6 and line[0] in "IWEF" and line[1:5].isdigit() and line[5] == " "
-
-
 @contextlib.contextmanager
-def native_stderr_filtered(verbose: bool):
-    """While the block runs (TensorFlow's import, the model load), the native lines written to
-    stderr are dropped (kept with `verbose`); every other line is passed on when it ends."""
-    if verbose or "TF_CPP_MIN_LOG_LEVEL" in os.environ and os.environ["TF_CPP_MIN_LOG_LEVEL"] != "3":
-        yield
-        return
+def native_stderr_hidden(verbose: bool):
+    """While the block runs, what native code writes to descriptor 2 is dropped and Python's
+    sys.stderr still reaches the terminal. Nothing changes with `verbose`, a level the user set,
+    or a sys.stderr that is not descriptor 2 (an embedding program's, a test's capture)."""
     try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (embedded, pytest's capture): nothing to filter
+        real = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        real = False
+    if verbose or USER_LEVEL or not real:
         yield
         return
-    with tempfile.TemporaryFile(mode="w+b") as capture:
-        os.dup2(capture.fileno(), 2)
+    sys.stderr.flush()
+    own = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    saved = sys.stderr
+    sys.stderr = io.TextIOWrapper(io.FileIO(own, "w", closefd=False), encoding=saved.encoding or "utf-8",
+                                  errors="backslashreplace", line_buffering=True, write_through=True)
+    try:
+        yield
+    finally:
         try:
-            yield
+            sys.stderr.flush()
         finally:
-            try:
-                sys.stderr.flush()
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-            capture.seek(0)
-            text = capture.read().decode("utf-8", "replace")
-            kept = [line for line in text.splitlines() if line.strip() and not _native(line)]
-            if kept:
-                sys.stderr.write("\n".join(kept) + "\n")
-                sys.stderr.flush()
+            sys.stderr = saved
+            os.dup2(own, 2)
+            os.close(own)

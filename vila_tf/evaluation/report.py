@@ -80,8 +80,12 @@ def write_summary(path: str, record: dict, plots: list[str]) -> None:
         entry = record[kind]
         if entry["count"]:
             n = entry["count"]
-            what = ("has no image file" if n == 1 else "have no image file") if kind == "missing" \
-                else "could not be scored"
+            if kind == "failed":
+                what = "could not be scored"
+            elif record["scores"].get("model"):  # MODEL scored every labelled image on disk
+                what = "has no image file" if n == 1 else "have no image file"
+            else:  # --scores: the file is someone else's run; the image may well exist
+                what = f"{'has' if n == 1 else 'have'} no row in {record['scores']['file']}"
             lines += ["", f"{n} labelled image{'' if n == 1 else 's'} {what} (all listed in metrics.json):", ""]
             for item in entry["images"][:LISTED_IN_SUMMARY]:
                 lines.append(f"- `{item}`" if isinstance(item, str) else f"- `{item['image']}`: {item['error']}")

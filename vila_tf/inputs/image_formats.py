@@ -28,7 +28,8 @@ HOST_FORMATS = ("avif", "heif", "tiff")
 UNSUPPORTED_FORMATS = {"jxl": "JPEG XL", "psd": "Photoshop (PSD)", "raw": "RAW camera"}
 DISPLAY = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WebP", "avif": "AVIF",
            "heif": "HEIC/HEIF", "tiff": "TIFF", **UNSUPPORTED_FORMATS}
-PIL_FORMAT = {"avif": "AVIF", "heif": "HEIF", "tiff": "TIFF", "webp": "WEBP"}
+PIL_FORMAT = {"avif": "AVIF", "heif": "HEIF", "tiff": "TIFF", "webp": "WEBP", "jpeg": "JPEG", "png": "PNG", "gif": "GIF",
+              "bmp": "BMP"}
 READS = "JPEG, PNG, GIF, BMP, WebP, AVIF, HEIC/HEIF or TIFF"
 
 # Extensions that name an image: such a file is always tried (and fails loudly if it is not one).
@@ -262,11 +263,24 @@ def _pil_reason(err: Exception) -> str:
     return text or type(err).__name__
 
 
-def decode_host_format(data: bytes, fmt: str, max_pixels: int, apply_orientation: bool) -> np.ndarray:
-    """AVIF / HEIC / TIFF (/ WebP) bytes -> uint8 [H, W, 3] (first frame or page), after the pixel limit check."""
-    from PIL import Image, ImageOps
-    if fmt == "heif":
-        register_heif()
+def format_of(data: bytes, source: str = "") -> Optional[str]:
+    """An image's format from its first bytes; "raw" for a camera RAW file (TIFF-like: its name
+    tells it apart)."""
+    return "raw" if _extension(source) in RAW_EXTENSIONS else sniff(data[:HEAD_BYTES])
+
+
+def refuse(fmt: Optional[str], data: bytes) -> None:
+    """ImageFormatError for a format no decoder here reads: a known one named, else the first bytes."""
+    if fmt in UNSUPPORTED_FORMATS:
+        raise ImageFormatError(f"{UNSUPPORTED_FORMATS[fmt]} image: not supported (docs/formats.md); "
+                               f"convert it to JPEG, PNG or TIFF")
+    raise ImageFormatError(f"not a {READS} image (first bytes {_hex(data)})")
+
+
+def open_checked(data: bytes, fmt: str, max_pixels: int):
+    """A Pillow image of `data` (opened, not decoded) whose header is within `max_pixels`;
+    ImageFormatError naming the format otherwise."""
+    from PIL import Image
     name = DISPLAY[fmt]
     try:
         im = Image.open(io.BytesIO(data), formats=[PIL_FORMAT[fmt]])
@@ -277,11 +291,21 @@ def decode_host_format(data: bytes, fmt: str, max_pixels: int, apply_orientation
                                "Pillow reads") from None
     except Exception as e:  # noqa: BLE001  (Pillow raises several types for a bad header)
         raise ImageFormatError(f"{name} image that cannot be read: {_pil_reason(e)}") from None
-    with im:
-        width, height = im.size
-        if width * height > max_pixels:
-            raise ImageFormatError(f"header declares {height} x {width} = {width * height} pixels, more than "
-                                   f"the allowed {max_pixels} (max_pixels)")
+    width, height = im.size
+    if width * height > max_pixels:
+        im.close()
+        raise ImageFormatError(f"header declares {width} x {height} (width x height) = {width * height} pixels, "
+                               f"more than the allowed {max_pixels} (max_pixels)")
+    return im
+
+
+def decode_host_format(data: bytes, fmt: str, max_pixels: int, apply_orientation: bool) -> np.ndarray:
+    """AVIF / HEIC / TIFF (/ WebP) bytes -> uint8 [H, W, 3] (first frame or page), after the pixel limit check."""
+    from PIL import ImageOps
+    if fmt == "heif":
+        register_heif()
+    name = DISPLAY[fmt]
+    with open_checked(data, fmt, max_pixels) as im:
         try:
             im.load()
             if apply_orientation:
@@ -304,7 +328,7 @@ def decode_on_host(data: bytes, max_pixels: int, apply_orientation: bool,
     """
     if not data:
         return None
-    fmt = "raw" if _extension(source) in RAW_EXTENSIONS else sniff(data[:HEAD_BYTES])
+    fmt = format_of(data, source)
     graph = GRAPH_FORMATS if graph_webp else tuple(f for f in GRAPH_FORMATS if f != "webp")
     if fmt in graph:
         if not apply_orientation or fmt not in ("jpeg", "png", "webp"):
@@ -313,7 +337,4 @@ def decode_on_host(data: bytes, max_pixels: int, apply_orientation: bool,
         return None if orientation == 1 else orient(graph_decode(data), orientation)
     if fmt in HOST_FORMATS or fmt == "webp":  # WebP here only on a TensorFlow without its decoder
         return decode_host_format(data, fmt, max_pixels, apply_orientation)
-    if fmt in UNSUPPORTED_FORMATS:
-        raise ImageFormatError(f"{UNSUPPORTED_FORMATS[fmt]} image: not supported (docs/formats.md); "
-                               f"convert it to JPEG, PNG or TIFF")
-    raise ImageFormatError(f"not a {READS} image (first bytes {_hex(data)})")
+    refuse(fmt, data)

@@ -30,12 +30,8 @@ import numpy as np
 from vila_tf.core import zero_shot as zsl
 from vila_tf.core.metadata import ExportMetadata
 from vila_tf.core.model import Model, UnsupportedTaskError
-from vila_tf.core.signatures import ZERO_SHOT_ATTRIBUTE_OUTPUTS
 from vila_tf.litert import format as litert_format
 from vila_tf.litert import pillow_decode
-
-PROMPT_SCORES = "zero_shot_prompt_scores"  # [1, K]: the pairs baked in at conversion, in metadata order
-
 
 def export_metadata(meta: dict) -> ExportMetadata:
     """vila_litert.json -> the typed record both backends read (the LiteRT-only fields in `extra`)."""
@@ -46,7 +42,7 @@ def export_metadata(meta: dict) -> ExportMetadata:
         demo_weights=bool(meta.get("demo_weights")), model_kind=meta.get("model_kind", ""),
         max_pixels=meta.get("max_pixels"), source_checkpoint=src.get("source_checkpoint"),
         source_sha256=src.get("source_sha256"),
-        zero_shot_prompts=tuple(tuple(p) for p in meta.get("prompts") or ()),
+        zero_shot_prompts=litert_format.prompts(meta),
         extra={k: v for k, v in meta.items() if k not in known})
 
 
@@ -75,10 +71,9 @@ class LiteRTModel(Model):
         self._lock = threading.Lock()  # one interpreter: calls from several threads take turns
         outputs = set(self._runner.get_output_details())
         self.outputs = frozenset(outputs)
-        self.baked_prompts = tuple(tuple(p) for p in self.litert.get("prompts") or ()) \
-            if PROMPT_SCORES in outputs else ()
+        self.baked_prompts = litert_format.prompts(self.litert) if litert_format.PROMPT_SCORES_OUTPUT in outputs else ()
         tasks = {"score", "zero_shot", "image_embedding"}
-        if set(ZERO_SHOT_ATTRIBUTE_OUTPUTS) <= outputs:
+        if set(litert_format.ATTRIBUTE_OUTPUTS) <= outputs:
             tasks.add("zero_shot_attributes")
         if self.baked_prompts:
             tasks.add("zero_shot_prompts")
@@ -121,7 +116,8 @@ class LiteRTModel(Model):
                 f"{', '.join(repr(zsl.pair_name(p)) for p in self.baked_prompts) or 'none'}): bake it in with "
                 f"`python -m export litert SAVEDMODEL --prompt {zsl.pair_name(missing[0])!r}`, or use the SavedModel")
         return zsl.PairTask(tuple(zsl.pair_name(p) for p in pairs), pairs,
-                            columns=tuple(self.baked_prompts.index(p) for p in pairs), output=PROMPT_SCORES)
+                            columns=tuple(self.baked_prompts.index(p) for p in pairs),
+                            output=litert_format.PROMPT_SCORES_OUTPUT)
 
     def refusal(self, task: str) -> str:
         if task in ("caption", "text_embedding", "similarity", "preprocess"):

@@ -14,8 +14,6 @@ by Pillow as it is).
 """
 from __future__ import annotations
 
-import io
-import os
 
 import numpy as np
 
@@ -23,7 +21,7 @@ from vila_tf.inputs import image_formats
 from vila_tf.litert import jpeg
 from vila_tf.inputs.image_formats import ImageFormatError
 
-_PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP"}
+_PIL_FORMATS = ("jpeg", "png", "gif", "bmp", "webp")  # what the graph decodes: Pillow here
 
 
 def _rgb(im) -> np.ndarray:
@@ -35,32 +33,16 @@ def _rgb(im) -> np.ndarray:
 
 
 def decode(data: bytes, max_pixels: int, apply_orientation: bool, source: str = "") -> np.ndarray:
-    """Encoded bytes -> uint8 [H, W, 3]; raises ImageFormatError with the reason reported for the image."""
-    from PIL import Image
+    """Encoded bytes -> uint8 [H, W, 3]; raises ImageFormatError with the reason reported for the image
+    (the checks and messages are vila_tf.inputs.image_formats', as for the SavedModel runtime)."""
     if not data:
         raise ImageFormatError("image_bytes is empty")
-    fmt = "raw" if os.path.splitext(source)[1].lower() in image_formats.RAW_EXTENSIONS \
-        else image_formats.sniff(data[:image_formats.HEAD_BYTES])
+    fmt = image_formats.format_of(data, source)
     if fmt in image_formats.HOST_FORMATS:
         return image_formats.decode_host_format(data, fmt, max_pixels, apply_orientation)
-    if fmt in image_formats.UNSUPPORTED_FORMATS:
-        raise ImageFormatError(f"{image_formats.UNSUPPORTED_FORMATS[fmt]} image: not supported (docs/formats.md); "
-                               "convert it to JPEG, PNG or TIFF")
-    if fmt not in _PIL_FORMAT:
-        raise ImageFormatError(f"not a {image_formats.READS} image (first bytes "
-                               f"{' '.join(f'{b:02x}' for b in data[:8])})")
-    name = image_formats.DISPLAY[fmt]
-    try:
-        im = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[fmt]])
-    except Image.DecompressionBombError as e:
-        raise ImageFormatError(f"{name} image: {e} (max_pixels is {max_pixels})") from None
-    except Exception as e:  # noqa: BLE001  (Pillow raises several types for a bad header)
-        raise ImageFormatError(f"{name} image that cannot be read: {e}") from None
-    with im:
-        width, height = im.size
-        if width * height > max_pixels:
-            raise ImageFormatError(f"header declares {height} x {width} = {width * height} pixels, more than "
-                                   f"the allowed {max_pixels} (max_pixels)")
+    if fmt not in _PIL_FORMATS:
+        image_formats.refuse(fmt, data)
+    with image_formats.open_checked(data, fmt, max_pixels) as im:
         try:
             pixels = jpeg.decode_like_tensorflow(im) if fmt == "jpeg" else None
             if pixels is None:
@@ -70,4 +52,4 @@ def decode(data: bytes, max_pixels: int, apply_orientation: bool, source: str = 
                 pixels = image_formats.orient(pixels, image_formats.exif_orientation(data))
             return pixels
         except Exception as e:  # noqa: BLE001
-            raise ImageFormatError(f"{name} image that cannot be decoded: {e}") from None
+            raise ImageFormatError(f"{image_formats.DISPLAY[fmt]} image that cannot be decoded: {e}") from None

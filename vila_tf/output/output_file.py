@@ -303,6 +303,8 @@ class ResultsOutput:
                 and not _looks_like_results(self.path):
             raise OutputError(f"--output {self.path} exists and is not a results file of vila-tf "
                               f"({_describe(self.path)}): not overwritten; choose another --output, or delete it first")
+        if not self.resume:  # a resumed file's format is checked against its record instead
+            check_extension(self.path, self.fmt, "--output")
         self._lock()
         try:
             if self.resume and os.path.getsize(self.path):
@@ -452,6 +454,7 @@ def check_contact_sheet(path: str, inputs: Iterable, output: Optional[str]) -> N
         if st.st_size and not is_contact_sheet(path):
             raise OutputError(f"--contact-sheet {path} exists and is not a contact sheet of vila-tf "
                               f"({_describe(path)}): not overwritten; choose another file, or delete it first")
+    check_extension(path, "png", "--contact-sheet")
     _check_writable_folder(path, "--contact-sheet")
 
 
