@@ -12,6 +12,7 @@ import glob
 import io
 import os
 import re
+import runpy
 import shlex
 
 import numpy as np
@@ -149,8 +150,10 @@ def test_examples_run_as_written(page, layout, tmp_path):
                 why = next((reason for marker, reason in NOT_RUN.items() if marker in text), None)
                 if why or any(b in text for b in BEAM):
                     continue
-                with contextlib.redirect_stdout(io.StringIO()):
-                    exec(compile(text, f"{page} example", "exec"), namespace)  # noqa: S102
+                script = tmp_path / f"example_{len(namespace)}.py"
+                script.write_text(text)
+                with contextlib.redirect_stdout(io.StringIO()):  # the page's blocks share one namespace
+                    namespace = runpy.run_path(str(script), init_globals=namespace)
                 continue
             argv = shlex.split(text)[1:]
             if argv[:1] == ["beam"]:

@@ -91,6 +91,12 @@ def load_kwargs(args) -> dict:
 def load(args, needs: tuple = ()):
     """The model of `args.model`, able to do every task in `needs`; UsageError (one line) when it
     cannot be loaded or cannot do one of them."""
+    record = check_model(args)
+    if not record["kind"].startswith("LiteRT"):
+        # Before TensorFlow is imported: the first call then loads the program compiled by an
+        # earlier run instead of compiling it again.
+        from vila_tf.savedmodel import compile_cache
+        compile_cache.enable(record["identity"])
     import vila_tf
     try:
         model = vila_tf.load(args.model, **load_kwargs(args))
