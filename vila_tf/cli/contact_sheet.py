@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import textwrap
 from typing import Optional, Sequence
 
@@ -60,6 +61,34 @@ def bar_extent(value: float, scale: float, width: int) -> tuple[int, int]:
     return (mid, end) if end >= mid else (end, mid)
 
 
+# Fonts that draw names beyond ASCII (accents, Greek, Cyrillic; the CJK ones Chinese and Japanese
+# too), first found wins; Pillow's own default font draws only Latin text and shows the rest as boxes.
+UNICODE_FONTS = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc", "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf", "/System/Library/Fonts/Supplemental/Arial Unicode.ttf",
+    "/Library/Fonts/Arial Unicode.ttf", "C:\\Windows\\Fonts\\arialuni.ttf", "C:\\Windows\\Fonts\\segoeui.ttf")
+FONT_SIZE = 10
+
+
+def label_font():
+    """A font for file names and captions that draws non-ASCII text (the first of UNICODE_FONTS
+    there is, or matplotlib's DejaVu Sans when it is installed), else Pillow's default."""
+    candidates = list(UNICODE_FONTS)
+    try:
+        import matplotlib
+        candidates.append(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"))
+    except ImportError:
+        pass
+    for path in candidates:
+        if os.path.isfile(path):
+            try:
+                return ImageFont.truetype(path, FONT_SIZE)
+            except OSError:
+                continue
+    return ImageFont.load_default()
+
+
 def _draw_bars(draw, font, x: int, y: int, names: Sequence[str], values: Sequence[float], scale: float) -> None:
     track = THUMB - BAR_LABEL - BAR_VALUE
     for k, (name, v) in enumerate(zip(names, values)):
@@ -102,7 +131,7 @@ def render(images: Sequence, scores: Sequence[float], captions: Optional[Sequenc
     width, height = sheet_size(len(order), captions is not None, columns, n_bars)
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default()
+    font = label_font()
     cols = max(1, min(columns, len(order)))
     cell_h = _cell_height(captions is not None, n_bars)
     bars_h = n_bars * BAR_HEIGHT + (4 if n_bars else 0)
