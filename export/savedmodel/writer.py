@@ -31,7 +31,7 @@ from ..model.tree import unflatten
 from ..model.config import VilaConfig
 from ..model.params import ParamSource, as_source
 from .tokenizer import LingvoTokenizer
-from .warmup import write_warmup
+from vila_tf.serving.warmup import write_warmup
 from vila_tf.core.atomic import atomic_dir
 from vila_tf.core import metadata as export_metadata
 from vila_tf.core.signatures import (ALL_SIGNATURES, BYTES, CAPTION_HEAD, IMAGE_HEAD, NO_HEAD, PIXELS, SIGNATURES,

@@ -3,6 +3,10 @@
 TF Serving replays `assets.extra/tf_serving_warmup_requests` (a TFRecord of PredictionLog, at most
 1000 records) when started with `--enable_model_warmup`, so every XLA compilation a bucketed client
 can trigger happens at load, not on a user's first request.
+
+Written by the exporter (export/savedmodel/writer.py) and by `vila-tf fit` for the personal
+export it makes from a SavedModel (vila_tf.personal): the runtime half has to write them too, so
+they live here, beside the model-server check that replays them.
 """
 from __future__ import annotations
 
