@@ -189,8 +189,8 @@ def export_in_subprocess(out: str, dtype: str, log_path: str) -> dict:
     """Runs the full-size demo export in a fresh process: its wall time and its own peak RSS
     (os.wait4 gives that child's rusage alone, where RUSAGE_CHILDREN would mix all children)."""
     code = ("import sys; sys.path.insert(0, %r)\n"
-            "from export import cli as cli_export\n"
-            "cli_export.export_demo(%r, %r)\n") % (ROOT, out, dtype)
+            "from export import exporter\n"
+            "exporter.export_demo(%r, %r)\n") % (ROOT, out, dtype)
     t0 = time.perf_counter()
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=log_file, stderr=subprocess.STDOUT)

@@ -115,13 +115,13 @@ def write_stablehlo_probes(work: str, versions) -> None:
 def write_exports(work: str, targets) -> dict:
     """{label: SavedModel dir}: the fixture with the default lowering and with each target."""
     import tiny_models
-    from export import cli as cli_export
+    from export import exporter
     spm = tiny_models.train_spm(os.path.join(work, "spm", "spm.model"))
     exports = {}
     for t in (None, *targets):
         label = "default" if t is None else f"target {t}"
         log(f"exporting {FIXTURE} ({label})")
-        exports[label] = cli_export.export_checkpoint(
+        exports[label] = exporter.export_checkpoint(
             os.path.join(tiny_models.DATA, FIXTURE, "ckpt"), spm, os.path.join(work, "exports", label.replace(" ", "_")),
             overrides=tiny_models.FIXTURE_OVERRIDES, target_tensorflow=t)
     return exports

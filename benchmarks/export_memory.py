@@ -34,8 +34,8 @@ def float32_parameter_bytes() -> int:
 def _child_code(source: str, tmp: str, out: str, dtype: str, compute_dtype: str) -> str:
     if source == "demo":
         return ("import sys; sys.path.insert(0, %r)\n"
-                "from export import cli as cli_export\n"
-                "cli_export.export_demo(%r, %r, compute_dtype=%r)\n") % (ROOT, out, dtype, compute_dtype)
+                "from export import exporter\n"
+                "exporter.export_demo(%r, %r, compute_dtype=%r)\n") % (ROOT, out, dtype, compute_dtype)
     # A release-shaped checkpoint and a tokenizer, made in another process (not measured).
     ckpt, spm_path = os.path.join(tmp, "ckpt"), os.path.join(tmp, "spm", "spm.model")
     setup = ("import sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
@@ -45,8 +45,8 @@ def _child_code(source: str, tmp: str, out: str, dtype: str, compute_dtype: str)
              "spm.train(spm.repo_sentences(%r), %r, 64000)\n") % (ROOT, os.path.dirname(__file__), ckpt, ROOT, spm_path)
     subprocess.run([sys.executable, "-c", setup], check=True, capture_output=True)
     return ("import sys; sys.path.insert(0, %r)\n"
-            "from export import cli as cli_export\n"
-            "cli_export.export_checkpoint(%r, %r, %r, %r, compute_dtype=%r)\n") % (
+            "from export import exporter\n"
+            "exporter.export_checkpoint(%r, %r, %r, %r, compute_dtype=%r)\n") % (
         ROOT, ckpt, spm_path, out, dtype, compute_dtype)
 
 

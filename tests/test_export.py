@@ -162,11 +162,11 @@ def test_bfloat16_export_written_in_shards(tmp_path, spm_model, monkeypatch):
     streamed from the checkpoint file in many small groups (the lean export's weights pass): every
     stored variable is exactly the checkpoint's array rounded to bfloat16."""
     from export.checkpoints import paxml as checkpoint
-    from export import cli as cli_export
+    from export import exporter
     from export.savedmodel import variables_file
     monkeypatch.setattr(variables_file, "GROUP_BYTES", 64 << 10)
     ckpt = os.path.join(DATA, "vila_r_tiny", "ckpt")
-    out = cli_export.export_checkpoint(ckpt, spm_model, str(tmp_path / "bf16"), dtype="bfloat16",
+    out = exporter.export_checkpoint(ckpt, spm_model, str(tmp_path / "bf16"), dtype="bfloat16",
                                        overrides={"decoding_max_len": 16})
     data_files = [f for f in os.listdir(os.path.join(out, "variables")) if f.startswith("variables.data-")]
     assert len(data_files) > 5, data_files

@@ -69,11 +69,11 @@ def test_full_size_runtime(demo_export):
 def test_full_size_matches_native_jax(demo_export):
     """The lowered SavedModel equals the Flax model it came from, at full size."""
     import tensorflow as tf
-    from export import cli as cli_export
+    from export import exporter
     from export.model import heads
     from export.model.config import VilaConfig
     cfg = VilaConfig()
-    params = demo.init_params(cfg, cli_export.DEMO_SEED)
+    params = demo.init_params(cfg, exporter.DEMO_SEED)
     x = np.random.default_rng(1).uniform(size=(2, 224, 224, 3)).astype(np.float32)
     want = np.asarray(heads.score(params, cfg, x))
     m = tf.saved_model.load(str(demo_export / "vila_demo" / "1"))

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import golden
 from export.model import heads
-from export.model.modules import VilaModel, abstract_params
+from export.model.modules import VilaModule, abstract_params
 from export.model.tree import flatten, unflatten
 
 ATOL = 1e-5
@@ -17,11 +17,11 @@ def outputs(loaded_fixtures):
     for name, ck in loaded_fixtures.items():
         g = golden(name)
         ids, pad = g["input/ids"][:, 0], g["input/paddings"][:, 0]
-        model = VilaModel(ck.config)
+        model = VilaModule(ck.config)
         v = {"params": ck.params}
         # Jitted: one compilation per function instead of one per operation (most of the time).
         pred = jax.jit(model.apply)(v, g["input/image"], ids, pad)
-        text_only = jax.jit(lambda v, ids, pad: model.apply(v, ids, pad, method=VilaModel.encode_text))(v, ids, pad)
+        text_only = jax.jit(lambda v, ids, pad: model.apply(v, ids, pad, method=VilaModule.encode_text))(v, ids, pad)
         out[name] = (ck, g, pred, text_only)
     return out
 

@@ -31,5 +31,5 @@ def train_spm(path: str) -> str:
 
 
 def export_fixture(name: str, spm_path: str, out: str) -> str:
-    from export import cli as cli_export
-    return cli_export.export_checkpoint(os.path.join(DATA, name, "ckpt"), spm_path, out, overrides=FIXTURE_OVERRIDES)
+    from export import exporter
+    return exporter.export_checkpoint(os.path.join(DATA, name, "ckpt"), spm_path, out, overrides=FIXTURE_OVERRIDES)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from .config import BOS_ID, EOS_ID, VilaConfig
-from .modules import VilaModel
+from .modules import VilaModule
 
 
 def _greedy_loop(next_logits, batch: int, max_len: int, carry):
@@ -51,14 +51,14 @@ def _greedy_loop(next_logits, batch: int, max_len: int, carry):
 
 def greedy_decode(params, cfg: VilaConfig, generative_img_embed: jax.Array, max_len: int | None = None):
     """Greedy decode with a KV cache: each step feeds one token through the cached decoder."""
-    model = VilaModel(cfg)
+    model = VilaModule(cfg)
     max_len = max_len or cfg.decoding_max_len
     variables = {"params": params}
-    cache = model.apply(variables, generative_img_embed, max_len, method=VilaModel.init_decode_cache)
+    cache = model.apply(variables, generative_img_embed, max_len, method=VilaModule.init_decode_cache)
 
     def next_logits(ids, step, cache):
         tokens = jax.lax.dynamic_index_in_dim(ids, step, axis=1, keepdims=False)
-        return model.apply(variables, tokens, step, cache, method=VilaModel.decode_step)
+        return model.apply(variables, tokens, step, cache, method=VilaModule.decode_step)
 
     return _greedy_loop(next_logits, generative_img_embed.shape[0], max_len, cache)
 
@@ -72,7 +72,7 @@ def greedy_decode_uncached(params, cfg: VilaConfig, generative_img_embed: jax.Ar
     projection, so the baseline pays for recomputing the prefix, not for 63 unused softmaxes.
     Same outputs, conventions and stopping rule as greedy_decode.
     """
-    model = VilaModel(cfg)
+    model = VilaModule(cfg)
     max_len = max_len or cfg.decoding_max_len
     variables = {"params": params}
     b = generative_img_embed.shape[0]
@@ -80,7 +80,7 @@ def greedy_decode_uncached(params, cfg: VilaConfig, generative_img_embed: jax.Ar
 
     def next_logits(ids, step, carry):
         hidden = model.apply(variables, ids, no_padding, generative_img_embed,
-                             method=VilaModel.encode_text)["multimodal_txt_embed"]
+                             method=VilaModule.encode_text)["multimodal_txt_embed"]
         at_step = jax.lax.dynamic_index_in_dim(hidden, step, axis=1, keepdims=False)
         return model.apply(variables, at_step, method=lambda m, x: m.decoder.logits(x)), carry
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from . import decode
 from .config import QUALITY_PROMPT_IDS, VilaConfig
-from .modules import VilaModel, l2_normalize
+from .modules import VilaModule, l2_normalize
 
 # The release's zero-shot quality prompts (run_vila_predict._ZSL_QUALITY_PROMPTS): good/bad pairs,
 # one per attribute, in the release's order (the order of the per-attribute scores everywhere).
@@ -54,11 +54,11 @@ def compute_params(params, compute_dtype: str = "float32"):
 
 
 def _apply(params, cfg: VilaConfig, method, *args):
-    return VilaModel(cfg).apply({"params": params}, *args, method=method)
+    return VilaModule(cfg).apply({"params": params}, *args, method=method)
 
 
 def encode_image(params, cfg: VilaConfig, images):
-    return _apply(params, cfg, VilaModel.encode_image, images)
+    return _apply(params, cfg, VilaModule.encode_image, images)
 
 
 def image_embedding(params, cfg: VilaConfig, images):
@@ -68,7 +68,7 @@ def image_embedding(params, cfg: VilaConfig, images):
 
 def text_embedding(params, cfg: VilaConfig, ids, paddings):
     """l2-normalized contrastive (CLS) text embedding [B, D], text tower only."""
-    return _apply(params, cfg, VilaModel.encode_text, ids, paddings)["contrastive_txt_embed_norm"]
+    return _apply(params, cfg, VilaModule.encode_text, ids, paddings)["contrastive_txt_embed_norm"]
 
 
 def quality_prompt_embedding(params, cfg: VilaConfig):
@@ -82,7 +82,7 @@ def score_from_prompt(params, cfg: VilaConfig, images, prompt_embedding):
     if not cfg.has_quality_head:
         raise ValueError("the VILA-R quality score needs a checkpoint with `residual_ffn` (a VILA-R model)")
     img = encode_image(params, cfg, images)["contrastive_img_embed"]
-    img = _apply(params, cfg, VilaModel.quality_image_embedding, img)
+    img = _apply(params, cfg, VilaModule.quality_image_embedding, img)
     return img @ prompt_embedding.T
 
 
@@ -100,7 +100,7 @@ def image_outputs(params, cfg: VilaConfig, images, zero_shot_prompts, quality_pr
         return embedding, zero_shot_score, pairs
     if not cfg.has_quality_head:
         raise ValueError("the VILA-R quality score needs a checkpoint with `residual_ffn` (a VILA-R model)")
-    quality = _apply(params, cfg, VilaModel.quality_image_embedding, img["contrastive_img_embed"])
+    quality = _apply(params, cfg, VilaModule.quality_image_embedding, img["contrastive_img_embed"])
     return embedding, zero_shot_score, pairs, quality @ quality_prompt.T
 
 
@@ -136,4 +136,4 @@ def caption(params, cfg: VilaConfig, images, max_len: int | None = None):
 
 def teacher_forced_logits(params, cfg: VilaConfig, images, ids, paddings):
     gen = encode_image(params, cfg, images)["generative_img_embed"]
-    return _apply(params, cfg, VilaModel.text_logits, ids, paddings, gen)
+    return _apply(params, cfg, VilaModule.text_logits, ids, paddings, gen)

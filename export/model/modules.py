@@ -444,7 +444,7 @@ class ContrastiveLoss(nn.Module):
         self.temperature = self.param("temperature", nn.initializers.constant(0.07), ())
 
 
-class VilaModel(nn.Module):
+class VilaModule(nn.Module):
     """CoCaVilaRankBasedFinetune (VILA-R) or CoCaVilaPretrain (VILA-P), chosen by cfg.model_type."""
     cfg: VilaConfig
 
@@ -507,7 +507,7 @@ class VilaModel(nn.Module):
 def abstract_params(cfg: VilaConfig):
     """The parameter tree as ShapeDtypeStructs, allocating nothing: the shapes every checkpoint
     reader and the export check against."""
-    model = VilaModel(cfg)
+    model = VilaModule(cfg)
     img = jax.ShapeDtypeStruct((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
     ids = jax.ShapeDtypeStruct((1, 4), jnp.int32)
     pad = jax.ShapeDtypeStruct((1, 4), jnp.float32)

@@ -29,6 +29,7 @@ import time
 from typing import Callable, Optional
 
 from vila_tf.core.atomic import atomic_file
+from ..log import log as _log
 
 from . import model_card, on_device
 from .. import PROG
@@ -212,10 +213,6 @@ def package_savedmodel(savedmodel_dir: str, dist_dir: str, name: Optional[str] =
         name=name, version=version, archive=os.path.basename(archive), sha256=sha256, size=size,
         base_url=base_url), section))
     return Package(name, version, archive, sha256, size, checksum_file, card)
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def cmd_package(argv) -> int:

@@ -29,7 +29,8 @@ import tempfile
 import time
 from typing import Callable, Iterable, Optional
 
-from .. import PROG
+from .. import PROG, overrides
+from ..log import log as _log
 from vila_tf.core.atomic import atomic_dir
 from vila_tf.litert import format as litert_format
 from vila_tf.core import zero_shot
@@ -49,10 +50,6 @@ QUANTIZATION = {
 
 class LiteRTError(ValueError):
     """A model that is not what the on-device contract promises (ops, signature)."""
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # -- what a .tflite holds ------------------------------------------------------------------------
@@ -299,7 +296,7 @@ def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.V
     return out_dir
 
 
-def cmd_litert(argv, add_overrides, get_overrides) -> int:
+def cmd_litert(argv) -> int:
     p = argparse.ArgumentParser(
         prog=f"{PROG} litert",
         description="LiteRT (.tflite) models of the image heads (score, image embedding, zero-shot score and "
@@ -315,7 +312,7 @@ def cmd_litert(argv, add_overrides, get_overrides) -> int:
     p.add_argument("--prompt", action="append", metavar="'GOOD|BAD'",
                    help="your own good/bad prompt pair (repeatable), embedded at conversion: the `image` signature "
                         f"gains `{litert_format.PROMPT_SCORES_OUTPUT}` [1, K], one column per pair in the order given")
-    add_overrides(p)
+    overrides.add(p)
     args = p.parse_args(argv)
     prompts = ()
     if args.prompt:  # a malformed pair fails before any work, in one line
@@ -336,11 +333,11 @@ def cmd_litert(argv, add_overrides, get_overrides) -> int:
     if args.savedmodel:
         source = litert_source.from_savedmodel(args.savedmodel, prompts)
     else:
-        source = litert_source.from_checkpoint(args.checkpoint, args.spm, args.step, get_overrides(args), prompts)
+        source = litert_source.from_checkpoint(args.checkpoint, args.spm, args.step, overrides.read(args), prompts)
     if source.source.get("demo_weights"):
         _log("DEMO weights: the LiteRT models' scores mean nothing either")
     out = write_litert(source, args.out, variants)
     meta = litert_format.read_metadata(out)
-    for v, rec in meta["variants"].items():
+    for rec in [*meta["variants"].values(), *litert_format.mediapipe_variants(meta).values()]:
         print(f"{os.path.join(out, rec['file'])}\t{rec['bytes'] / 1e6:.1f} MB\tsha256 {rec['sha256']}")
     return 0

@@ -120,7 +120,7 @@ def image_outputs(p: dict, cfg, images, pair_prompts, quality_prompt=None):
     of every pair [B, 6 + K] (the release's six, then your own K; `pair_prompts` [2 (6 + K), D],
     good/bad alternating) and, for VILA-R, the quality score [B, 1]."""
     import jax.numpy as jnp
-    model = modules.VilaModel(cfg)
+    model = modules.VilaModule(cfg)
     tower = {k: v for k, v in p.items() if k not in ("generative", "contrastive")}
     encoder_out = model.apply({"params": tower}, images, method=lambda m, x: m.encoder(x))  # [B, S, D]
     g = p["generative"]
@@ -141,7 +141,7 @@ def image_outputs(p: dict, cfg, images, pair_prompts, quality_prompt=None):
     zero_shot_score = pairs[:, :len(ATTRIBUTE_OUTPUTS)].mean(axis=1)
     if quality_prompt is None:
         return embedding, zero_shot_score, pairs
-    quality = model.apply({"params": tower}, contrastive, method=modules.VilaModel.quality_image_embedding)
+    quality = model.apply({"params": tower}, contrastive, method=modules.VilaModule.quality_image_embedding)
     return embedding, zero_shot_score, pairs, quality @ quality_prompt.T
 
 
