@@ -141,3 +141,17 @@ def test_python_api_matrix(backends, photos):
     finally:
         for m in models.values():
             m.close()
+
+
+@pytest.mark.parametrize("command", ["score", "zero-shot", "caption", "embed"])
+def test_beam_commands_on_a_litert_export_are_one_line(command, backends, photos, tmp_path, capsys):
+    """Beam runs the SavedModel (batched on TensorFlow workers): on a LiteRT folder each of its
+    commands stops before any pipeline starts, in one line naming what to use instead. (On the
+    SavedModel, tests/test_beam*.py run them.)"""
+    from vila_tf.beam import cli as beam_cli
+    from vila_tf.beam.handler import TASKS
+    assert set(TASKS) == {"score", "zero-shot", "caption", "embed"}  # a new Beam command needs its cell here
+    rc = beam_cli.main([command, backends["litert"], "--input", f"{photos}/*.png", "--output", str(tmp_path / "r")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2 and len(err) == 1 and "LiteRT export" in err[0] and "vila-tf score" in err[0], err
+    assert not list(tmp_path.iterdir())

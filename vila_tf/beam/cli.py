@@ -214,6 +214,11 @@ def _check_model(path: str, runner: str) -> None:
         except Exception as e:  # noqa: BLE001
             raise UsageError(f"cannot use model {path}: {e}") from e
     elif os.path.exists(path) or runner in StandardOptions.LOCAL_RUNNERS:
+        from vila_tf.litert import format as litert_format
+        if litert_format.is_litert_dir(path):
+            raise UsageError(f"cannot use model {path}: a LiteRT export; Beam runs the SavedModel (its workers "
+                             "batch on TensorFlow): give the SavedModel it was converted from, or use "
+                             "`vila-tf score` on the LiteRT folder")
         try:
             export_metadata.read(resolve_savedmodel(path))  # before any worker starts
         except (FileNotFoundError, export_metadata.MetadataError) as e:

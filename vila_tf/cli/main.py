@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 import warnings
+import logging
 from typing import Optional
 
 from vila_tf.cli import evaluate, info, rank, score, terminal
@@ -53,11 +54,17 @@ def main(argv: Optional[list] = None) -> int:
         except ImportError as e:
             print(f"vila-tf: {e}", file=sys.stderr)
             return EXIT_ERROR
+        # Beam's import logs a note on the root logger ("apitools not found"): not shown, the
+        # command's own warnings after it are
+        quiet = logging.NullHandler()
+        logging.getLogger().addHandler(quiet)
         return beam_cli.main(argv[1:])
     args = _parser().parse_args(argv)
     args.as_command = as_command
     terminal.quiet_native_log(getattr(args, "verbose", False))
     warnings.simplefilter("ignore", RuntimeWarning)  # per-image failures are reported by the commands instead
+        finally:
+            logging.getLogger().removeHandler(quiet)
     warnings.simplefilter("always", DemoModelWarning)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"vila-tf: WARNING: {msg}\n"
     try:
