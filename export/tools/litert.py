@@ -338,6 +338,6 @@ def cmd_litert(argv) -> int:
         _log("DEMO weights: the LiteRT models' scores mean nothing either")
     out = write_litert(source, args.out, variants)
     meta = litert_format.read_metadata(out)
-    for rec in [*meta["variants"].values(), *litert_format.mediapipe_variants(meta).values()]:
+    for v, rec in meta["variants"].items():
         print(f"{os.path.join(out, rec['file'])}\t{rec['bytes'] / 1e6:.1f} MB\tsha256 {rec['sha256']}")
     return 0

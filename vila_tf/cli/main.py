@@ -18,10 +18,10 @@ one summary line on stderr lists them (docs/formats.md).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
-import logging
 from typing import Optional
 
 from vila_tf.cli import evaluate, info, rank, score, terminal
@@ -49,22 +49,22 @@ def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["beam"]:  # `vila-tf beam ...`: own parser, since unknown flags belong to Beam
         terminal.quiet_native_log(False)
+        # Beam's import logs a note on the root logger ("apitools not found"): not shown, the
+        # command's own warnings after it are
+        quiet = logging.NullHandler()
+        logging.getLogger().addHandler(quiet)
         try:
             from vila_tf.beam import cli as beam_cli  # an optional integration: Apache Beam
         except ImportError as e:
             print(f"vila-tf: {e}", file=sys.stderr)
             return EXIT_ERROR
-        # Beam's import logs a note on the root logger ("apitools not found"): not shown, the
-        # command's own warnings after it are
-        quiet = logging.NullHandler()
-        logging.getLogger().addHandler(quiet)
+        finally:
+            logging.getLogger().removeHandler(quiet)
         return beam_cli.main(argv[1:])
     args = _parser().parse_args(argv)
     args.as_command = as_command
     terminal.quiet_native_log(getattr(args, "verbose", False))
     warnings.simplefilter("ignore", RuntimeWarning)  # per-image failures are reported by the commands instead
-        finally:
-            logging.getLogger().removeHandler(quiet)
     warnings.simplefilter("always", DemoModelWarning)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"vila-tf: WARNING: {msg}\n"
     try:
