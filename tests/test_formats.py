@@ -181,7 +181,11 @@ def mixed_folder(tmp_path_factory):
     return d
 
 
-SCORED = ["a.jpg", "b.webp", "broken.png", "c.avif", "d.tiff", "e.JPG", "f.heic", "no_extension", "g.png"]
+# IMG_0001.CR2 is a RAW file by name and content, read by LibRaw: its bytes are no camera's, so it fails loudly.
+SCORED = ["IMG_0001.CR2", "a.jpg", "b.webp", "broken.png", "c.avif", "d.tiff", "e.JPG", "f.heic", "no_extension",
+          "g.png"]
+RAW_NOT_INSTALLED = ("skipped 1 RAW camera file (the RAW reader is not installed: pip install 'vila-tf[raw]', or "
+                     "rawpy): 1 .cr2")
 
 
 def test_folder_walk_reports_every_file_it_does_not_score(mixed_folder):
@@ -190,22 +194,31 @@ def test_folder_walk_reports_every_file_it_does_not_score(mixed_folder):
     items = inputs.expand([str(mixed_folder)], skipped=report)
     assert [os.path.basename(it.source) for it in items] == SCORED
     assert sorted(map(os.path.basename, report.not_images)) == ["clip.mov", "notes.txt", "todo.txt"]
-    assert [os.path.basename(p) for p in report.raw] == ["IMG_0001.CR2"]
-    assert report.lines() == [
-        "skipped 3 files that are not images: 2 .txt, 1 .mov",
-        "skipped 1 RAW camera file (not decoded: score the camera's JPEG or export to JPEG/TIFF): 1 .cr2"]
+    assert report.raw == [] and report.lines() == ["skipped 3 files that are not images: 2 .txt, 1 .mov"]
     # A glob is walked by the same rule.
     report = image_formats.SkipReport()
     items = inputs.expand([str(mixed_folder / "*")], skipped=report)
     assert [os.path.basename(it.source) for it in items] == sorted(SCORED[:-1])
-    assert len(report) == 4
+    assert len(report) == 3
+    # Without the RAW reader, RAW files are listed as skipped, with what to install.
+    from vila_tf.inputs import raw_photos
+    raw_photos.available.cache_clear()
+    try:
+        import unittest.mock
+        with unittest.mock.patch.dict("sys.modules", {"rawpy": None}):
+            report = image_formats.SkipReport()
+            items = inputs.expand([str(mixed_folder)], skipped=report)
+            assert "IMG_0001.CR2" not in [os.path.basename(it.source) for it in items]
+            assert report.lines()[-1] == RAW_NOT_INSTALLED
+    finally:
+        raw_photos.available.cache_clear()
 
 
 def test_api_warns_once_with_the_summary(model, mixed_folder):
     with pytest.warns(image_formats.SkippedFilesWarning, match="skipped 3 files that are not images"):
         scores, errors = model.score(str(mixed_folder), return_errors=True)
-    assert [os.path.basename(e.source) for e in errors] == ["broken.png"]
-    good = [s for i, s in enumerate(scores) if i != SCORED.index("broken.png")]
+    assert [os.path.basename(e.source) for e in errors] == ["IMG_0001.CR2", "broken.png"]
+    good = [s for i, s in enumerate(scores) if SCORED[i] not in ("broken.png", "IMG_0001.CR2")]
     # The same photo in eight files: lossless ones identical, lossy ones (JPEG, AVIF, HEIC) close.
     assert np.ptp(good) < 2 * LOSSY_SCORE_TOLERANCE, good
 
@@ -223,8 +236,7 @@ def test_stream_reports_skips_once_at_its_end_or_into_a_given_report(model, mixe
         results = list(model.stream("score", [str(mixed_folder)]))
     assert [os.path.basename(r.source) for r in results] == SCORED
     assert [str(w.message) for w in caught if w.category is image_formats.SkippedFilesWarning] == [
-        "skipped 3 files that are not images: 2 .txt, 1 .mov",
-        "skipped 1 RAW camera file (not decoded: score the camera's JPEG or export to JPEG/TIFF): 1 .cr2"]
+        "skipped 3 files that are not images: 2 .txt, 1 .mov"]
     # A report of the caller's own: filled, and no warning.
     report = image_formats.SkipReport()
     with warnings.catch_warnings():
@@ -243,10 +255,10 @@ def test_cli_lists_what_it_skipped_and_exit_codes(exported, mixed_folder, tmp_pa
         return r.returncode, r.stdout, r.stderr
 
     code, out, err = run(mixed_folder)
-    assert code == 1, err  # broken.png failed
+    assert code == 1, err  # broken.png and the CR2 that is no camera's failed
     assert len(out.splitlines()) == 1 + len(SCORED)
     assert "vila-tf: skipped 3 files that are not images: 2 .txt, 1 .mov" in err
-    assert "skipped 1 RAW camera file" in err and "1 of 9 inputs failed" in err
+    assert "skipped 1 RAW" not in err and "2 of 10 inputs failed" in err
     assert ".xmp" not in err and "Thumbs" not in err and "DS_Store" not in err and "AAE" not in err
     # Skipped non-images alone do not fail the run.
     clean = tmp_path / "clean"
@@ -279,12 +291,50 @@ def test_cli_release_exact_orientation_flag(exported, model, tmp_path):
 
 
 def test_raw_and_unsupported_files_named_directly_fail_with_the_reason(model, mixed_folder, tmp_path):
-    nef = tmp_path / "DSC_0001.NEF"  # TIFF inside: Pillow would read its thumbnail
+    nef = tmp_path / "DSC_0001.NEF"  # a plain TIFF named as a RAW file: LibRaw finds no camera's data
     nef.write_bytes(_encode(_photo(30, 40), "TIFF"))
     jxl = b"\xff\x0a" + b"\x00" * 40
     _, errors = model.score([str(mixed_folder / "IMG_0001.CR2"), str(nef), jxl, b"%PDF-1.7"], return_errors=True)
     reasons = [e.reason for e in errors]
     assert [e.index for e in errors] == [0, 1, 2, 3]
-    assert reasons[0].startswith("RAW camera image: not supported") and reasons[1] == reasons[0]
+    assert reasons[0].startswith("RAW camera image that cannot be read: ") and reasons[0].endswith("(LibRaw)")
+    assert reasons[1].startswith("RAW camera image that cannot be read: ")
     assert reasons[2].startswith("JPEG XL image: not supported")
-    assert reasons[3] == "not a JPEG, PNG, GIF, BMP, WebP, AVIF, HEIC/HEIF or TIFF image (first bytes 25 50 44 46 2d 31 2e 37)"
+    assert reasons[3] == ("not a JPEG, PNG, GIF, BMP, WebP, AVIF, HEIC/HEIF, TIFF or RAW image (first bytes 25 50 44 46 "
+                          "2d 31 2e 37)")
+
+
+def test_raw_scored_by_its_embedded_preview_on_both_backends(model, litert_exported, tmp_path):
+    """A DNG (written by the test, as a camera lays it out) scores as the JPEG preview inside it,
+    turned by the RAW's orientation, on the SavedModel and on LiteRT: the preview as exiftool
+    extracts it, decoded by TensorFlow's own JPEG decoder and turned here."""
+    import shutil
+    import subprocess
+
+    import raw_files
+    import vila_tf
+    pytest.importorskip("rawpy")
+    pixels = _photo(120, 160, seed=8)
+    preview = _encode(pixels, "JPEG", quality=92)
+    for orientation in (1, 6):
+        (tmp_path / f"IMG_{orientation}.DNG").write_bytes(raw_files.dng(preview, (160, 120), orientation))
+    files = [str(tmp_path / "IMG_1.DNG"), str(tmp_path / "IMG_6.DNG")]
+    if shutil.which("exiftool"):  # the reader nobody here wrote finds the same preview
+        assert subprocess.run(["exiftool", "-b", "-PreviewImage", files[1]], capture_output=True).stdout == preview
+    shown = tf.io.decode_jpeg(preview).numpy()
+    expected = model.score([shown, image_formats.orient(shown, 6), image_formats.orient(shown, 6)])
+    lite = vila_tf.load(litert_exported["vila_r_tiny"])
+    try:
+        got = {"savedmodel": model.score(files + [files[1]]), "litert": lite.score(files + [files[1]])}
+    finally:
+        lite.close()
+    model.exif_orientation = False  # the stored pixels, as the release scored photos
+    try:
+        stored = model.score(files[1])
+    finally:
+        model.exif_orientation = True
+    np.testing.assert_allclose(got["savedmodel"], expected, atol=1e-5)
+    np.testing.assert_allclose(got["litert"], expected, atol=1e-3)  # LiteRT float32 (docs/on_device.md)
+    np.testing.assert_allclose(stored, expected[:1], atol=1e-5)
+    # A DNG given as bytes is known by its DNGVersion tag.
+    assert image_formats.format_of((tmp_path / "IMG_1.DNG").read_bytes()) == "raw"

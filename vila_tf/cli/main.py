@@ -7,6 +7,8 @@ model (a SavedModel or a LiteRT export), and `vila-tf beam ...` for Apache Beam.
   vila-tf info MODEL
   vila-tf rank MODEL 'a misty forest at dawn' library/ [--top K]              (vila_tf/cli/rank.py)
   vila-tf evaluate MODEL --labels AVA.txt --images DIR --output OUT           (vila_tf/cli/evaluate.py)
+  vila-tf cull MODEL shoot/ [--output cull.csv] [--sidecars darktable|lightroom|none] [--report r.html]
+                                                                              (vila_tf/cli/cull.py)
 
 One module per command; each declares its parser and `run(args)`; the run options are declared
 once (vila_tf/cli/options.py), as are the exit codes (vila_tf/core/exits.py, shared with `vila-tf beam`): 0 every input
@@ -24,7 +26,7 @@ import sys
 import warnings
 from typing import Optional
 
-from vila_tf.cli import evaluate, info, rank, score, terminal
+from vila_tf.cli import cull, evaluate, info, rank, score, terminal
 from vila_tf.core.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from vila_tf.core.results import DemoModelWarning
 
@@ -41,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     info.add_parser(sub)
     rank.add_parser(sub)
     evaluate.add_parser(sub)
+    cull.add_parser(sub)
     return p
 
 

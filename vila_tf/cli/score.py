@@ -99,7 +99,8 @@ def _write_contact_sheet(best: _Best, path: str, with_captions: bool, pair_names
     images = []
     for _, _, source, _, _ in best.heap:  # only the drawn images are read again, at the end
         item = inputs_lib.load(inputs_lib.Item(source, path=source))
-        images.append(item.data or b"")  # unreadable now: drawn as an empty box
+        # unreadable now: drawn as an empty box; a RAW file: its embedded preview
+        images.append(image_formats.display_bytes(item.data, source) if item.data else b"")
     sheet = contact_sheet.render(images, [e[0] for e in best.heap],
                                  [e[3] for e in best.heap] if with_captions else None,
                                  [names.written(os.path.basename(e[2])) for e in best.heap],

@@ -31,6 +31,7 @@ GRAPH_SHARE = 4  # a photo the graph decodes as stored costs a quarter of its pi
 BYTES_PER_PIXEL = 25  # what a full-weight pixel holds while decoded: the encoded bytes count at this rate
 _GRAPH_FORMATS = {"JPEG", "PNG", "GIF", "BMP", "WEBP"}  # Pillow's names
 _ROTATABLE = {"JPEG", "PNG", "WEBP"}  # those whose EXIF orientation the runtime applies on the host
+RAW_PREVIEW_PIXELS = 24_000_000  # the largest embedded preview current cameras write (full size)
 
 
 class DecodeBudget:
@@ -89,6 +90,13 @@ def _header_cost(f, apply_orientation: bool) -> Optional[int]:
         return None
 
 
+def _size(path: Optional[str]) -> int:
+    try:
+        return os.stat(path).st_size if path else 0
+    except OSError:
+        return 0
+
+
 def cost(item, max_file_bytes: int, unknown: int, apply_orientation: bool = True) -> int:
     """What a decode of `item` (a `vila_tf.inputs.items.Item`) takes out of the budget: the pixels its
     header declares (a quarter for a photo the graph decodes as stored), or its file size / 25
@@ -96,6 +104,11 @@ def cost(item, max_file_bytes: int, unknown: int, apply_orientation: bool = True
     that will not be read costs nothing."""
     if item.error:
         return 0
+    if image_formats.format_of(b"", item.path or item.source) == "raw":
+        # Pillow reads a RAW file's first image (a thumbnail, or nothing): its preview's size is
+        # unknown until LibRaw has the whole file, so it counts as a 24 MP JPEG preview
+        size = len(item.data) if isinstance(item.data, (bytes, bytearray)) else _size(item.path)
+        return max(RAW_PREVIEW_PIXELS // GRAPH_SHARE, size // BYTES_PER_PIXEL)
     if isinstance(item.data, np.ndarray):
         return int(item.data.shape[0]) * int(item.data.shape[1])
     if isinstance(item.data, (bytes, bytearray)):

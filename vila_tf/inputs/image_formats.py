@@ -2,8 +2,9 @@
 
 The SavedModel's graph decodes JPEG, PNG, GIF, BMP and WebP (`vila_tf.savedmodel.preprocessing`). The runtime
 (`vila_tf`, the CLI, Beam) also reads AVIF, HEIC/HEIF and TIFF with Pillow (HEIF through the
-pillow-heif plugin, `pip install 'vila-tf[heif]'`) and then resizes them with the graph's own
-release-exact code. By default it shows the model each photo the way photo viewers do: the EXIF
+pillow-heif plugin, `pip install 'vila-tf[heif]'`) and camera RAW files by their embedded preview
+(`vila_tf.inputs.raw_photos`, LibRaw through rawpy, `pip install 'vila-tf[raw]'`), and then
+resizes them with the graph's own release-exact code. By default it shows the model each photo the way photo viewers do: the EXIF
 orientation is applied before resizing; `exif_orientation=False` scores the stored pixels as the
 release did. Folder and glob walks keep what is an image by content and report what is not
 (`SkipReport`). The rules, for users: docs/formats.md.
@@ -20,23 +21,23 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from vila_tf.inputs import warn
+from vila_tf.inputs import raw_photos, warn
 
 # Formats by where they are decoded. Names are those sniff() returns.
 GRAPH_FORMATS = ("jpeg", "png", "gif", "bmp", "webp")
 HOST_FORMATS = ("avif", "heif", "tiff")
-UNSUPPORTED_FORMATS = {"jxl": "JPEG XL", "psd": "Photoshop (PSD)", "raw": "RAW camera"}
+UNSUPPORTED_FORMATS = {"jxl": "JPEG XL", "psd": "Photoshop (PSD)"}
 DISPLAY = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WebP", "avif": "AVIF",
-           "heif": "HEIC/HEIF", "tiff": "TIFF", **UNSUPPORTED_FORMATS}
+           "heif": "HEIC/HEIF", "tiff": "TIFF", "raw": "RAW camera", **UNSUPPORTED_FORMATS}
 PIL_FORMAT = {"avif": "AVIF", "heif": "HEIF", "tiff": "TIFF", "webp": "WEBP", "jpeg": "JPEG", "png": "PNG", "gif": "GIF",
               "bmp": "BMP"}
-READS = "JPEG, PNG, GIF, BMP, WebP, AVIF, HEIC/HEIF or TIFF"
+READS = "JPEG, PNG, GIF, BMP, WebP, AVIF, HEIC/HEIF, TIFF or RAW"
 
 # Extensions that name an image: such a file is always tried (and fails loudly if it is not one).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".avif",
                               ".heic", ".heif", ".hif", ".tif", ".tiff"})
-# Camera RAW files: TIFF-like containers whose first image is a small preview, so Pillow would
-# "read" a thumbnail. They are not decoded (docs/formats.md says what to do instead).
+# Camera RAW files: TIFF-like containers whose first image may be a small thumbnail, so Pillow
+# would "read" that; they are read by LibRaw instead (`raw_photos`: the camera's full preview).
 RAW_EXTENSIONS = frozenset({".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".orf",
                             ".rw2", ".raf", ".pef", ".srw", ".x3f", ".3fr", ".erf", ".kdc", ".dcr", ".mrw",
                             ".iiq", ".rwl", ".mef", ".mos"})
@@ -149,8 +150,8 @@ class SkipReport:
             out.append(f"skipped {n} {what}: {self._by_extension(self.not_images)}")
         if self.raw:
             n = len(self.raw)
-            out.append(f"skipped {n} RAW camera file{'s' if n > 1 else ''} (not decoded: score the camera's JPEG "
-                       f"or export to JPEG/TIFF): {self._by_extension(self.raw)}")
+            out.append(f"skipped {n} RAW camera file{'s' if n > 1 else ''} (the RAW reader is not installed: "
+                       f"{raw_photos.INSTALL}): {self._by_extension(self.raw)}")
         if self.special:
             n = len(self.special)
             out.append(f"skipped {n} file{'s' if n > 1 else ''} that {'are' if n > 1 else 'is'} not a regular file "
@@ -174,7 +175,8 @@ class SkipReport:
 def keep(path: str, report: Optional[SkipReport] = None) -> bool:
     """Whether a file met in a folder or glob walk is scored; what is not is added to `report`
     (except hidden files and sidecars). A file named like an image is always kept, so a corrupt
-    photo fails loudly; any other file is kept when its content is an image."""
+    photo fails loudly; any other file is kept when its content is an image. RAW files are kept
+    when the RAW reader is installed (scored by their preview), else reported."""
     if is_silently_skipped(path):
         return False
     ext = _extension(path)
@@ -192,7 +194,7 @@ def keep(path: str, report: Optional[SkipReport] = None) -> bool:
                 os.close(fd)
         except OSError:
             return True  # reading it again fails and is reported against the file
-    if kind == "raw":
+    if kind == "raw" and not raw_photos.available():  # kept when LibRaw can read it (scored by its preview)
         if report is not None:
             report.raw.append(path)
         return False
@@ -263,10 +265,57 @@ def _pil_reason(err: Exception) -> str:
     return text or type(err).__name__
 
 
+def _is_dng(data: bytes) -> bool:
+    """Whether TIFF bytes are a DNG: its first directory holds the DNGVersion tag (50706)."""
+    import struct
+    order = "<" if data[:2] == b"II" else ">"
+    try:
+        if data[2:4] != (b"*\x00" if order == "<" else b"\x00*"):
+            return False  # BigTIFF: no DNG uses it
+        ifd = struct.unpack_from(order + "I", data, 4)[0]
+        count = struct.unpack_from(order + "H", data, ifd)[0]
+        return any(struct.unpack_from(order + "H", data, ifd + 2 + 12 * k)[0] == 50706 for k in range(min(count, 512)))
+    except struct.error:
+        return False
+
+
 def format_of(data: bytes, source: str = "") -> Optional[str]:
-    """An image's format from its first bytes; "raw" for a camera RAW file (TIFF-like: its name
-    tells it apart)."""
-    return "raw" if _extension(source) in RAW_EXTENSIONS else sniff(data[:HEAD_BYTES])
+    """An image's format from its first bytes; "raw" for a camera RAW file (TIFF-like: its name,
+    or for a DNG its DNGVersion tag, tells it apart)."""
+    if _extension(source) in RAW_EXTENSIONS:
+        return "raw"
+    kind = sniff(data[:HEAD_BYTES])
+    return "raw" if kind == "tiff" and _is_dng(data) else kind
+
+
+def decode_raw(data: bytes, max_pixels: int, apply_orientation: bool,
+               decode_jpeg: Callable[[bytes], np.ndarray]) -> np.ndarray:
+    """A camera RAW file -> uint8 [H, W, 3]: its embedded preview (`raw_photos`), decoded by
+    `decode_jpeg` (the backend's own JPEG decoder, so it scores as the preview saved as a JPEG
+    would) and turned upright by the RAW's orientation. The one place both backends read RAW."""
+    try:
+        preview, orientation = raw_photos.preview(data, max_pixels)
+    except raw_photos.RawError as e:
+        raise ImageFormatError(str(e)) from None
+    pixels = decode_jpeg(preview) if isinstance(preview, bytes) else preview
+    return orient(pixels, orientation) if apply_orientation else pixels
+
+
+def display_bytes(data: bytes, source: str = "") -> bytes:
+    """What a thumbnail is drawn from: a RAW file's embedded JPEG preview (turned upright by an
+    EXIF orientation set in it), other images as they are."""
+    if format_of(data, source) != "raw":
+        return data
+    try:
+        preview, orientation = raw_photos.preview(data, 2 ** 31)
+    except raw_photos.RawError:
+        return data
+    from PIL import Image
+    img = Image.fromarray(orient(np.asarray(Image.open(io.BytesIO(preview)).convert("RGB")), orientation)
+                          if isinstance(preview, bytes) else orient(preview, orientation))
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
 
 
 def refuse(fmt: Optional[str], data: bytes) -> None:
@@ -323,12 +372,14 @@ def decode_on_host(data: bytes, max_pixels: int, apply_orientation: bool,
     bytes the graph will refuse with its own message, such as empty ones).
 
     `graph_decode(bytes) -> uint8 [H, W, 3]` is the graph's decoder (the release's pixels), used
-    before turning a photo upright. `source` is the file name, if any: RAW files are TIFF-like,
-    so their name tells them apart. Raises ImageFormatError for an image it cannot read.
+    before turning a photo upright, and for a RAW file's JPEG preview. `source` is the file name,
+    if any: RAW files are TIFF-like, so their name tells them apart. Raises ImageFormatError for an image it cannot read.
     """
     if not data:
         return None
     fmt = format_of(data, source)
+    if fmt == "raw":
+        return decode_raw(data, max_pixels, apply_orientation, graph_decode)
     graph = GRAPH_FORMATS if graph_webp else tuple(f for f in GRAPH_FORMATS if f != "webp")
     if fmt in graph:
         if not apply_orientation or fmt not in ("jpeg", "png", "webp"):

@@ -4,8 +4,8 @@ Where the SavedModel decodes in its graph (`tf.io.decode_image`, docs/model.md Â
 backend decodes on the host, with the same rules: RGBA and palette images lose their alpha (no
 compositing), gray is replicated to three channels, a GIF or WebP animation gives its first frame,
 images over `max_pixels` are refused from their header, and the other formats of
-docs/formats.md (AVIF, HEIC, TIFF) go through `vila_tf.inputs.image_formats` exactly as for the
-SavedModel runtime.
+docs/formats.md (AVIF, HEIC, TIFF, and RAW files by their embedded JPEG preview) go through
+`vila_tf.inputs.image_formats` exactly as for the SavedModel runtime.
 
 JPEG: TensorFlow decodes with libjpeg's fast integer IDCT and fancy chroma upsampling, which
 Pillow cannot be asked for as such; vila_tf.litert.jpeg rebuilds TensorFlow's pixels exactly
@@ -38,6 +38,8 @@ def decode(data: bytes, max_pixels: int, apply_orientation: bool, source: str = 
     if not data:
         raise ImageFormatError("image_bytes is empty")
     fmt = image_formats.format_of(data, source)
+    if fmt == "raw":  # its embedded JPEG preview, decoded here as any JPEG (image_formats.decode_raw)
+        return image_formats.decode_raw(data, max_pixels, apply_orientation, lambda b: decode(b, max_pixels, False))
     if fmt in image_formats.HOST_FORMATS:
         return image_formats.decode_host_format(data, fmt, max_pixels, apply_orientation)
     if fmt not in _PIL_FORMATS:
