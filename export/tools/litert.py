@@ -14,16 +14,22 @@ variants: float32 (converted by the TFLite converter, builtin ops only), float16
 (the float32 model quantized by ai-edge-quantizer: float16 weight casting; per-channel int8
 weights with dynamic-range int8 compute). Every model is checked before it is
 written: builtin ops only and no shape computation (static shapes, export/tools/litert_graph.py).
-The folder is written atomically with `vila_litert.json` (vila_tf/litert/format.py).
+Beside each variant, its MediaPipe-ready copy `vila_image_mediapipe_<variant>.tflite` (the same
+graph, input fixed at 272x272 for MediaPipe Tasks: export/tools/litert_mediapipe.py), checked to
+give the variant's outputs on a 272x272 photo. Every file carries TFLite Model Metadata
+(export/tools/litert_metadata.py). The folder is written atomically with `vila_litert.json`
+(vila_tf/litert/format.py).
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import contextlib
+import dataclasses
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -193,7 +199,7 @@ def measure_accuracy(source, folder: str, records: dict, images: list) -> dict:
 def _versions() -> dict:
     from importlib import metadata as md
     out = {}
-    for dist in ("tensorflow", "jax", "ai-edge-quantizer", "ai-edge-litert"):
+    for dist in ("tensorflow", "jax", "ai-edge-quantizer", "ai-edge-litert", "mediapipe"):
         try:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:
@@ -211,20 +217,55 @@ def signature_outputs(dims: int, own_pairs: int) -> dict:
             for k in litert_format.OUTPUTS + ((litert_format.PROMPT_SCORES_OUTPUT,) if own_pairs else ())}
 
 
-def check_signature(model: bytes, variant: str, expected: dict) -> None:
-    """The model's `image` signature has exactly the outputs (names and shapes) the metadata records."""
+def check_signature(model: bytes, variant: str, expected: dict, input_shape=(1, -1, -1, 3)) -> None:
+    """The model's `image` signature has exactly the outputs (names and shapes) the metadata records,
+    and its uint8 input the shape signature `input_shape`."""
     from ai_edge_litert.interpreter import Interpreter
     runner = Interpreter(model_content=model).get_signature_runner(litert_format.IMAGE_SIGNATURE)
     got = {k: list(d["shape"]) for k, d in runner.get_output_details().items()}
     want = {k: v["shape"] for k, v in expected.items()}
     if got != want:
         raise LiteRTError(f"{variant} model: signature {litert_format.IMAGE_SIGNATURE!r} outputs {got}, expected {want}")
+    (inp,) = runner.get_input_details().values()
+    if list(inp["shape_signature"]) != list(input_shape) or inp["dtype"].__name__ != "uint8":
+        raise LiteRTError(f"{variant} model: input {inp['dtype'].__name__}{list(inp['shape_signature'])}, "
+                          f"expected uint8{list(input_shape)}")
+
+
+def mediapipe_difference(model_path: str, mediapipe_path: str) -> float:
+    """The largest difference between a model's outputs and its MediaPipe-ready copy's on one
+    272x272 photo, which the copy's fixed input takes as it is: 0 when only the input shape changed."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+    size = litert_format.MEDIAPIPE_INPUT_SIZE
+    image = accuracy_images()[0][:size, :size][None]  # a photo-like crop of the first accuracy image
+    a, b = (Interpreter(model_path=p, num_threads=os.cpu_count()).get_signature_runner(
+        litert_format.IMAGE_SIGNATURE)(**{litert_format.IMAGE_INPUT: image}) for p in (model_path, mediapipe_path))
+    worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    if worst > 1e-5:
+        raise LiteRTError(f"{mediapipe_path}: differs from {os.path.basename(model_path)} by {worst:.2e} on a "
+                          f"{size}x{size} photo, which it should take as it is")
+    return worst
+
+
+def _model_kind(cfg) -> str:
+    return "VILA-R (CoCaVilaRankBasedFinetune)" if cfg.has_quality_head else "VILA-P / CoCa pretrain (CoCaVilaPretrain)"
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.VARIANTS,
                  log: Callable[[str], None] = _log) -> str:
     """Converts `source` (export.tools.litert_source.ImageHeads) and writes LITERT_DIR atomically."""
-    from . import litert_graph
+    try:  # before the conversion: a missing writer fails in one line, not minutes later
+        from . import litert_metadata
+    except ImportError as e:
+        raise LiteRTError(f"the TFLite metadata writer is not installed ({e}): pip install 'mediapipe>=1.2' "
+                          "(or 'vila-tf[export]')") from None
+    from . import litert_graph, litert_mediapipe
     from vila_tf.savedmodel import preprocessing
     variants = list(dict.fromkeys(variants))
     variants.sort(key=lambda v: litert_format.VARIANTS.index(v) if v in litert_format.VARIANTS else -1)  # float32 first
@@ -242,23 +283,43 @@ def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.V
             log(f"your {len(source.prompts)} prompt pair(s), embedded, as {litert_format.PROMPT_SCORES_OUTPUT} "
                 f"[1, {len(source.prompts)}]: " + ", ".join(zero_shot.pair_name(p) for p in source.prompts))
         module = litert_graph.ImageHeadsModule(source)
+        mediapipe_outputs = list(outputs)  # the contract's order: MediaPipe reports its heads in it
         with tempfile.TemporaryDirectory(dir=os.path.dirname(out_dir)) as scratch:
             model = litert_graph.convert(module, os.path.join(scratch, "savedmodel"))
-        del module
-        records, ops = {}, {}
-        for variant in variants:
-            path = os.path.join(tmp, litert_format.model_file(variant))
-            if variant != "float32":
-                log(f"quantizing: {variant}")
-                model = _quantized(os.path.join(tmp, litert_format.model_file("float32")), variant)
-            ops[variant] = check_ops(model, variant)
-            check_signature(model, variant, outputs)
-            with open(path, "wb") as f:
-                f.write(model)
-            records[variant] = {"file": os.path.basename(path), "bytes": os.path.getsize(path), "sha256": file_sha256(path),
-                                "quantization": QUANTIZATION[variant]}
-            log(f"{variant}: {records[variant]['bytes'] / 1e6:.1f} MB")
-        del model
+            del module
+            shutil.rmtree(os.path.join(scratch, "savedmodel"))
+            float32_source = os.path.join(scratch, "float32.tflite")  # the quantizer's input, without metadata
+            records, mediapipe, ops = {}, {}, {}
+            for variant in variants:
+                path = os.path.join(tmp, litert_format.model_file(variant))
+                if variant != "float32":
+                    log(f"quantizing: {variant}")
+                    model = _quantized(float32_source, variant)
+                ops[variant] = check_ops(model, variant)
+                check_signature(model, variant, outputs)
+                if variant == "float32":
+                    with open(float32_source, "wb") as f:
+                        f.write(model)
+                info = litert_metadata.ModelInfo(
+                    model_type=cfg.model_type, model_kind=_model_kind(cfg), variant=variant,
+                    quantization=QUANTIZATION[variant], demo_weights=bool(source.source.get("demo_weights")),
+                    source=source.source, prompts=source.prompts)
+                _write(path, litert_metadata.with_metadata(model, info, cfg.model_dims))
+                records[variant] = {"file": os.path.basename(path), "bytes": os.path.getsize(path),
+                                    "sha256": file_sha256(path), "quantization": QUANTIZATION[variant]}
+                mp_model = litert_mediapipe.fixed_input_model(model, mediapipe_outputs)
+                check_signature(mp_model, f"MediaPipe {variant}", outputs, list(litert_format.MEDIAPIPE_INPUT_SHAPE))
+                mp_path = os.path.join(tmp, litert_format.mediapipe_file(variant))
+                _write(mp_path, litert_metadata.with_metadata(mp_model, dataclasses.replace(info, mediapipe=True),
+                                                              cfg.model_dims))
+                del mp_model
+                mediapipe[variant] = {"file": os.path.basename(mp_path), "bytes": os.path.getsize(mp_path),
+                                      "sha256": file_sha256(mp_path),
+                                      "max_abs_difference_at_272": mediapipe_difference(path, mp_path)}
+                log(f"{variant}: {records[variant]['bytes'] / 1e6:.1f} MB; MediaPipe copy "
+                    f"({litert_format.mediapipe_file(variant)}): equal to it on a 272x272 photo within "
+                    f"{mediapipe[variant]['max_abs_difference_at_272']:.1e}")
+            del model
         log(f"accuracy of each variant against the float32 heads in JAX ({len(ACCURACY_SIZES)} images)")
         accuracy = measure_accuracy(source, tmp, records, accuracy_images())
         for v, a in accuracy.items():
@@ -271,8 +332,7 @@ def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.V
         meta = {
             "format": litert_format.FORMAT,
             "model_type": cfg.model_type,
-            "model_kind": "VILA-R (CoCaVilaRankBasedFinetune)" if cfg.has_quality_head
-            else "VILA-P / CoCa pretrain (CoCaVilaPretrain)",
+            "model_kind": _model_kind(cfg),
             "demo_weights": bool(source.source.get("demo_weights")),
             "config": cfg.to_dict(),
             "source": source.source,
@@ -284,6 +344,11 @@ def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.V
             "preprocessing": "inside the model: TF1 bilinear resize to 272x272 without half-pixel centers, "
                              "center crop 224, /255 (docs/model.md §11)",
             "variants": records,
+            litert_format.MEDIAPIPE_KEY: {
+                "input": {litert_format.IMAGE_INPUT: {"dtype": "uint8",
+                                                      "shape": list(litert_format.MEDIAPIPE_INPUT_SHAPE)}},
+                "heads": [litert_format.head_name(o) for o in mediapipe_outputs],
+                "variants": mediapipe},
             "accuracy": {"reference": "float32 image heads in JAX on the same pixels (the SavedModel's score_pixels)",
                          "images": [list(s) for s in ACCURACY_SIZES], "variants": accuracy},
             "ops": ops,
@@ -338,6 +403,6 @@ def cmd_litert(argv) -> int:
         _log("DEMO weights: the LiteRT models' scores mean nothing either")
     out = write_litert(source, args.out, variants)
     meta = litert_format.read_metadata(out)
-    for v, rec in meta["variants"].items():
+    for rec in [*meta["variants"].values(), *litert_format.mediapipe_variants(meta).values()]:
         print(f"{os.path.join(out, rec['file'])}\t{rec['bytes'] / 1e6:.1f} MB\tsha256 {rec['sha256']}")
     return 0

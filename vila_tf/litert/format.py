@@ -8,6 +8,10 @@ No TensorFlow, no LiteRT here: only names and the metadata reader.
     LITERT_DIR/vila_image_float32.tflite the image heads, float32 weights (the exact variant)
     LITERT_DIR/vila_image_float16.tflite float16 weights (half the size)
     LITERT_DIR/vila_image_int8.tflite    int8 weights, dynamic-range (a quarter of the size, fastest)
+    LITERT_DIR/vila_image_mediapipe_{float32,float16,int8}.tflite  the same, input fixed at 272x272
+                                          (MediaPipe Tasks; MEDIAPIPE_KEY below)
+
+Every `.tflite` carries TFLite Model Metadata (export/tools/litert_metadata.py).
 """
 from __future__ import annotations
 
@@ -37,6 +41,20 @@ OUTPUTS = ("predictions", "image_embedding", "zero_shot_score") + ATTRIBUTE_OUTP
 PROMPT_SCORES_OUTPUT = "zero_shot_prompt_scores"
 PROMPTS_KEY = "prompts"
 
+# The heads as the models' TFLite metadata names them (MediaPipe Tasks' `head_name`): the
+# signature's output names, but `score` for `predictions` (the SavedModel's name for it).
+HEAD_NAMES = {"predictions": "score"}
+
+# MediaPipe-ready copies of the variants, for MediaPipe Tasks (ImageEmbedder, ImageClassifier),
+# which resize each photo to the model's stored input shape: the same graph with its input fixed at
+# the size the release's preprocessing resizes to first (docs/model.md §11; the center crop and /255
+# stay inside), its outputs in OUTPUTS' order. Recorded under MEDIAPIPE_KEY as {"input": {...},
+# "heads": [...], "variants": {variant: {"file", "bytes", "sha256"}}}, beside "variants" (the
+# runtime's models); an export written before them has no MEDIAPIPE_KEY.
+MEDIAPIPE_KEY = "mediapipe"
+MEDIAPIPE_INPUT_SIZE = 272
+MEDIAPIPE_INPUT_SHAPE = (1, MEDIAPIPE_INPUT_SIZE, MEDIAPIPE_INPUT_SIZE, 3)  # uint8 RGB
+
 
 class LiteRTExportError(ValueError):
     """A folder that is not a complete LiteRT export, or a variant it does not hold."""
@@ -44,6 +62,19 @@ class LiteRTExportError(ValueError):
 
 def model_file(variant: str) -> str:
     return f"vila_image_{variant}.tflite"
+
+
+def mediapipe_file(variant: str) -> str:
+    return f"vila_image_mediapipe_{variant}.tflite"
+
+
+def head_name(output: str) -> str:
+    return HEAD_NAMES.get(output, output)
+
+
+def mediapipe_variants(meta: dict) -> dict:
+    """{variant: record} of the MediaPipe-ready models; {} for an export written before them."""
+    return dict((meta.get(MEDIAPIPE_KEY) or {}).get("variants") or {})
 
 
 def resolve(path) -> str | None:
