@@ -37,6 +37,9 @@ CELLS = {
     "rank": (["a photo", "{photos}", "-o", "{out}/r.csv"], "r.csv", {"savedmodel": "rows", "litert": "refused"}),
     "evaluate": (["--labels", "{photos}/labels.csv", "--output", "{out}/eval", "--bootstrap", "0"],
                  "eval/scores.jsonl", {"savedmodel": "rows", "litert": "rows"}),
+    # The personal export is a SavedModel made from one: a LiteRT MODEL is refused (convert OUT/1 after).
+    "fit": (["--labels", "{photos}_fit/labels.csv", "--output", "{out}/fit", "--folds", "2", "--bootstrap", "0"],
+            "fit/features.jsonl", {"savedmodel": "rows", "litert": "refused"}),
     # --dry-run: the matrix's photos get no sidecars. A LiteRT export has no caption: its reasons are
     # the SavedModel's without it (the `reason` check in test_cell).
     "cull": (["{photos}", "--dry-run", "-o", "{out}/r.csv"], "r.csv", {"savedmodel": "rows", "litert": "rows"}),
@@ -70,6 +73,13 @@ def photos(tmp_path_factory):
         Image.fromarray((rng.rand(40 + 10 * k, 56, 3) * 255).astype(np.uint8)).save(folder / f"p{k}.png")
         rows.append(f"p{k}.png,{k + 1}")
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    fit = folder.parent / (folder.name + "_fit")  # `fit` needs ten labels; the other cells score three photos
+    fit.mkdir()
+    rows = ["path,score"]
+    for k in range(10):
+        Image.fromarray((rng.rand(32, 32, 3) * 255).astype(np.uint8)).save(fit / f"f{k}.png")
+        rows.append(f"f{k}.png,{k % 5 + 1}")
+    (fit / "labels.csv").write_text("\n".join(rows) + "\n")
     return folder
 
 

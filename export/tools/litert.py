@@ -39,7 +39,7 @@ from .. import PROG, overrides
 from ..log import log as _log
 from vila_tf.core.atomic import atomic_dir
 from vila_tf.litert import format as litert_format
-from vila_tf.core import zero_shot
+from vila_tf.core import personal, zero_shot
 from vila_tf.core.digest import file_sha256
 
 # Ops that compute shapes at run time: a model holding one was not lowered for static shapes.
@@ -171,6 +171,11 @@ def measure_accuracy(source, folder: str, records: dict, images: list) -> dict:
         out, own = fn(source.params, pixels)
         out = [np.asarray(o) for o in out]
         score = out[-1][0, 0] if cfg.has_quality_head else out[1][0]  # the quality score comes last
+        if source.personal_head is not None:  # a personal export's score: its head over the features
+            head = source.personal_head
+            features = np.concatenate([out[0][0], out[2][0, :len(litert_format.ATTRIBUTE_OUTPUTS)]]
+                                      + ([np.array([score])] if head["layout"].with_score else []))
+            score = personal.apply(head["weights"], head["bias"], features[None])[0]
         ref.append((score, out[0][0], out[1][0], out[2][0], None if own is None else np.asarray(own)[0]))
     result = {}
     for variant, rec in records.items():

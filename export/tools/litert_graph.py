@@ -155,6 +155,7 @@ class ImageHeadsModule(tf.Module):
         cfg = self.cfg = source.config
         self.weights = tf.nest.map_structure(lambda a: tf.Variable(a, trainable=False), device_params(source.params))
         self.own_pairs = len(source.prompts)
+        self.personal = source.personal_head
         pair_prompts, quality = source.pair_prompts, source.quality_prompt
 
         def outputs(params, images):
@@ -173,6 +174,8 @@ class ImageHeadsModule(tf.Module):
         # The per-pair scores leave the lowered function as one [1, 6 + K] array and are sliced
         # here (no model work) into one output per attribute, as the SavedModel's, and your pairs'.
         n = len(ATTRIBUTE_OUTPUTS)
+        if self.personal is not None:
+            score = personal_score(self.personal, embedding, pairs[:, :n], score)
         out = {"predictions": score, "image_embedding": embedding, "zero_shot_score": zero_shot_score,
                **{key: pairs[:, i] for i, key in enumerate(ATTRIBUTE_OUTPUTS)}}
         if self.own_pairs:
@@ -184,6 +187,16 @@ class ImageHeadsModule(tf.Module):
         version this TensorFlow's converter reads."""
         with _tflite_gelu(), tf_targets.stablehlo_target(converter_stablehlo()), reproducible_locations():
             return {IMAGE_SIGNATURE: self.image_fn.get_concrete_function()}
+
+
+def personal_score(head: dict, embedding, attributes, score):
+    """A personal export's score (`vila-tf fit`): its head over the features in
+    vila_tf.core.personal's order. A product and a sum, not a matmul: the quantizer leaves them in
+    float32 in every variant (it quantizes fully-connected layers)."""
+    columns = [embedding, attributes] + ([score] if head["layout"].with_score else [])
+    features = tf.concat(columns, axis=1)
+    weights = tf.constant(head["weights"], tf.float32)[None]
+    return tf.reduce_sum(features * weights, axis=1, keepdims=True) + tf.constant(head["bias"], tf.float32)
 
 
 def convert(module: ImageHeadsModule, work_dir: str) -> bytes:

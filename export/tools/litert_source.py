@@ -24,7 +24,7 @@ from ..model import heads
 from ..model.config import VilaConfig
 from ..model.tree import unflatten
 from vila_tf.core import metadata as export_metadata
-from vila_tf.core import zero_shot
+from vila_tf.core import personal, zero_shot
 from vila_tf.core.digest import file_sha256
 from vila_tf.core.signatures import SIGNATURES
 
@@ -49,6 +49,9 @@ class ImageHeads:
     source: dict  # what the LiteRT metadata records about where the weights came from
     prompts: tuple = ()  # your own (good, bad) pairs, in column order
     prompt_embeddings: Optional[np.ndarray] = None  # their embeddings [2K, D], good/bad alternating
+    # A personal export's head (`vila-tf fit`, vila_tf.core.personal): {"layout", "weights", "bias",
+    # "record"}; `predictions` is then the personal score.
+    personal_head: Optional[dict] = None
 
     @property
     def pair_prompts(self) -> np.ndarray:
@@ -131,12 +134,30 @@ def from_savedmodel(savedmodel_dir: str, prompts=()) -> ImageHeads:
                           "(an export older than vila-tf/1?); re-export it or give --checkpoint and --spm")
     quality_key = "quality_prompt_embedding" + _VALUE_SUFFIX
     quality = value(quality_key) if cfg.has_quality_head else None
+    head = _personal_head(meta, reader, keys, savedmodel_dir)
     return ImageHeads(cfg, unflatten(flat), value(prompts_key), quality, {
         "from": "savedmodel", "savedmodel": os.path.abspath(savedmodel_dir),
         "demo_weights": bool(meta.demo_weights), "source_checkpoint": meta.source_checkpoint,
         "source_sha256": meta.source_sha256, "source_step": meta.source_step, "export_dtype": meta.dtype,
-        "zero_shot_prompts": [list(p) for p in (meta.zero_shot_prompts or heads.ZERO_SHOT_PROMPT_PAIRS)]},
-        pairs, own)
+        "zero_shot_prompts": [list(p) for p in (meta.zero_shot_prompts or heads.ZERO_SHOT_PROMPT_PAIRS)],
+        **({personal.METADATA_KEY: head["record"]} if head else {})},
+        pairs, own, head)
+
+
+def _personal_head(meta, reader, keys, savedmodel_dir: str) -> Optional[dict]:
+    """A personal export's head, read back from its checkpoint (None for a base export)."""
+    record = meta.extra.get(personal.METADATA_KEY)
+    if not record:
+        return None
+    names = [f"{personal.WEIGHTS_VARIABLE}{_VALUE_SUFFIX}", f"{personal.BIAS_VARIABLE}{_VALUE_SUFFIX}"]
+    if any(n not in keys for n in names):
+        raise SourceError(f"{savedmodel_dir}: its metadata records a personal head but its variables hold none: "
+                          "fit it again (vila-tf fit)")
+    layout = personal.Layout.from_record(record["features"])
+    weights = np.asarray(reader.get_tensor(names[0]), np.float32).reshape(-1)
+    if len(weights) != layout.size:
+        raise SourceError(f"{savedmodel_dir}: a personal head of {len(weights)} weights over {layout.size} features")
+    return {"layout": layout, "weights": weights, "bias": float(reader.get_tensor(names[1])), "record": record}
 
 
 def from_checkpoint(ckpt: str, spm_path: str, step: Optional[int] = None, overrides: Optional[dict] = None,

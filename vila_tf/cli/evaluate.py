@@ -155,21 +155,11 @@ def _evaluate(args) -> int:
                          f"(see {scores_path})")
     pred = np.array([p for p, _ in good], np.float64)
     mos = np.array([m for _, m in good], np.float64)
-    rule = args.score_threshold
-    values_now = evaluation.metrics(pred, mos, args.threshold, rule)
     if args.bootstrap:
         print(f"vila-tf: {len(good)} images: computing the metrics on {args.bootstrap} bootstrap resamples",
               file=sys.stderr)
-    boot = evaluation.bootstrap_intervals(pred, mos, args.threshold, rule, args.bootstrap, args.seed)
     record = {
-        "n": len(good),
-        **{k: values_now[k] for k in evaluation.METRICS},
-        "ci95": boot.intervals,
-        "threshold": args.threshold,
-        "score_threshold": values_now["score_threshold"],
-        "score_threshold_rule": rule if isinstance(rule, str) else "fixed",
-        "bootstrap": {"resamples": args.bootstrap, "seed": args.seed, "method": "percentile",
-                      "confidence": evaluation.CONFIDENCE, "undefined": boot.undefined},
+        **evaluation.record(pred, mos, args.threshold, args.score_threshold, args.bootstrap, args.seed),
         "definitions": eval_report.DEFINITIONS,
         "labels": {"file": args.labels, "format": fmt, "count": len(labels), "subset": args.subset},
         "scores": {"source": args.model or args.scores, "model": args.model, "file": scores_path,

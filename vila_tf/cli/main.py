@@ -7,6 +7,7 @@ model (a SavedModel or a LiteRT export), and `vila-tf beam ...` for Apache Beam.
   vila-tf info MODEL
   vila-tf rank MODEL 'a misty forest at dawn' library/ [--top K]              (vila_tf/cli/rank.py)
   vila-tf evaluate MODEL --labels AVA.txt --images DIR --output OUT           (vila_tf/cli/evaluate.py)
+  vila-tf fit MODEL --labels LABELS [--images DIR] --output OUT               (vila_tf/cli/fit.py)
   vila-tf cull MODEL shoot/ [--output cull.csv] [--sidecars darktable|lightroom|none] [--report r.html]
                                                                               (vila_tf/cli/cull.py)
 
@@ -26,7 +27,7 @@ import sys
 import warnings
 from typing import Optional
 
-from vila_tf.cli import cull, evaluate, info, rank, score, terminal
+from vila_tf.cli import cull, evaluate, fit, info, rank, score, terminal
 from vila_tf.core.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from vila_tf.core.results import DemoModelWarning
 
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     info.add_parser(sub)
     rank.add_parser(sub)
     evaluate.add_parser(sub)
+    fit.add_parser(sub)
     cull.add_parser(sub)
     return p
 

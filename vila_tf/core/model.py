@@ -26,7 +26,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from vila_tf.core import buckets, pipeline, tasks as tasks_lib
+from vila_tf.core import buckets, personal, pipeline, tasks as tasks_lib
 from vila_tf.core import zero_shot as zsl
 from vila_tf.core.metadata import ExportMetadata
 from vila_tf.core.results import DemoModelWarning, ImageError, Result
@@ -195,6 +195,9 @@ class Model(abc.ABC):
         if isinstance(task, zsl.PairTask):
             self.require("zero_shot_attributes" if task.release else "zero_shot_prompts")
             return task
+        if isinstance(task, personal.FeatureTask):
+            self.require(*task.requires)
+            return task
         try:
             t = tasks_lib.get(task)
         except ValueError:
@@ -210,7 +213,8 @@ class Model(abc.ABC):
                skipped: Optional[image_formats.SkipReport] = None) -> Iterator[Result]:
         """Results in input order, while later inputs are still being read: `Result(index, source,
         value, error)`, value a float ("score", "zero_shot"), a str ("caption"), a float32 [D]
-        row ("image_embedding") or a dict of zero-shot scores (a `zero_shot_task()`), and None
+        row ("image_embedding"), a dict of zero-shot scores (a `zero_shot_task()`) or of every
+        image output (a `vila_tf.core.personal.FeatureTask`: one tower pass), and None
         with the reason in `error` for an input that failed.
 
         `inputs`: anything `score` takes, or any iterable or generator (an endless one too).
@@ -223,7 +227,7 @@ class Model(abc.ABC):
         are added to `skipped` as the walk meets them when one is given, else summarized in one
         `SkippedFilesWarning` per kind when the stream has run to its end.
         """
-        single = isinstance(task, (str, zsl.PairTask))
+        single = isinstance(task, (str, zsl.PairTask, personal.FeatureTask))
         run = [self._task(t) for t in ((task,) if single else tuple(task))]
         report = image_formats.SkipReport() if skipped is None else skipped
         batches = self._decoded_batches(inputs, batch_size, batches_ahead, report)
@@ -252,7 +256,8 @@ class Model(abc.ABC):
             if sig not in outputs:
                 outputs[sig] = self._run(sig, pixels)
             out = outputs[sig]
-            per_task.append(t.values(out) if isinstance(t, zsl.PairTask) else [t.value(v) for v in out[t.output]])
+            per_task.append(t.values(out) if isinstance(t, (zsl.PairTask, personal.FeatureTask))
+                            else [t.value(v) for v in out[t.output]])
         return per_task
 
     # -- collectors over `stream` -----------------------------------------------------------------

@@ -59,19 +59,30 @@ _SIGNATURES = (
 SIGNATURES = {s.name: s for s in _SIGNATURES}
 ALL_SIGNATURES = tuple(SIGNATURES)
 
-# Views of the table for callers that need one column.
-SIGNATURE_INPUTS = {s.name: (s.input, s.kind) for s in _SIGNATURES}  # name -> (input key, kind)
-SIGNATURE_OUTPUTS = {s.name: s.outputs for s in _SIGNATURES}  # name -> output keys
+# A personal export (`vila-tf fit`, docs/personal.md) has every signature above, `serving_default`
+# and `score_pixels` returning the personal score, and the base model's own score under these.
+_PERSONAL_SIGNATURES = (
+    Signature("base_score", "image_bytes", BYTES, ("predictions",), IMAGE_HEAD, "base_score_pixels", any_rank=True,
+              purpose="the base model's own score ({scorer}), as its `serving_default` returned it before the "
+                      "personal head"),
+    Signature("base_score_pixels", "image", PIXELS, ("predictions",), IMAGE_HEAD),
+)
+PERSONAL_SIGNATURES = tuple(s.name for s in _PERSONAL_SIGNATURES)
+_EVERY = _SIGNATURES + _PERSONAL_SIGNATURES
+
+# Views of the table for callers that need one column (the personal signatures included).
+SIGNATURE_INPUTS = {s.name: (s.input, s.kind) for s in _EVERY}  # name -> (input key, kind)
+SIGNATURE_OUTPUTS = {s.name: s.outputs for s in _EVERY}  # name -> output keys
 
 
 def bytes_twin(pixel_signature: str) -> str:
     """The image-bytes signature that calls a pixel signature (score_pixels -> serving_default)."""
-    return next(s.name for s in _SIGNATURES if s.pixels == pixel_signature)
+    return next(s.name for s in _EVERY if s.pixels == pixel_signature)
 
 
 def purpose(name: str, scorer: str) -> str:
     """One line on what a signature returns; `scorer` names the score this model gives."""
-    sig = SIGNATURES[name]
+    sig = SIGNATURES.get(name) or next(s for s in _PERSONAL_SIGNATURES if s.name == name)
     if sig.kind == PIXELS:
         return f"as `{bytes_twin(name)}`, on already preprocessed pixels (float32 in [0, 1])"
     return sig.purpose.format(scorer=scorer)

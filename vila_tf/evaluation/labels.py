@@ -56,10 +56,11 @@ def detect_format(path: str) -> str:
     raise LabelsError(f"{path}: the labels file is empty")
 
 
-def read_labels(path: str, images: Optional[str] = None) -> tuple[str, list[Label]]:
-    """(format, labels) of an AVA.txt or a path,score CSV, in file order."""
+def read_labels(path: str, images: Optional[str] = None, agreeing_duplicates: bool = False) -> tuple[str, list[Label]]:
+    """(format, labels) of an AVA.txt or a path,score CSV, in file order (`agreeing_duplicates`:
+    see read_csv)."""
     fmt = detect_format(path)
-    return fmt, (read_ava(path, images) if fmt == "ava" else read_csv(path, images))
+    return fmt, (read_ava(path, images) if fmt == "ava" else read_csv(path, images, agreeing_duplicates))
 
 
 def read_ava(path: str, images: Optional[str] = None) -> list[Label]:
@@ -86,9 +87,10 @@ def read_ava(path: str, images: Optional[str] = None) -> list[Label]:
     return labels
 
 
-def read_csv(path: str, images: Optional[str] = None) -> list[Label]:
+def read_csv(path: str, images: Optional[str] = None, agreeing_duplicates: bool = False) -> list[Label]:
     """The rows of a `path,score` CSV (header optional), paths resolved against `images` or the
-    CSV's folder."""
+    CSV's folder. A path listed twice is an error; with `agreeing_duplicates` (`vila-tf fit`: a
+    photo rated twice alike) only when the two scores differ."""
     base = images if images else os.path.dirname(os.path.abspath(path))
     labels, seen, header = [], {}, False
     with open(path, encoding="utf-8-sig", newline="") as f:
@@ -110,8 +112,14 @@ def read_csv(path: str, images: Optional[str] = None) -> list[Label]:
         if not key:
             raise LabelsError(f"{path}:{n}: empty image path")
         if key in seen:
-            raise LabelsError(f"{path}:{n}: {key} is listed twice (also on line {seen[key]})")
-        seen[key] = n
+            first = labels[seen[key][1]].mos
+            if agreeing_duplicates and first == float(score):
+                continue
+            if agreeing_duplicates:
+                raise LabelsError(f"{path}:{n}: {key} is listed twice with different scores: {first:g} on line "
+                                  f"{seen[key][0]}, {float(score):g} here; keep one")
+            raise LabelsError(f"{path}:{n}: {key} is listed twice (also on line {seen[key][0]})")
+        seen[key] = (n, len(labels))
         labels.append(Label(key, os.path.normpath(os.path.join(base, key)), float(score)))
     return labels
 

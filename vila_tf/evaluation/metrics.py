@@ -111,3 +111,18 @@ def bootstrap_intervals(pred, mos, threshold: float = DEFAULT_THRESHOLD, rule: U
             low, high = (np.quantile(good, [alpha, 1 - alpha]) if len(good) else (math.nan, math.nan))
         intervals[k] = [float(low), float(high)]
     return Bootstrap(intervals, undefined)
+
+
+def record(pred, mos, threshold: float = DEFAULT_THRESHOLD, rule: Union[str, float] = "matched",
+           n_resamples: int = DEFAULT_BOOTSTRAP, seed: Optional[int] = 0) -> dict:
+    """The numbers of a `metrics.json` (docs/evaluation.md): n, each metric, its 95% interval, the
+    thresholds and the bootstrap settings. `vila-tf evaluate` writes it, and `vila-tf fit` one per
+    score it reports (docs/personal.md), so the two read alike."""
+    pred, mos = np.asarray(pred, np.float64), np.asarray(mos, np.float64)
+    now = metrics(pred, mos, threshold, rule)
+    boot = bootstrap_intervals(pred, mos, threshold, rule, n_resamples, seed)
+    return {"n": int(len(pred)), **{k: now[k] for k in METRICS}, "ci95": boot.intervals, "threshold": threshold,
+            "score_threshold": now["score_threshold"],
+            "score_threshold_rule": rule if isinstance(rule, str) else "fixed",
+            "bootstrap": {"resamples": n_resamples, "seed": seed, "method": "percentile", "confidence": CONFIDENCE,
+                          "undefined": boot.undefined}}

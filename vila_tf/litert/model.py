@@ -27,6 +27,7 @@ from typing import Optional
 
 import numpy as np
 
+from vila_tf.core import personal
 from vila_tf.core import zero_shot as zsl
 from vila_tf.core.metadata import ExportMetadata
 from vila_tf.core.model import Model, UnsupportedTaskError
@@ -145,6 +146,7 @@ class LiteRTModel(Model):
                                                for v, r in meta["variants"].items()))
         if self.baked_prompts:
             lines.append("prompt pairs: " + ", ".join(zsl.pair_name(p) for p in self.baked_prompts))
+        lines += personal.describe(src.get(personal.METADATA_KEY))  # converted from a personal export
         cfg = meta.get("config", {})
         if cfg:
             lines.append("config: " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())))

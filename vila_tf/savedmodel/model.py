@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops of the graph)
 
-from vila_tf.core import buckets, metadata
+from vila_tf.core import buckets, metadata, personal
 from vila_tf.core.model import Model
 from vila_tf.core.versions import resolve_savedmodel
 from vila_tf.savedmodel import preprocessing, tf_compat
@@ -49,6 +49,20 @@ def check_device(device: Optional[str]) -> None:
         seen = ", ".join(k.split("device:")[-1] for k in known)
         raise ValueError(f"device {device!r}: this machine has no such device (TensorFlow sees {seen}); "
                          "leave the device out to let TensorFlow choose")
+
+
+def _image_outputs(module, meta) -> dict:
+    """{IMAGE_OUTPUTS: every output of the image heads from one tower pass} (the features of
+    `vila-tf fit`), from the function the image signatures call (export/savedmodel/writer.py's
+    `image_outputs_fn`); {} for an export without it. Three signatures would run the tower three
+    times."""
+    fn = getattr(module, "image_outputs_fn", None)
+    if fn is None:
+        return {}
+    size = int(meta.config.get("image_size", preprocessing.IMAGE_SIZE))
+    spec = tf.TensorSpec([None, size, size, 3], tf.float32, name="image")
+    return {personal.IMAGE_OUTPUTS: tf.function(lambda image: fn(image), input_signature=[spec],
+                                                autograph=False).get_concrete_function()}
 
 
 class VilaModel(Model):
@@ -72,7 +86,7 @@ class VilaModel(Model):
             module = tf.saved_model.load(self.path)
         self.signatures = dict(module.signatures)
         self._module = module  # owns the variables the signatures read
-        self._runner = BucketedRunner(self.signatures, device)
+        self._runner = BucketedRunner({**self.signatures, **_image_outputs(module, meta)}, device)
         self._decoder = HostDecoder(device)
 
     # -- the backend's parts ----------------------------------------------------------------------
@@ -83,6 +97,12 @@ class VilaModel(Model):
         return self._decoder.pixels(item, self.max_pixels, self.exif_orientation)
 
     def _run(self, signature: str, pixels: list) -> dict:
+        if signature == personal.IMAGE_OUTPUTS and signature not in self._runner.signatures:
+            # An export without the module's own function: the three image signatures, merged.
+            out = {}
+            for name in ("score_pixels", "image_embedding_pixels", "zero_shot_pixels"):
+                out.update(self._runner.run(name, pixels))
+            return out
         return self._runner.run(signature, pixels)
 
     def _text_embedding(self, texts: list[str], batch_size: int) -> np.ndarray:
@@ -128,6 +148,7 @@ class VilaModel(Model):
             lines.append(f"runs on TensorFlow: {tf_compat.supported_releases(meta)}")
         if meta.config:
             lines.append("config: " + ", ".join(f"{k}={v}" for k, v in sorted(meta.config.items())))
+        lines += personal.describe(meta.extra.get(personal.METADATA_KEY))
         lines.append("signatures:")
         for name, fn in sorted(self.signatures.items()):
             ins = ", ".join(f"{k} {v.dtype.name}{v.shape}" for k, v in fn.structured_input_signature[1].items())

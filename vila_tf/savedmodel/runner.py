@@ -23,7 +23,7 @@ class BucketedRunner:
     def run(self, signature: str, arrays: list) -> dict:
         """`signature` on one batch (at most MAX_BATCH arrays), padded to its bucket: {output: numpy [B, ...]}."""
         fn = self.signatures[signature]
-        key = next(iter(fn.structured_input_signature[1]))
+        key = next(iter(fn.structured_input_signature[1]), None)  # None: a function taking one positional input
         batch = np.stack(arrays)
         size = buckets.bucket_for(len(arrays))
         if size > len(arrays):
@@ -31,7 +31,7 @@ class BucketedRunner:
                 else np.array([b""] * (size - len(arrays)), dtype=object)
             batch = np.concatenate([batch, pad])
         with on_device(self.device):
-            result = fn(**{key: tf.constant(batch)})
+            result = fn(**{key: tf.constant(batch)}) if key else fn(tf.constant(batch))
         return {k: v.numpy()[: len(arrays)] for k, v in result.items()}
 
     def run_all(self, signature: str, arrays: list, batch_size: int) -> dict:
