@@ -227,6 +227,10 @@ def _score(args, model, output, index, reported: set) -> Optional[int]:
         + (["caption"] if model.supports("caption") else []) + (["embedding"] if index is None else [])
     skipped_files = image_formats.SkipReport()
     exclude = [output.identity] if output.identity else []
+    for path in (args.output, args.report):  # this run's own files are never photos of the shoot
+        if path and os.path.isfile(path):
+            st = os.stat(path)
+            exclude.append((st.st_dev, st.st_ino))
     items = inputs_lib.iter_items(args.inputs, skipped_files, exclude=exclude)
     counts = {"kept": 0}
     if args.resume:

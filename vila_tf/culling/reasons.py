@@ -49,14 +49,20 @@ class AttributeStats:
         return np.where(std > 1e-12, (v - self.mean) / np.where(std > 1e-12, std, 1.0), v - 0.5)
 
 
+def _gap(x: float) -> str:
+    """A score difference: 3 decimals, or 2 significant digits when smaller (the pretrain models'
+    scores sit close to 0.5)."""
+    return f"{x:.3f}" if abs(x) >= 0.001 or x == 0 else f"{x:.1e}"
+
+
 def _decision(pick: bool, group_size: int, margin: Optional[float], pick_name: Optional[str],
               below_pick: Optional[float], rejected: bool) -> str:
     if pick and group_size > 1:
-        return f"pick of {group_size} frames, {margin:.3f} above the next" if margin is not None \
+        return f"pick of {group_size} frames, {_gap(margin)} above the next" if margin is not None \
             else f"pick of {group_size} frames"
     if pick:
         return "single frame"
-    text = f"{below_pick:.3f} below its group's pick {pick_name}" if pick_name else "not its group's pick"
+    text = f"{_gap(below_pick)} below its group's pick {pick_name}" if pick_name else "not its group's pick"
     return f"rejected: {text}" if rejected else text
 
 

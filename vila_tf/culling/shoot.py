@@ -9,6 +9,7 @@ and once more as the decisions are written (`decisions`, in input order; `groups
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -94,6 +95,10 @@ class Shoot:
             runner_up[g] = max(runner_up[g], self.scores[i])
         self.runner_up = runner_up
 
+    @functools.lru_cache(maxsize=1024)  # the picks' names, asked for by every other frame of their group
+    def _name(self, i: int) -> str:
+        return os.path.basename(self.row(i)["input"])
+
     def rating(self, i: int) -> Optional[int]:
         if not math.isfinite(self.scores[i]):
             return None
@@ -111,7 +116,7 @@ class Shoot:
         margin = float(self.scores[i] - self.runner_up[g]) if pick and size > 1 else None
         pick_name = below = None
         if not pick:
-            pick_name = os.path.basename(self.row(pick_i)["input"])
+            pick_name = self._name(pick_i)
             below = float(self.scores[pick_i] - self.scores[i])
         text = reasons.reason(pick=pick, group_size=size, q=float(self.q[i]), rejected=rating == ratings.REJECTED,
                               margin=margin, pick_name=pick_name, below_pick=below, attributes=row.get("attributes"),
