@@ -416,6 +416,11 @@ def test_package_publishes_the_litert_models(exported, litert_exported, tmp_path
         assert f"| {variant} | `{f.name}` |" in card
         assert f"{acc['score_max_abs_error']:.1e} | {acc['zero_shot_max_abs_error']:.1e} | " \
                f"{acc['embedding_min_cosine']:.6f} |" in card
+    for variant, rec in meta["mediapipe"]["variants"].items():  # the MediaPipe-ready copies, beside them
+        f = dist / f"vila_r_tiny_1_mediapipe_{variant}.tflite"
+        assert hashlib.sha256(f.read_bytes()).hexdigest() == rec["sha256"] and f"`{f.name}`" in card
+        assert (dist / f"{f.name}.sha256").read_text() == f"{rec['sha256']}  {f.name}\n"
+    assert "names the heads, in this order: `score`, `image_embedding`" in card
     assert json.loads((dist / "vila_r_tiny_1_litert.json").read_text()) == meta
     assert "every op is supported by the GPU delegate" in card
     assert 'getSignatureRunner("image")' in card and 'signatureRunner(with: "image")' in card

@@ -5,6 +5,7 @@ checksum, and the LiteRT metadata:
 
   <name>_<version>_<variant>.tflite          e.g. vila_r_1_float32.tflite
   <name>_<version>_<variant>.tflite.sha256   `sha256sum -c` format
+  <name>_<version>_mediapipe_<variant>.tflite (and .sha256) the MediaPipe-ready copies, if the export has them
   <name>_<version>_litert.json               the export's vila_litert.json
 
 and the model card an "On device" section (`card_section`): the signature, the input format,
@@ -32,6 +33,7 @@ class PublishedModel:
     file: str  # file name in DIST_DIR
     sha256: str
     size: int
+    mediapipe: bool = False  # the MediaPipe-ready copy of the variant
 
 
 def read_litert(litert_dir: str, savedmodel_metadata: dict) -> dict:
@@ -44,25 +46,29 @@ def read_litert(litert_dir: str, savedmodel_metadata: dict) -> dict:
             bool(meta.get("demo_weights")) != bool(savedmodel_metadata.get("demo_weights")):
         raise OnDeviceError(f"{litert_dir}: its model (config, demo flag) is not the SavedModel's; convert this "
                             "SavedModel with `python -m export litert SAVEDMODEL --out DIR`")
-    for variant, rec in meta["variants"].items():
-        path = litert_format.variant_path(litert_dir, meta, variant)
-        if os.path.getsize(path) != rec["bytes"] or file_sha256(path) != rec["sha256"]:
-            raise OnDeviceError(f"{path}: its sha256 is not the one vila_litert.json records: copy the export again")
+    files = [(litert_format.variant_path(litert_dir, meta, v), rec) for v, rec in meta["variants"].items()]
+    files += [(os.path.join(litert_dir, rec["file"]), rec) for rec in litert_format.mediapipe_variants(meta).values()]
+    for path, rec in files:
+        if not os.path.isfile(path) or os.path.getsize(path) != rec["bytes"] or file_sha256(path) != rec["sha256"]:
+            raise OnDeviceError(f"{path}: missing, or its sha256 is not the one vila_litert.json records: copy the "
+                                "export again")
     return meta
 
 
 def publish(litert_dir: str, meta: dict, dist_dir: str, name: str, version: int) -> list[PublishedModel]:
     """Copies each variant (and the metadata) into `dist_dir` atomically, with checksum files."""
     out = []
-    for variant, rec in meta["variants"].items():
-        file = f"{name}_{version}_{variant}.tflite"
+    models = [(v, rec, False) for v, rec in meta["variants"].items()]
+    models += [(v, rec, True) for v, rec in litert_format.mediapipe_variants(meta).items()]
+    for variant, rec, mediapipe in models:
+        file = f"{name}_{version}_{'mediapipe_' if mediapipe else ''}{variant}.tflite"
         target = os.path.join(dist_dir, file)
         with open(os.path.join(litert_dir, rec["file"]), "rb") as src, atomic_file(target, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
             os.fchmod(dst.fileno(), 0o644)
         with atomic_file(target + ".sha256", "w", encoding="utf-8", newline="\n") as f:
             f.write(f"{rec['sha256']}  {file}\n")
-        out.append(PublishedModel(variant, file, rec["sha256"], rec["bytes"]))
+        out.append(PublishedModel(variant, file, rec["sha256"], rec["bytes"], mediapipe))
     with open(os.path.join(litert_dir, litert_format.METADATA_FILE), "rb") as src, \
             atomic_file(os.path.join(dist_dir, f"{name}_{version}_litert.json"), "wb") as dst:
         shutil.copyfileobj(src, dst)
@@ -82,7 +88,8 @@ def card_section(meta: dict, published: list[PublishedModel], base_url=None) -> 
     acc = accuracy.get("variants", {})
     rows = ["| variant | file | size | sha256 | weights | score error | zero-shot error | embedding cosine |",
             "|---|---|---|---|---|---|---|---|"]
-    for p in published:
+    plain = [p for p in published if not p.mediapipe]
+    for p in plain:
         a = acc.get(p.variant)
         measured = (f"{a['score_max_abs_error']:.1e} | {a['zero_shot_max_abs_error']:.1e} | "
                     f"{a['embedding_min_cosine']:.6f}") if a else "not measured | | "
@@ -96,7 +103,17 @@ def card_section(meta: dict, published: list[PublishedModel], base_url=None) -> 
         gpu_lines.append(f"- {variant}: {verdict} (TFLite model analyzer with `gpu_compatibility=True`, "
                          f"TensorFlow {g.get('tensorflow', '?')}).")
     n_images = accuracy.get("images", [])
-    first = published[0].file if published else "vila_image_float32.tflite"
+    first = plain[0].file if plain else "vila_image_float32.tflite"
+    copies = [p for p in published if p.mediapipe]
+    heads = ", ".join(f"`{h}`" for h in (meta.get(litert_format.MEDIAPIPE_KEY) or {}).get("heads", []))
+    mediapipe = f"""
+
+MediaPipe Tasks (`ImageEmbedder`, `ImageClassifier` on Android, iOS, the web and Python): use
+{", ".join(f"`{p.file}`" for p in copies)}, the same models with their input fixed at 272×272 RGB,
+which MediaPipe resizes each photo to (the release's preprocessing resizes to that size first; the
+center crop and /255 run inside). Their TFLite metadata names the heads, in this order: {heads}.
+The files above refuse MediaPipe (their input takes any size). Code for Kotlin, Swift and
+JavaScript: docs/on_device.md.""" if copies else ""
     score_note = " (for this pretrain model, the zero-shot score)" if pretrain else " (the VILA-R score)"
     return f"""The image heads are also published as LiteRT (TensorFlow Lite) models for phones and edge devices,
 lowered for one image at a time with static shapes (no shape-computation ops), builtin ops only.
@@ -132,7 +149,7 @@ the runtime reads the LiteRT export's own layout, so put the files back under th
 
 ```sh
 mkdir litert && cp {published[0].file.rsplit('_', 1)[0] if published else 'NAME_VERSION'}_litert.json litert/{litert_format.METADATA_FILE}
-{chr(10).join(f"cp {p.file} litert/{litert_format.model_file(p.variant)}" for p in published)}
+{chr(10).join(f"cp {p.file} litert/{litert_format.mediapipe_file(p.variant) if p.mediapipe else litert_format.model_file(p.variant)}" for p in published)}
 ```
 
 then `vila_tf.load("litert").score(["photo.jpg"])` (docs/on_device.md).
@@ -161,4 +178,4 @@ try runner.invoke(with: ["{litert_format.IMAGE_INPUT}": rgbBytes])  // Data of h
 let score = try runner.output(named: "predictions").data.withUnsafeBytes {{ $0.load(as: Float32.self) }}
 ```
 
-The float16 model suits the GPU delegate; int8 is the smallest and fastest on CPUs."""
+The float16 model suits the GPU delegate; int8 is the smallest and fastest on CPUs.{mediapipe}"""
