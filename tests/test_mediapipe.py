@@ -204,3 +204,24 @@ def test_minimum_parser_version_follows_mediapipes_rules():
     assert version(outputTensorGroups=[]) == "1.2.0"
     assert version(inputProcessUnits=[regex], associatedFiles=[vocabulary]) == "1.2.1"
     assert version(customMetadata=[]) == "1.5.0"
+
+
+def test_conversion_without_mediapipe_stops_first_in_one_line(exported, tmp_path, monkeypatch):
+    """`python -m export litert` needs mediapipe's metadata writer: without it, one line naming the
+    package, exit 2, before the export is read and nothing written."""
+    import sys
+    import export.tools
+    from conftest import export_command
+    for name in [m for m in sys.modules if m == "mediapipe" or m.startswith("mediapipe.")
+                 or m == "export.tools.litert_metadata"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # `import mediapipe` raises ImportError
+    monkeypatch.delattr(export.tools, "litert_metadata", raising=False)
+    before = set(sys.modules)
+    r = export_command("litert", exported["vila_r_tiny"], "--out", tmp_path / "out")
+    for name in set(sys.modules) - before:  # the stand-in's stub packages (metadata_parser_version)
+        if name.startswith("mediapipe."):
+            del sys.modules[name]
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "pip install 'mediapipe" in r.stderr
+    assert not (tmp_path / "out").exists()

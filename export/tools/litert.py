@@ -262,14 +262,20 @@ def _write(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.VARIANTS,
-                 log: Callable[[str], None] = _log) -> str:
-    """Converts `source` (export.tools.litert_source.ImageHeads) and writes LITERT_DIR atomically."""
-    try:  # before the conversion: a missing writer fails in one line, not minutes later
+def _metadata_writer():
+    """export/tools/litert_metadata; a missing mediapipe is a LiteRTError in one line."""
+    try:
         from . import litert_metadata
     except ImportError as e:
         raise LiteRTError(f"the TFLite metadata writer is not installed ({e}): pip install 'mediapipe>=1.2' "
                           "(or 'vila-tf[export]')") from None
+    return litert_metadata
+
+
+def write_litert(source, out_dir: str, variants: Iterable[str] = litert_format.VARIANTS,
+                 log: Callable[[str], None] = _log) -> str:
+    """Converts `source` (export.tools.litert_source.ImageHeads) and writes LITERT_DIR atomically."""
+    litert_metadata = _metadata_writer()  # before the conversion: fails in one line, not minutes later
     from . import litert_graph, litert_mediapipe
     from vila_tf.savedmodel import preprocessing
     variants = list(dict.fromkeys(variants))
@@ -399,6 +405,7 @@ def cmd_litert(argv) -> int:
     bad = [v for v in variants if v not in litert_format.VARIANTS]
     if bad or "float32" not in variants:
         p.error(f"--variants {args.variants}: choose from {', '.join(litert_format.VARIANTS)}, float32 included")
+    _metadata_writer()  # before the export's weights are read
     from . import litert_source
     if args.savedmodel:
         source = litert_source.from_savedmodel(args.savedmodel, prompts)
