@@ -122,6 +122,31 @@ def _user_folder(root, layout: dict) -> None:
         f.write("input,score,error\n" + "".join(f"ava/images/{i}.jpg,0.{k + 4},\n" for k, i in enumerate(ids)))
     with open(os.path.join(root, "my_labels.csv"), "w") as f:
         f.write("path,score\n" + "".join(f"{p},{k + 1}\n" for k, p in enumerate(photos[5:12])))
+    _rated(root)
+
+
+def _rated(root) -> None:
+    """docs/personal.md's labels: rated/ (a dozen photos with darktable's NAME.EXT.xmp sidecars,
+    written by pyexiv2), ratings.csv (path,score) and choices.csv (better,worse)."""
+    import pyexiv2
+    names = [f"rated/r{k:02d}.jpg" for k in range(12)]
+    stars = [1, 2, 3, 4, 5, -1, 2, 3, 4, 5, 1, 3]
+    for k, (name, rating) in enumerate(zip(names, stars)):
+        _jpeg(os.path.join(root, name), 60 + k)
+        sidecar = os.path.join(root, name + ".xmp")
+        with open(sidecar, "w") as f:
+            f.write('<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+                    '</x:xmpmeta><?xpacket end="w"?>')
+        with pyexiv2.Image(sidecar) as x:
+            x.modify_xmp({"Xmp.xmp.Rating": str(rating)})
+    with open(os.path.join(root, "ratings.csv"), "w") as f:
+        f.write("path,score\n" + "".join(f"{n},{k % 7 + 1}\n" for k, n in enumerate(names)))
+    rng = np.random.default_rng(0)
+    with open(os.path.join(root, "choices.csv"), "w") as f:
+        f.write("better,worse\n")
+        for _ in range(48):
+            a, b = rng.choice(len(names), 2, replace=False)
+            f.write(f"{names[a]},{names[b]}\n")
 
 
 def _namespace() -> dict:

@@ -23,7 +23,8 @@ def _photo(rng, size: int = 48) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size]
     f = rng.uniform(2, 12, 3)
     base = np.stack([np.sin(xx / f[0] + rng.uniform(0, 6)), np.cos(yy / f[1]), np.sin((xx + yy) / f[2])], -1)
-    img = 128 + rng.uniform(20, 110) * base + rng.normal(0, rng.uniform(2, 30), (size, size, 3)) + rng.uniform(-60, 60, 3)
+    grain = rng.normal(0, rng.uniform(2, 30), (size, size, 3))
+    img = 128 + rng.uniform(20, 110) * base + grain + rng.uniform(-60, 60, 3)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -124,6 +125,8 @@ def test_the_export_serves_the_head_on_held_out_photos(fitted, taste, exported):
     assert head["labels"]["sha256"] == hashlib.sha256(taste["labels"].read_bytes()).hexdigest()
     assert head["cross_validation"]["srcc"] == pytest.approx(fitted["report_1"]["personal"]["srcc"])
     assert head["scale"]["min"] == pytest.approx(taste["true"][:FIRST].min(), abs=1e-6)
+    card = (version / "assets.extra" / "model_card.md").read_text()
+    assert head["labels"]["sha256"] in card and "base_score" in card
     reader = tf.train.load_checkpoint(str(version / "variables" / "variables"))
     weights = reader.get_tensor(f"{personal.WEIGHTS_VARIABLE}/.ATTRIBUTES/VARIABLE_VALUE")
     bias = reader.get_tensor(f"{personal.BIAS_VARIABLE}/.ATTRIBUTES/VARIABLE_VALUE")
@@ -249,7 +252,8 @@ def test_bad_labels_are_one_line_and_leave_nothing(exported, litert_exported, ta
         path.write_text("\n".join(rows) + "\n")
         return path
     cases = [
-        (labels("few.csv", ["path,score"] + [f"{n},{k}" for k, n in enumerate(names[:5])]), "too few to cross-validate"),
+        (labels("few.csv", ["path,score"] + [f"{n},{k}" for k, n in enumerate(names[:5])]),
+         "too few to cross-validate"),
         (labels("equal.csv", [f"{n},3" for n in names[:20]]), "have the same score (3): nothing to learn from"),
         (labels("none.csv", [f"gone{k}.jpg,{k}" for k in range(20)]), "none of the 20 labelled photos"),
         (labels("dup.csv", [f"{n},{k}" for k, n in enumerate(names[:20])] + [f"{names[3]},1"]),
@@ -264,3 +268,68 @@ def test_bad_labels_are_one_line_and_leave_nothing(exported, litert_exported, ta
     assert "--folds 1" in _refused(tmp_path, model, "--labels", taste["labels"], "--folds", "1")
     assert "holds the features of an earlier run" in run(
         "fit", model, "--labels", taste["labels"], "--output", fitted["out"]).stderr
+
+
+# -- make test-slow ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_personal_export_passes_the_model_server_check(fitted):
+    """TF Serving loads OUT/1 as it loads any export: every signature, the personal and the base
+    score included, at every bucket of the regenerated warmup."""
+    from vila_tf import serving
+    from vila_tf.core.buckets import BUCKETS
+    r = serving.check(str(fitted["out"] / "1"))
+    assert r["ok"] and r["unregistered_ops"] == [] and r["xla_enabled"]["failures"] == []
+    assert r["xla_enabled"]["batch_sizes"]["serving_default"] == list(BUCKETS)
+    assert r["xla_enabled"]["batch_sizes"]["base_score"] == list(BUCKETS)
+
+
+@pytest.mark.slow
+def test_litert_conversion_gives_the_personal_score(fitted, taste, tmp_path):
+    """`python -m export litert OUT/1`: the LiteRT `predictions` is the personal score, within 1e-4
+    of the SavedModel's, and `vila-tf info` says it is one."""
+    import vila_tf
+    from conftest import export_command
+    r = export_command("litert", str(fitted["out"] / "1"), "--out", tmp_path / "lite", "--variants", "float32")
+    assert r.returncode == 0, r.stderr[-3000:]
+    held = taste["files"][SECOND:]
+    with vila_tf.load(str(fitted["out"] / "1")) as saved, vila_tf.load(str(tmp_path / "lite")) as lite:
+        np.testing.assert_allclose(lite.score(held), saved.score(held), atol=1e-4)
+    assert "personal head: ridge" in run("info", tmp_path / "lite").stdout
+
+
+@pytest.mark.slow
+def test_comparisons_and_star_ratings_from_the_command_line(exported, taste, tmp_path):
+    """The other label forms end to end: noisy comparisons of the taste (a Bradley-Terry head whose
+    export orders held-out photos), and XMP star ratings of a folder (sidecars written by pyexiv2)."""
+    import shutil
+    import pyexiv2
+    import tensorflow as tf
+    rng = np.random.default_rng(4)
+    files, true = taste["files"], taste["true"]
+    i = rng.integers(0, SECOND, (160, 2))
+    i = i[i[:, 0] != i[:, 1]]
+    better = np.where((true[i[:, 0]] + rng.normal(0, 0.2, len(i)) > true[i[:, 1]])[:, None], i, i[:, ::-1])
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("better,worse\n" + "".join(f"{files[a]},{files[b]}\n" for a, b in better))
+    r = run("fit", exported["vila_r_tiny"], "--labels", pairs, "--output", tmp_path / "pairs", *FIT_ARGS)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "pairs" / "report" / "metrics.json").read_text())
+    assert rec["pairs"]["personal"]["accuracy"] > 0.8 and rec["fit"]["scale"]["kind"] == "log-odds"
+    m = tf.saved_model.load(str(tmp_path / "pairs" / "1"))
+    served = m.signatures["serving_default"](image_bytes=tf.constant([open(f, "rb").read() for f in
+                                                                      files[SECOND:]]))["predictions"].numpy()[:, 0]
+    assert stats.spearmanr(served, true[SECOND:])[0] > 0.8
+    rated = tmp_path / "rated"
+    rated.mkdir()
+    for f, stars in zip(files[:FIRST], np.round(true[:FIRST])):
+        shutil.copy(f, rated)
+        sidecar = rated / (os.path.basename(f) + ".xmp")  # darktable's NAME.EXT.xmp
+        sidecar.write_text('<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+                           '</x:xmpmeta><?xpacket end="w"?>')
+        with pyexiv2.Image(str(sidecar)) as x:
+            x.modify_xmp({"Xmp.xmp.Rating": str(int(stars))})
+    r = run("fit", exported["vila_r_tiny"], "--labels", rated, "--output", tmp_path / "stars", *FIT_ARGS)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "stars" / "report" / "metrics.json").read_text())
+    assert rec["labels"]["format"] == "xmp" and rec["personal"]["n"] == FIRST and rec["personal"]["srcc"] > 0.8

@@ -79,3 +79,36 @@ def test_full_size_matches_native_jax(demo_export):
     m = tf.saved_model.load(str(demo_export / "vila_demo" / "1"))
     got = m.signatures["score_pixels"](image=tf.constant(x))["predictions"].numpy()
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_full_size_personal_export(demo_export, tmp_path):
+    """`vila-tf fit` at full size (768 + 7 features, 1.2 GB of weights carried into the personal
+    SavedModel): a dozen small photos, two folds; the export's serving_default is the head applied
+    by hand to the base model's own outputs."""
+    import tensorflow as tf
+    from PIL import Image
+    from conftest import vila_tf_command
+    from vila_tf.core import personal
+    rng = np.random.default_rng(0)
+    rows = ["path,score"]
+    for k in range(12):
+        Image.fromarray((rng.uniform(size=(48, 48, 3)) * 255).astype(np.uint8)).save(tmp_path / f"p{k}.png")
+        rows.append(f"p{k}.png,{k % 5 + 1}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "mine"
+    r = vila_tf_command("fit", str(demo_export / "vila_demo"), "--labels", tmp_path / "labels.csv", "--output", out,
+                        "--folds", "2", "--bootstrap", "0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((out / "1" / "assets.extra" / "vila_tf.json").read_text())
+    assert meta["personal"]["feature_count"] == 768 + 7 and meta["demo_weights"] is True
+    photos = tf.constant([(tmp_path / f"p{k}.png").read_bytes() for k in range(4)])
+    base = tf.saved_model.load(str(demo_export / "vila_demo" / "1"))
+    zs = base.signatures["zero_shot"](image_bytes=photos)
+    features = np.concatenate([base.signatures["image_embedding"](image_bytes=photos)["image_embedding"].numpy()]
+                              + [zs[k].numpy()[:, None] for k in personal.ATTRIBUTES]
+                              + [base.signatures["serving_default"](image_bytes=photos)["predictions"].numpy()], 1)
+    reader = tf.train.load_checkpoint(str(out / "1" / "variables" / "variables"))
+    by_hand = personal.apply(reader.get_tensor(f"{personal.WEIGHTS_VARIABLE}/.ATTRIBUTES/VARIABLE_VALUE"),
+                             reader.get_tensor(f"{personal.BIAS_VARIABLE}/.ATTRIBUTES/VARIABLE_VALUE"), features)
+    served = tf.saved_model.load(str(out / "1")).signatures["serving_default"](image_bytes=photos)["predictions"]
+    np.testing.assert_allclose(served.numpy()[:, 0], by_hand, atol=1e-4)

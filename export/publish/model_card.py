@@ -11,6 +11,7 @@ import os
 from typing import Optional
 
 from vila_tf.core import metadata as export_metadata
+from vila_tf.core import personal
 from vila_tf.core import signatures as signatures_lib
 from vila_tf.core.signatures import SIGNATURES, WARMUP_RELATIVE
 from vila_tf.savedmodel.tf_compat import releases_in_words
@@ -159,10 +160,13 @@ _DEMO_WARNING = ("> **Demo weights.** This package holds the full VILA architect
 
 
 def signature_purpose(name: str, metadata: dict) -> str:
-    if name not in SIGNATURES:
+    if name not in signatures_lib.SIGNATURE_INPUTS:
         return ""
     scorer = ("the VILA-R aesthetic score" if metadata["model_type"] == "vila_r"
               else "the zero-shot aesthetic score (no VILA-R head in this model)")
+    if metadata.get(personal.METADATA_KEY) and name in ("serving_default", "score_pixels"):
+        # A personal export (`vila-tf fit`): the base score moved to base_score.
+        return signatures_lib.purpose(name, "the personal score (the head `vila-tf fit` learned from your labels)")
     return signatures_lib.purpose(name, scorer)
 
 
@@ -354,8 +358,10 @@ def render(facts: ModelFacts, pkg: PackageInfo, on_device: str = "") -> str:
               _details(facts, pkg), "",
               "## Signatures", "",
               "Read from the SavedModel. B is the batch size: every signature takes any batch size.", "",
-              signature_table(facts), "",
-              "## Preprocessing", "", _preprocessing(facts), "",
+              signature_table(facts), ""]
+    if m.get(personal.METADATA_KEY):
+        parts += ["## Personal head", "", personal.card_section(m[personal.METADATA_KEY]), ""]
+    parts += ["## Preprocessing", "", _preprocessing(facts), "",
               "## Use", "", _usage(facts, pkg), ""]
     if on_device:
         parts += ["## On device", "", on_device, ""]

@@ -171,7 +171,8 @@ def _print_summary(rec: dict) -> None:
     line += "  base: " + "  ".join(one(b, k) for k in ("srcc", "plcc"))
     if rec.get("pairs"):
         pr = rec["pairs"]
-        line += f"  held-out pairs {pr['n']}: accuracy {pr['personal']['accuracy']:.4f} (base {pr['base']['accuracy']:.4f})"
+        acc = [one(pr[k], "accuracy").split(" ", 1)[1] for k in ("personal", "base")]
+        line += f"  held-out pairs {pr['n']}: accuracy {acc[0]} (base {acc[1]})"
     print(line)
 
 

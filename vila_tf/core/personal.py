@@ -132,7 +132,8 @@ def describe(record: Optional[dict]) -> list[str]:
              f"fitted to {labels.get('count')} labels ({labels.get('format')}: {labels.get('file')})",
              f"personal score: {scale_text(record.get('scale') or {})}"]
     base = (record.get("base") or {}).get("metrics") or {}
-    lines.append(f"cross-validated ({cv.get('folds')} folds): SRCC {_fmt(cv.get('srcc'))}, PLCC {_fmt(cv.get('plcc'))}; "
+    lines.append(f"cross-validated ({cv.get('folds')} folds): SRCC {_fmt(cv.get('srcc'))}, "
+                 f"PLCC {_fmt(cv.get('plcc'))}; "
                  f"the base model's own score: SRCC {_fmt(base.get('srcc'))}, PLCC {_fmt(base.get('plcc'))}")
     return lines
 

@@ -38,14 +38,17 @@ def _with_interval(rec: dict, key: str) -> str:
 
 
 def next_labels(curve: dict) -> Optional[dict]:
-    """What NEXT more labels would add, at the rate of the curve's last step (an upper bound: a
-    learning curve flattens)."""
-    points = curve.get("points") or []
+    """What NEXT more labels would add: a straight line through the curve's last three points
+    against log(labels) (one step alone is mostly the subsets' noise), carried NEXT labels on. A
+    learning curve flattens as it goes, so this is at most what they add."""
+    points = (curve.get("points") or [])[-3:]
     if len(points) < 2:
         return None
-    a, b = points[-2], points[-1]
-    slope = (b["mean"] - a["mean"]) / max(1, b["labels"] - a["labels"])
-    return {"labels": NEXT, "gain": slope * NEXT, "from": a["labels"], "to": b["labels"], "step": b["mean"] - a["mean"]}
+    n = np.log([p["labels"] for p in points])
+    slope = float(np.polyfit(n, [p["mean"] for p in points], 1)[0])
+    last = points[-1]["labels"]
+    return {"labels": NEXT, "gain": slope * float(np.log((last + NEXT) / last)), "from": points[0]["labels"],
+            "to": last, "step": points[-1]["mean"] - points[0]["mean"]}
 
 
 def curve_text(curve: dict) -> list[str]:
@@ -58,9 +61,9 @@ def curve_text(curve: dict) -> list[str]:
     if step is None:
         lines.append("Too few labels for a curve: rate more photos and fit again.")
     elif step["gain"] > 0.005:
-        lines.append(f"From {step['from']} to {step['to']} labels the {what} rose by {step['step']:.3f}; at that rate "
-                     f"{NEXT} more labels would add about {step['gain']:.3f}. Learning curves flatten, so take this "
-                     "as the most they would add.")
+        lines.append(f"From {step['from']} to {step['to']} labels the {what} changed by {step['step']:+.3f}; "
+                     f"carried on at that rate (against the log of the labels), {NEXT} more labels would add "
+                     f"about {step['gain']:.3f}. Learning curves flatten, so take this as the most they would add.")
     else:
         lines.append(f"From {step['from']} to {step['to']} labels the {what} changed by {step['step']:+.3f}: the "
                      f"curve has flattened, and {NEXT} more labels of the same kind are unlikely to change it much.")
