@@ -378,7 +378,8 @@ def cmd_litert(argv) -> int:
         description="LiteRT (.tflite) models of the image heads (score, image embedding, zero-shot score and "
                     "its six attributes, and your own prompt pairs' scores with --prompt): "
                     "uint8 pixels of any size in, the release's preprocessing inside; float32, float16 "
-                    "and int8 variants (docs/on_device.md).")
+                    "and int8 variants, each with a MediaPipe-ready copy (input fixed at 272x272) and "
+                    "TFLite metadata naming its heads (docs/on_device.md).")
     p.add_argument("savedmodel", nargs="?", help="an export (SavedModel folder or TF Serving base folder)")
     p.add_argument("--checkpoint", help="or a paxml (or converted) checkpoint folder, with --spm")
     p.add_argument("--spm", help="SentencePiece model (with --checkpoint: tokenizes the zero-shot prompts)")
