@@ -138,9 +138,8 @@ def test_every_model_carries_its_metadata(litert_exported, fixture_name, mediapi
     ranges = {"score": [0.0, 1.0] if pretrain else [-1.0, 1.0], "image_embedding": [-1.0, 1.0]}
     import hashlib
     for variant in VARIANTS:
-        for mediapipe, file in ((False, meta["variants"][variant]["file"]), (True, record["variants"][variant]["file"])):
-            path = os.path.join(folder, file)
-            rec = (record["variants"] if mediapipe else meta["variants"])[variant]
+        for mediapipe, rec in ((False, meta["variants"][variant]), (True, record["variants"][variant])):
+            path = os.path.join(folder, rec["file"])
             assert hashlib.sha256(open(path, "rb").read()).hexdigest() == rec["sha256"]
             md, files = _model_metadata(path)
             assert md["min_parser_version"] == "1.0.0"
