@@ -266,6 +266,8 @@ def test_bad_labels_are_one_line_and_leave_nothing(exported, litert_exported, ta
     assert "LiteRT export" in _refused(tmp_path, litert_exported["vila_r_tiny"], "--labels", taste["labels"])
     assert "personal export" in _refused(tmp_path, str(fitted["out"]), "--labels", taste["labels"])
     assert "--folds 1" in _refused(tmp_path, model, "--labels", taste["labels"], "--folds", "1")
+    r = run("fit", model, "--labels", taste["labels"], "--output", os.path.dirname(model))  # the base's own folder
+    assert r.returncode == 2 and "which is not a personal export" in r.stderr
     assert "holds the features of an earlier run" in run(
         "fit", model, "--labels", taste["labels"], "--output", fitted["out"]).stderr
 

@@ -90,6 +90,22 @@ def _check_args(args) -> None:
     if os.path.isfile(os.path.join(args.output, "saved_model.pb")):
         raise UsageError(f"--output {args.output} is a SavedModel folder: give the base folder it belongs to "
                          f"({os.path.dirname(os.path.abspath(args.output))}); the new version goes beside it")
+    _check_versions(args.output)
+
+
+def _check_versions(out: str) -> None:
+    """OUT's versions must be personal exports: a new version beside a base export would replace
+    it in TF Serving (which serves the newest)."""
+    from vila_tf.core import metadata, personal, versions
+    for version in versions.local_versions(out):
+        path = os.path.join(out, versions.numbered(os.listdir(out))[version])
+        try:
+            personal_head = metadata.read(path).extra.get(personal.METADATA_KEY)
+        except metadata.MetadataError:
+            personal_head = None
+        if not personal_head:
+            raise UsageError(f"--output {out} holds {path}, which is not a personal export: fit into another "
+                             "folder (TF Serving would serve the new version instead of it)")
 
 
 def _base(args) -> tuple[str, dict, object]:

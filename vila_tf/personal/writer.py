@@ -46,7 +46,7 @@ def _personal_module(base, layout: personal.Layout, weights: np.ndarray, bias: f
 
         def __init__(self):
             super().__init__(name="vila")
-            for name, child in base._trackable_children().items():
+            for name, child in tf.train.TrackableView(base).children(base).items():
                 if name not in _NOT_TAKEN:
                     setattr(self, name, child)
             setattr(self, personal.WEIGHTS_VARIABLE,
