@@ -13,7 +13,7 @@ from typing import Optional
 from vila_tf.core import metadata as export_metadata
 from vila_tf.core import personal
 from vila_tf.core import signatures as signatures_lib
-from vila_tf.core.signatures import SIGNATURES, WARMUP_RELATIVE
+from vila_tf.core.signatures import WARMUP_RELATIVE
 from vila_tf.savedmodel.tf_compat import releases_in_words
 
 
