@@ -58,6 +58,8 @@ PHOTOGRAPHER_XMP = b"""<?xml version="1.0" encoding="UTF-8"?>
 </x:xmpmeta>
 """
 BROKEN_XMP = PHOTOGRAPHER_XMP[:700]  # cut short: not well-formed XML
+# Batches of 4: the bucket the other command tests compile (the XLA cache is shared by the run), not one of its own.
+BATCH = ("--batch-size", "4")
 
 
 def _scene(seed, h=48, w=64):
@@ -160,7 +162,7 @@ def culled(tmp_path_factory, exported, worker_id):
         (shoot / "B1.jpg.xmp").write_bytes(BROKEN_XMP)
         states = {"before": _state(shoot)}
         photographer = _exiftool(shoot / "A2.jpg.xmp")["A2.jpg.xmp"] if EXIFTOOL else None
-        args = ["cull", exported["vila_r_tiny"], shoot, "-o", folder / "out" / "cull.csv", "--report",
+        args = ["cull", exported["vila_r_tiny"], shoot, *BATCH, "-o", folder / "out" / "cull.csv", "--report",
                 folder / "out" / "report.html"]
         runs = []
         for state in ("after_first", "after_second"):
@@ -269,7 +271,7 @@ def test_resume_scores_only_the_photos_left(culled):
     lines = (first / "cull.scores.jsonl").read_bytes().splitlines(keepends=True)
     (out / "cull.scores.jsonl").write_bytes(b"".join(lines[:5]) + lines[5][:40])
     shutil.copy(first / "cull.scores.jsonl.vila-tf.json", out / "cull.scores.jsonl.vila-tf.json")
-    r = vila_tf_command("cull", _model(culled), culled["shoot"], "--resume", "--dry-run", "-o", out / "cull.csv")
+    r = vila_tf_command("cull", _model(culled), culled["shoot"], *BATCH, "--resume", "--dry-run", "-o", out / "cull.csv")
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stderr and "5 photos scored already" in r.stderr
     again = _rows(out / "cull.csv")
@@ -287,7 +289,7 @@ def test_embeddings_of_vila_tf_embed_are_used_not_computed(culled, monkeypatch):
     from vila_tf.core import model as model_lib
     model, shoot, root = _model(culled), culled["shoot"], culled["root"]
     emb = root / "emb" / "emb.jsonl"
-    assert vila_tf_command("embed", model, shoot, "-o", emb).returncode == 0
+    assert vila_tf_command("embed", model, shoot, *BATCH, "-o", emb).returncode == 0
     ran = []
     original = model_lib.Model._values
 
@@ -295,7 +297,7 @@ def test_embeddings_of_vila_tf_embed_are_used_not_computed(culled, monkeypatch):
         ran.extend(self._signature(t) for t in run)
         return original(self, run, pixels)
     monkeypatch.setattr(model_lib.Model, "_values", spy)
-    r = vila_tf_command("cull", model, shoot, "--embeddings", emb, "--dry-run", "-o", root / "emb" / "cull.csv")
+    r = vila_tf_command("cull", model, shoot, *BATCH, "--embeddings", emb, "--dry-run", "-o", root / "emb" / "cull.csv")
     assert r.returncode == 0, r.stderr
     assert ran and "image_embedding_pixels" not in ran
     assert {n: x["group"] for n, x in _rows(root / "emb" / "cull.csv").items()} == \
@@ -320,7 +322,7 @@ def test_lightroom_names_and_sidecar_dir(tmp_path, exported):
     (shoot / "IMG_1.dng").write_bytes(raw_files.dng(_jpeg(pixels), (64, 48), captured="2024:05:01 12:00:00"))
     (shoot / "IMG_1.jpg").write_bytes(_jpeg(pixels, "2024:05:01 12:00:00"))
     side = tmp_path / "sidecars"
-    r = vila_tf_command("cull", exported["vila_r_tiny"], shoot, "--sidecars", "lightroom", "--sidecar-dir", side,
+    r = vila_tf_command("cull", exported["vila_r_tiny"], shoot, *BATCH, "--sidecars", "lightroom", "--sidecar-dir", side,
                         "-o", tmp_path / "cull.csv", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     rows = _rows(tmp_path / "cull.csv")

@@ -326,15 +326,12 @@ def test_raw_scored_by_its_embedded_preview_on_both_backends(model, litert_expor
     lite = vila_tf.load(litert_exported["vila_r_tiny"])
     try:
         got = {"savedmodel": model.score(files + [files[1]]), "litert": lite.score(files + [files[1]])}
+        lite.exif_orientation = False  # the stored pixels, as the release scored photos
+        stored = lite.score(files[1])
     finally:
         lite.close()
-    model.exif_orientation = False  # the stored pixels, as the release scored photos
-    try:
-        stored = model.score(files[1])
-    finally:
-        model.exif_orientation = True
     np.testing.assert_allclose(got["savedmodel"], expected, atol=1e-5)
     np.testing.assert_allclose(got["litert"], expected, atol=1e-3)  # LiteRT float32 (docs/on_device.md)
-    np.testing.assert_allclose(stored, expected[:1], atol=1e-5)
+    np.testing.assert_allclose(stored, expected[:1], atol=1e-3)
     # A DNG given as bytes is known by its DNGVersion tag.
     assert image_formats.format_of((tmp_path / "IMG_1.DNG").read_bytes()) == "raw"

@@ -285,8 +285,9 @@ def _score(args, model, output, index, reported: set) -> Optional[int]:
 
 
 def _sidecar_owners(shoot, style: str, folder: Optional[str]) -> dict:
-    """sidecar path -> the row that owns it. Two photos named alike (IMG_1.CR2 and IMG_1.JPG share
-    IMG_1.xmp in Lightroom's naming) share a sidecar: the RAW file gets it, else the first photo."""
+    """sidecar path -> the row that owns it, in Lightroom's naming, where two photos named alike
+    (IMG_1.CR2 and IMG_1.JPG) share IMG_1.xmp: the RAW file gets it, else the first photo. (A name
+    per photo in memory; darktable's naming gives every photo its own.)"""
     owners: dict = {}
     for i in range(shoot.size):
         name = shoot.row(i)["input"]
@@ -305,7 +306,7 @@ def _decide_and_write(args, scores: str, thresholds) -> int:
     writing = style != "none" and not args.dry_run
     stats = {"written": 0, "unchanged": 0, "untouched": 0, "shared": 0, "picks": 0, "rejects": 0, "failed": 0}
     with shoot_lib.Shoot(scores, thresholds, args.reject_below) as shoot:
-        owners = _sidecar_owners(shoot, style, args.sidecar_dir) if style != "none" else {}
+        owners = _sidecar_owners(shoot, style, args.sidecar_dir) if style == "lightroom" else None
         target = atomic_file(args.output, "w", encoding="utf-8", newline="") if args.output else None
         f = target.__enter__() if target is not None else sys.stdout
         try:
@@ -316,7 +317,7 @@ def _decide_and_write(args, scores: str, thresholds) -> int:
                     source = names.source_of(d.input)
                     path = sidecars.path_for(source, style, args.sidecar_dir)
                     sidecar = names.written(path)
-                    owner = owners.get(os.path.abspath(path))
+                    owner = d.index if owners is None else owners.get(os.path.abspath(path))
                     if owner != d.index:  # RAW+JPEG pairs in Lightroom's naming: the RAW's (not a failure)
                         sidecar = f"{sidecar} (not written: the sidecar of {shoot.row(owner)['input']}, named alike)"
                         stats["shared"] += 1
