@@ -93,7 +93,8 @@ def read(path: str, images: Optional[str] = None) -> Labels:
 
 def _is_photo(cell: str) -> bool:
     """A cell naming a photo (a score never does): two of them make a row a comparison."""
-    return os.path.splitext(cell)[1].lower() in image_formats.IMAGE_EXTENSIONS
+    ext = os.path.splitext(cell)[1].lower()
+    return ext in image_formats.IMAGE_EXTENSIONS or ext in image_formats.RAW_EXTENSIONS
 
 
 def _first_row(path: str) -> list:
