@@ -33,7 +33,7 @@ needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool (apt inst
 # The photographer's own sidecar: keywords, darktable's edit history, Lightroom's keyword tree and a
 # namespace no tool here knows. Everything but the rating must survive.
 PHOTOGRAPHER_XMP = b"""<?xml version="1.0" encoding="UTF-8"?>
-<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="XMP Core 4.4.0-Exiv2">
+<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="Adobe XMP Core 7.0-c000 1.000000">
  <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
   <rdf:Description rdf:about=""
     xmlns:xmp="http://ns.adobe.com/xap/1.0/"

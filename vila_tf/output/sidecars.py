@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import tempfile
 import xml.etree.ElementTree as ET
@@ -32,6 +33,7 @@ EMPTY = (b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
          b' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"/>\n'
          b'</x:xmpmeta>\n<?xpacket end="w"?>\n')
 _STARTS = (b"<?xpacket", b"<?xml", b"<x:xmpmeta", b"<x:xapmeta", b"<rdf:RDF")
+_TOOLKIT = re.compile(rb'\s+x:xmptk="[^"]*"')
 
 
 class SidecarError(Exception):
@@ -145,13 +147,23 @@ def merged(existing: Optional[bytes], values: dict) -> Optional[bytes]:
             if all(held.get(k) == v for k, v in values.items()):
                 return None
             img.modify_xmp(values)
-            return img.get_bytes()
+            return _keep_toolkit(existing, img.get_bytes())
         finally:
             img.close()
     except SidecarError:
         raise
     except Exception as e:  # noqa: BLE001  (exiv2: XMP Toolkit errors)
         raise SidecarError(f"cannot be parsed: {str(e).strip() or type(e).__name__}: left untouched") from None
+
+
+def _keep_toolkit(existing: Optional[bytes], new: bytes) -> bytes:
+    """exiv2 signs the packet as its own (`x:xmptk`, what exiftool shows as XMPToolkit): the
+    signature the sidecar had is put back (none for a new one), so nothing but our properties differs."""
+    ours = _TOOLKIT.search(new[:512])
+    if ours is None:
+        return new
+    theirs = _TOOLKIT.search(existing) if existing is not None else None
+    return new[:ours.start()] + (theirs.group(0) if theirs else b"") + new[ours.end():]
 
 
 def write(path: str, values: dict) -> bool:
