@@ -333,5 +333,6 @@ def test_raw_scored_by_its_embedded_preview_on_both_backends(model, litert_expor
     np.testing.assert_allclose(got["savedmodel"], expected, atol=1e-5)
     np.testing.assert_allclose(got["litert"], expected, atol=1e-3)  # LiteRT float32 (docs/on_device.md)
     np.testing.assert_allclose(stored, expected[:1], atol=1e-3)
-    # A DNG given as bytes is known by its DNGVersion tag.
+    # Given as bytes (vila-tf beam, the Python API), a DNG is known by its DNGVersion tag, and a TIFF stays one.
     assert image_formats.format_of((tmp_path / "IMG_1.DNG").read_bytes()) == "raw"
+    assert image_formats.format_of(_encode(pixels, "TIFF")) == "tiff"

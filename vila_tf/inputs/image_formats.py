@@ -265,27 +265,35 @@ def _pil_reason(err: Exception) -> str:
     return text or type(err).__name__
 
 
-def _is_dng(data: bytes) -> bool:
-    """Whether TIFF bytes are a DNG: its first directory holds the DNGVersion tag (50706)."""
+def _is_camera_raw(data: bytes) -> bool:
+    """Whether TIFF bytes are a camera RAW file: a DNG (its first directory holds the DNGVersion
+    tag, 50706), or a TIFF-based RAW (NEF, ARW, PEF, ...) whose first directory is a reduced-size
+    preview (NewSubfileType bit 0) with the sensor data in SubIFDs (tag 330). A photo saved as TIFF
+    has its full-size image first."""
     import struct
     order = "<" if data[:2] == b"II" else ">"
     try:
         if data[2:4] != (b"*\x00" if order == "<" else b"\x00*"):
-            return False  # BigTIFF: no DNG uses it
+            return False  # BigTIFF: no camera writes it
         ifd = struct.unpack_from(order + "I", data, 4)[0]
         count = struct.unpack_from(order + "H", data, ifd)[0]
-        return any(struct.unpack_from(order + "H", data, ifd + 2 + 12 * k)[0] == 50706 for k in range(min(count, 512)))
+        tags = {}
+        for k in range(min(count, 512)):
+            tag, typ = struct.unpack_from(order + "HH", data, ifd + 2 + 12 * k)
+            value = struct.unpack_from(order + ("H" if typ == 3 else "I"), data, ifd + 2 + 12 * k + 8)[0]
+            tags[tag] = value
     except struct.error:
         return False
+    return 50706 in tags or (bool(tags.get(254, 0) & 1) and 330 in tags)
 
 
 def format_of(data: bytes, source: str = "") -> Optional[str]:
     """An image's format from its first bytes; "raw" for a camera RAW file (TIFF-like: its name,
-    or for a DNG its DNGVersion tag, tells it apart)."""
+    or the layout of its first directory, tells it apart)."""
     if _extension(source) in RAW_EXTENSIONS:
         return "raw"
     kind = sniff(data[:HEAD_BYTES])
-    return "raw" if kind == "tiff" and _is_dng(data) else kind
+    return "raw" if kind == "tiff" and _is_camera_raw(data) else kind
 
 
 def decode_raw(data: bytes, max_pixels: int, apply_orientation: bool,
