@@ -147,7 +147,7 @@ def _read_labels(args):
 
 def run(args) -> int:
     from vila_tf.core import personal
-    from vila_tf.personal import fitting, learn, writer  # noqa: F401  (scikit-learn and TensorFlow, past the checks)
+    from vila_tf.personal import fitting, learn
     _check_args(args)
     base_dir, base_record, meta = _base(args)
     labels, on_disk = _read_labels(args)
