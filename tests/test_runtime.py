@@ -72,7 +72,7 @@ def test_bad_images_are_reported_and_the_rest_scored(model, reference, photos, t
         scores, errors = model.score(inputs, return_errors=True)
     assert [e.index for e in errors] == [1, 2, 4, 5, 7]
     reasons = {e.index: e.reason for e in errors}
-    assert "not a JPEG, PNG, GIF, BMP, WebP, AVIF, HEIC/HEIF or TIFF image" in reasons[1]
+    assert "not a JPEG, PNG, GIF, BMP, WebP, AVIF, HEIC/HEIF, TIFF or RAW image" in reasons[1]
     assert "empty" in reasons[2] and errors[1].source.endswith("empty.png")
     assert "JPEG" in reasons[4]
     assert reasons[5] == "no such file"

@@ -30,6 +30,7 @@ from typing import Optional
 from vila_tf.cli import cull, evaluate, fit, info, rank, score, terminal
 from vila_tf.core.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from vila_tf.core.results import DemoModelWarning
+from vila_tf.savedmodel.compile_cache import CacheWriteError
 
 
 
@@ -86,6 +87,9 @@ def main(argv: Optional[list] = None) -> int:
 def _run(args) -> int:
     try:
         return args.run(args)
+    except CacheWriteError as e:
+        print(f"vila-tf: {e}", file=sys.stderr)
+        return EXIT_ERROR
     except UsageError as e:
         prefix = "vila-tf" if args.command in ("score", "zero-shot", "caption", "embed", "info") else \
             f"vila-tf {args.command}"

@@ -10,8 +10,10 @@ Several processes may share the folder: XLA writes each entry to a temporary fil
 into place. `VILA_TF_CACHE_DIR=off` turns the cache off; deleting the folder is always safe.
 
 XLA fails the call when it cannot write an entry, so the cache is only turned on when a file can
-be created in the folder and 2 GB are free; otherwise it is read-only (entries already there are
-used) or off: a read-only home or a full disk costs speed, never a failure. No TensorFlow here:
+be created in the folder, 2 GB are free and no file-size limit (ulimit -f) is below that; otherwise
+it is read-only (entries already there are used) or off: a read-only home, a full disk or a size
+limit costs speed, never a failure. (A disk that fills up during the run is the one case left:
+the command then stops with one line saying to rerun with VILA_TF_CACHE_DIR=off.) No TensorFlow here:
 this sets TF_XLA_FLAGS, which TensorFlow reads when it first compiles, so it must run before then.
 """
 from __future__ import annotations
@@ -62,7 +64,20 @@ def folder_for(identity: str) -> Optional[str]:
     return os.path.join(top, "xla", machine_key(), export)
 
 
+def _file_size_limit() -> Optional[int]:
+    """The process's largest writable file (ulimit -f), None when unlimited."""
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        return None if soft == resource.RLIM_INFINITY else int(soft)
+    except (ImportError, OSError, ValueError):
+        return None
+
+
 def _writable(folder: str) -> bool:
+    limit = _file_size_limit()
+    if limit is not None and limit < MIN_FREE_BYTES:
+        return False  # an entry could be cut short, and XLA would fail the call
     try:
         os.makedirs(folder, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
@@ -71,6 +86,20 @@ def _writable(folder: str) -> bool:
         return shutil.disk_usage(folder).free >= MIN_FREE_BYTES
     except OSError:
         return False
+
+
+class CacheWriteError(RuntimeError):
+    """XLA could not write an entry (the disk filled during the run): one line saying how to go on."""
+
+
+def check_call_error(err: Exception) -> None:
+    """Raises CacheWriteError when a TensorFlow call failed because the cache could not be
+    written (XLA fails the call then); returns otherwise."""
+    text = str(getattr(err, "message", "") or err)
+    if FLAG not in os.environ.get("TF_XLA_FLAGS", "") or "xla_compile_cache" not in text:
+        return
+    raise CacheWriteError(f"the compilation cache could not be written ({text.strip().splitlines()[-1][-160:]}): "
+                          "free some space, or rerun with VILA_TF_CACHE_DIR=off") from None
 
 
 def enable(identity: str) -> Optional[str]:

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from vila_tf.core import buckets
+from vila_tf.savedmodel import compile_cache
 from vila_tf.savedmodel.host_decode import on_device
 
 
@@ -30,8 +31,12 @@ class BucketedRunner:
             pad = np.zeros((size - len(arrays),) + batch.shape[1:], batch.dtype) if batch.dtype != object \
                 else np.array([b""] * (size - len(arrays)), dtype=object)
             batch = np.concatenate([batch, pad])
-        with on_device(self.device):
-            result = fn(**{key: tf.constant(batch)}) if key else fn(tf.constant(batch))
+        try:
+            with on_device(self.device):
+                result = fn(**{key: tf.constant(batch)}) if key else fn(tf.constant(batch))
+        except tf.errors.OpError as e:
+            compile_cache.check_call_error(e)  # a cache XLA could not write: one line, not a traceback
+            raise
         return {k: v.numpy()[: len(arrays)] for k, v in result.items()}
 
     def run_all(self, signature: str, arrays: list, batch_size: int) -> dict:
