@@ -26,7 +26,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from vila_tf.core import buckets, personal, pipeline, tasks as tasks_lib
+from vila_tf.core import buckets, pipeline, tasks as tasks_lib
 from vila_tf.core import zero_shot as zsl
 from vila_tf.core.metadata import ExportMetadata
 from vila_tf.core.results import DemoModelWarning, ImageError, Result
@@ -192,10 +192,7 @@ class Model(abc.ABC):
     # -- streaming --------------------------------------------------------------------------------
     def _task(self, task):
         """A `stream` task -> a registry Task or a PairTask, refused here when not supported."""
-        if isinstance(task, zsl.PairTask):
-            self.require("zero_shot_attributes" if task.release else "zero_shot_prompts")
-            return task
-        if isinstance(task, personal.FeatureTask):
+        if isinstance(task, tasks_lib.OutputsTask):
             self.require(*task.requires)
             return task
         try:
@@ -227,7 +224,7 @@ class Model(abc.ABC):
         are added to `skipped` as the walk meets them when one is given, else summarized in one
         `SkippedFilesWarning` per kind when the stream has run to its end.
         """
-        single = isinstance(task, (str, zsl.PairTask, personal.FeatureTask))
+        single = isinstance(task, (str, tasks_lib.OutputsTask))
         run = [self._task(t) for t in ((task,) if single else tuple(task))]
         report = image_formats.SkipReport() if skipped is None else skipped
         batches = self._decoded_batches(inputs, batch_size, batches_ahead, report)
@@ -256,7 +253,7 @@ class Model(abc.ABC):
             if sig not in outputs:
                 outputs[sig] = self._run(sig, pixels)
             out = outputs[sig]
-            per_task.append(t.values(out) if isinstance(t, (zsl.PairTask, personal.FeatureTask))
+            per_task.append(t.values(out) if isinstance(t, tasks_lib.OutputsTask)
                             else [t.value(v) for v in out[t.output]])
         return per_task
 

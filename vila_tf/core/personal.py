@@ -32,7 +32,7 @@ ATTRIBUTES = ZERO_SHOT_ATTRIBUTE_OUTPUTS
 COLUMNS = ["input", "score", *ATTRIBUTES, "embedding", "error"]
 
 
-class FeatureTask:
+class FeatureTask(tasks_lib.OutputsTask):
     """A `Model.stream` task: each image's embedding, six attribute scores and score, as a dict
     {"score", "zero_shot_<attribute>" ..., "embedding"} (the row fields of COLUMNS)."""
 

@@ -13,6 +13,19 @@ import numpy as np
 SCORE_DECIMALS, EMBEDDING_DECIMALS = 6, 7
 
 
+class OutputsTask:
+    """A `Model.stream` task that reads several outputs of one signature and makes each image's
+    value from them (zero-shot scores by prompt pair, the features `vila-tf fit` learns from).
+    A subclass gives `signature`, `requires` (the model tasks it needs: a backend without one of
+    them refuses it) and `values(outputs) -> one value per image`."""
+
+    signature: str = ""
+    requires: tuple = ()
+
+    def values(self, outputs: dict) -> list:
+        raise NotImplementedError
+
+
 class Task(NamedTuple):
     name: str  # the VilaModel method and `stream` task: score, zero_shot, caption, image_embedding
     command: str  # the `vila-tf` / `vila-tf beam` subcommand

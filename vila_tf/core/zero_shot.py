@@ -20,6 +20,7 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 
 from vila_tf.core.signatures import ZERO_SHOT_ATTRIBUTE_OUTPUTS, ZERO_SHOT_ATTRIBUTES
+from vila_tf.core.tasks import OutputsTask
 
 SEPARATOR = "|"
 # The release's pairs, in its order (run_vila_predict._ZSL_QUALITY_PROMPTS).
@@ -118,7 +119,7 @@ class ZeroShotScores:
 
 
 @dataclasses.dataclass(frozen=True)
-class PairTask:
+class PairTask(OutputsTask):
     """A zero-shot task for `Model.stream` (make it with `model.zero_shot_task`): each value is a
     dict {"score": mean over the pairs, name: that pair's score, ...} in column order.
 
@@ -140,6 +141,10 @@ class PairTask:
     @property
     def signature(self) -> str:
         return "zero_shot_pixels" if self.release or self.columns is not None else "image_embedding_pixels"
+
+    @property
+    def requires(self) -> tuple:
+        return ("zero_shot_attributes",) if self.release else ("zero_shot_prompts",)
 
     def pair_values(self, outputs: dict) -> np.ndarray:
         """The signature's outputs for a batch -> float32 [B, K]."""
