@@ -87,20 +87,24 @@ def read_ava(path: str, images: Optional[str] = None) -> list[Label]:
     return labels
 
 
+def csv_rows(path: str):
+    """(line number, row) of a labels CSV's rows that hold something (a BOM allowed);
+    LabelsError naming the file when it is not a readable CSV."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        try:
+            rows = list(csv.reader(f))
+        except csv.Error as e:
+            raise LabelsError(f"{path}: not a readable CSV: {e}") from None
+    return [(n, row) for n, row in enumerate(rows, 1) if row and any(cell.strip() for cell in row)]
+
+
 def read_csv(path: str, images: Optional[str] = None, agreeing_duplicates: bool = False) -> list[Label]:
     """The rows of a `path,score` CSV (header optional), paths resolved against `images` or the
     CSV's folder. A path listed twice is an error; with `agreeing_duplicates` (`vila-tf fit`: a
     photo rated twice alike) only when the two scores differ."""
     base = images if images else os.path.dirname(os.path.abspath(path))
     labels, seen, header = [], {}, False
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        try:
-            rows = list(csv.reader(f))
-        except csv.Error as e:
-            raise LabelsError(f"{path}: not a readable CSV: {e}") from None
-    for n, row in enumerate(rows, 1):
-        if not row or not any(cell.strip() for cell in row):
-            continue
+    for n, row in csv_rows(path):
         if len(row) < 2:
             raise LabelsError(f"{path}:{n}: expected `path,score`, got {','.join(row)[:80]!r}")
         key, score = row[0].strip(), row[1].strip()

@@ -87,17 +87,25 @@ def write_summary(path: str, record: dict, plots: list[str]) -> None:
             else:  # --scores: the file is someone else's run; the image may well exist
                 what = f"{'has' if n == 1 else 'have'} no row in {record['scores']['file']}"
             lines += ["", f"{n} labelled image{'' if n == 1 else 's'} {what} (all listed in metrics.json):", ""]
-            for item in entry["images"][:LISTED_IN_SUMMARY]:
-                lines.append(f"- `{item}`" if isinstance(item, str) else f"- `{item['image']}`: {item['error']}")
-            if entry["count"] > LISTED_IN_SUMMARY:
-                lines.append(f"- ... and {entry['count'] - LISTED_IN_SUMMARY} more")
+            lines += listed(entry["images"], entry["count"], "image")
     if plots:
         lines += [""] + [f"![{os.path.splitext(p)[0]}]({p})" for p in plots]
     with atomic_file(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
 
 
-def _save(fig, path: str) -> None:
+def listed(items: list, count: int, key: str) -> list[str]:
+    """summary.md's Markdown list of missing or failed entries: a name, or a name and its error
+    (`{key: name, "error": why}`), the first LISTED_IN_SUMMARY of `count` (metrics.json has all)."""
+    lines = [f"- `{item}`" if isinstance(item, str) else f"- `{item[key]}`: {item['error']}"
+             for item in items[:LISTED_IN_SUMMARY]]
+    if count > LISTED_IN_SUMMARY:
+        lines.append(f"- ... and {count - LISTED_IN_SUMMARY} more")
+    return lines
+
+
+def save_png(fig, path: str) -> None:
+    """A matplotlib figure as a PNG, written atomically."""
     with atomic_file(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
 
@@ -125,7 +133,7 @@ def plot_scatter(path: str, pred: np.ndarray, mos: np.ndarray, record: dict) -> 
     ax.set_title(f"SRCC {_fmt(record['srcc'])}   PLCC {_fmt(record['plcc'])}   KRCC {_fmt(record['krcc'])}"
                  f"   (n = {len(pred)})", fontsize=10)
     ax.legend(loc="best", fontsize=8)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_histograms(path: str, pred: np.ndarray, mos: np.ndarray, record: dict) -> None:
@@ -145,7 +153,7 @@ def plot_histograms(path: str, pred: np.ndarray, mos: np.ndarray, record: dict) 
         right.axvline(record["score_threshold"], color="gray", ls=":", lw=1)
     right.set_title(f"model scores (mean {_fmt(float(np.mean(pred)) if len(pred) else None, 3)})", fontsize=10)
     right.set_xlabel("model score")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def write_all(out: str, pred: np.ndarray, mos: np.ndarray, record: dict) -> list[str]:

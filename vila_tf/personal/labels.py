@@ -109,14 +109,7 @@ def _read_pairs(path: str, images: Optional[str], header: bool) -> Labels:
     base = images if images else os.path.dirname(os.path.abspath(path))
     index: dict = {}
     pairs = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        try:
-            rows = list(csv.reader(f))
-        except csv.Error as e:
-            raise LabelsError(f"{path}: not a readable CSV: {e}") from None
-    for n, row in enumerate(rows, 1):
-        if not row or not any(cell.strip() for cell in row):
-            continue
+    for n, row in evaluation_labels.csv_rows(path):
         if header:
             header = False  # the `better,worse` header
             continue

@@ -21,7 +21,6 @@ import numpy as np
 from vila_tf.core.atomic import atomic_dir
 from vila_tf.evaluation import report as evaluation_report
 
-LISTED = 20  # missing or failed photos named in summary.md (metrics.json lists all)
 NEXT = 50  # "what 50 more labels would buy"
 
 
@@ -100,19 +99,11 @@ def write_summary(path: str, record: dict, plots: list) -> None:
         if entry["count"]:
             lines += ["", f"{entry['count']} labelled photo{'s' if entry['count'] != 1 else ''} {what} "
                           "(left out; all listed in metrics.json):", ""]
-            for item in entry["photos"][:LISTED]:
-                lines.append(f"- `{item}`" if isinstance(item, str) else f"- `{item['photo']}`: {item['error']}")
-            if entry["count"] > LISTED:
-                lines.append(f"- ... and {entry['count'] - LISTED} more")
+            lines += evaluation_report.listed(entry["photos"], entry["count"], "photo")
     if plots:
         lines += [""] + [f"![{os.path.splitext(p)[0]}]({p})" for p in plots]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
-
-
-def _save(fig, path: str) -> None:
-    with open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
 
 
 def plot_scatter(path: str, label: np.ndarray, personal: np.ndarray, base: np.ndarray, record: dict) -> None:
@@ -129,7 +120,7 @@ def plot_scatter(path: str, label: np.ndarray, personal: np.ndarray, base: np.nd
         ax.set_xlabel(what)
         ax.set_ylabel(title)
         ax.set_title(f"SRCC {_fmt(rec['srcc'])}   PLCC {_fmt(rec['plcc'])}   (n = {rec['n']})", fontsize=10)
-    _save(fig, path)
+    evaluation_report.save_png(fig, path)
 
 
 def plot_curve(path: str, curve: dict) -> None:
@@ -144,7 +135,7 @@ def plot_curve(path: str, curve: dict) -> None:
     ax.set_ylabel("cross-validated " + ("SRCC" if curve["metric"] == "srcc" else "held-out pair accuracy"))
     ax.set_title("What more labels buy", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
-    _save(fig, path)
+    evaluation_report.save_png(fig, path)
 
 
 def write(out: str, record: dict, label: np.ndarray, personal: np.ndarray, base: np.ndarray) -> list[str]:
