@@ -64,12 +64,13 @@ def signature_inputs(work: str) -> dict:
     """{signature: {input key: array}} from the inputs compat.py wrote (the same in every release)."""
     import numpy as np
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from vila_tf.core.signatures import BYTES, PIXELS, SIGNATURE_INPUTS
+    from vila_tf.core.signatures import ALL_SIGNATURES, BYTES, PIXELS, SIGNATURE_INPUTS
     data = np.load(os.path.join(work, "inputs.npz"), allow_pickle=False)
     images = np.array([bytes(data["png"]), bytes(data["jpeg"])], dtype=object)
     texts = np.array([t.encode() for t in data["texts"]], dtype=object)
     out = {}
-    for name, (key, kind) in SIGNATURE_INPUTS.items():
+    for name in ALL_SIGNATURES:  # an export's own (a personal export's base_score* are not in every export)
+        key, kind = SIGNATURE_INPUTS[name]
         out[name] = {key: images if kind == BYTES else data["pixels"] if kind == PIXELS else texts}
     return out
 
