@@ -104,3 +104,13 @@ fuzz: $(STAMP)
 
 soak: $(STAMP)
 	$(PY) tests/soak.py --seconds $(SOAK_SECONDS)
+
+# The time to a first result: `vila-tf score MODEL photo.jpg` in a fresh process against a bare
+# TensorFlow import, compilation cache cold, warm and off, and the LiteRT export when LITERT_MODEL is
+# given (docs/runtime.md); needs `make export` first. Writes benchmarks/first_result.json (~3 min).
+FIRST_MODEL ?= $(OUT)/vila_demo
+LITERT_MODEL ?=
+.PHONY: bench-first-result
+bench-first-result: $(STAMP)
+	$(PY) benchmarks/first_result.py --model $(FIRST_MODEL) $(if $(LITERT_MODEL),--litert $(LITERT_MODEL)) \
+	  --out benchmarks/first_result.json
