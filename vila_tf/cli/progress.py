@@ -18,7 +18,11 @@ class Progress:
         self.label, self.enabled = label, enabled
         self._bar = None
         if enabled:
-            from tqdm.auto import tqdm
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # a LiteRT-only install without it: no bar, the rows still come
+                self.enabled = False
+                return
             self._bar = tqdm(total=total, desc=label, unit="img", file=sys.stderr, dynamic_ncols=True,
                              mininterval=0.2, smoothing=0.1)
 
