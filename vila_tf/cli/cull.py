@@ -176,7 +176,7 @@ def _checked_run(args, thresholds, model_record, missing, index) -> int:
             raise UsageError(str(e)) from None
         try:
             needs = ("score",) + (() if index is not None else ("image_embedding",))
-            model = options.load(args, needs)
+            model = options.load(args, needs, model_record)
             for path in missing:
                 print(f"vila-tf: {names.written(path)}: no such file or folder", file=sys.stderr)
             try:

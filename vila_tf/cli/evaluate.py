@@ -16,7 +16,6 @@ import argparse
 import math
 import os
 import sys
-from typing import Optional
 
 from vila_tf.cli import options
 from vila_tf.core.exits import EXIT_OK, UsageError

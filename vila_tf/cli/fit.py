@@ -223,7 +223,7 @@ def _features(args, photos: list, path: str, model_record: dict) -> dict:
                   "photos", file=sys.stderr)
         todo = [p for p in photos if p not in rows]
         if todo:
-            _score(args, todo, len(rows), out, rows)
+            _score(args, todo, len(rows), out, rows, model_record)
     finally:
         if out.file is None:
             out.abandon()  # nothing written: a file this run created goes again
@@ -232,13 +232,13 @@ def _features(args, photos: list, path: str, model_record: dict) -> dict:
     return rows
 
 
-def _score(args, todo: list, skipped: int, out, rows: dict) -> None:
+def _score(args, todo: list, skipped: int, out, rows: dict, model_record: dict) -> None:
     from vila_tf.cli.progress import Progress
     from vila_tf.core import personal
     from vila_tf.inputs import items as inputs_lib
     from vila_tf.inputs import names
     from vila_tf.output import results_file
-    model = options.load(args, personal.FeatureTask.requires)
+    model = options.load(args, personal.FeatureTask.requires, model_record)
     try:
         progress = Progress("fit", args.progress or sys.stderr.isatty())
         progress.total = skipped + len(todo)

@@ -88,10 +88,10 @@ def load_kwargs(args) -> dict:
                 max_file_bytes=int(mb * 1e6) if mb else None)
 
 
-def load(args, needs: tuple = ()):
+def load(args, needs: tuple = (), record: Optional[dict] = None):
     """The model of `args.model`, able to do every task in `needs`; UsageError (one line) when it
-    cannot be loaded or cannot do one of them."""
-    record = check_model(args)
+    cannot be loaded or cannot do one of them. `record`: what `check_model` already returned."""
+    record = record or check_model(args)
     if not record["kind"].startswith("LiteRT"):
         # Before TensorFlow is imported: the first call then loads the program compiled by an
         # earlier run instead of compiling it again.

@@ -55,7 +55,7 @@ def run(args) -> int:
         except output_file.OutputError as e:
             raise UsageError(str(e)) from None
     try:
-        model = options.load(args, ("image_embedding", "text_embedding"))
+        model = options.load(args, ("image_embedding", "text_embedding"), model_record)
         for path in missing:
             print(f"vila-tf: {names.written(path)}: no such file or folder", file=sys.stderr)
         try:

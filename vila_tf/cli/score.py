@@ -259,7 +259,7 @@ def run(args) -> int:
         needs = [tasks.BY_COMMAND[args.command].name] + (["caption"] if with_captions else [])
         if pair_names:
             needs.append("zero_shot_prompts" if getattr(args, "prompt", None) else "zero_shot_attributes")
-        model = options.load(args, tuple(needs))
+        model = options.load(args, tuple(needs), model_record)
         for path in missing:  # reported before the photos are read; each keeps its row
             print(f"vila-tf: {names.written(path)}: no such file or folder", file=sys.stderr)
         try:

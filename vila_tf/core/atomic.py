@@ -100,6 +100,15 @@ def move_into_place(src: str, dst: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def probe_folder(folder: str) -> None:
+    """Creates `folder` if needed and proves a file can be created and removed in it, what an
+    atomic write there needs; OSError when it cannot."""
+    os.makedirs(folder, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".vila-tf-probe-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str):
     """`with atomic_dir(out) as tmp:` write into tmp; on success it becomes `out`, else vanishes."""

@@ -24,11 +24,10 @@ import io
 import json
 import os
 import stat
-import tempfile
 from typing import Iterable, Optional
 
 from vila_tf.inputs import image_formats
-from vila_tf.core import metadata
+from vila_tf.core import atomic, metadata
 from vila_tf.output import results_file
 from vila_tf.core import tasks
 from vila_tf.core import versions
@@ -220,10 +219,7 @@ def _check_writable_folder(path: str, flag: str) -> None:
     atomic write needs), so a read-only folder is found before the model loads."""
     parent = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(parent, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".vila-tf-probe-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
+        atomic.probe_folder(parent)
     except OSError as e:
         raise OutputError(f"cannot write {flag} {path}: {e.strerror or e} (in {parent}): choose a folder you can "
                           "write to") from None

@@ -19,9 +19,10 @@ import errno
 import os
 import re
 import stat
-import tempfile
 import xml.etree.ElementTree as ET
 from typing import Optional
+
+from vila_tf.core import atomic
 
 STYLES = ("darktable", "lightroom", "none")
 NAMESPACE, PREFIX = "http://ns.vila-tf.org/cull/1.0/", "vilatf"
@@ -58,10 +59,7 @@ def writable(folder: str) -> Optional[str]:
     """Why a sidecar cannot be created in `folder` (it is created if missing), or None: a file is
     made and removed there, as an atomic write needs."""
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".vila-tf-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        atomic.probe_folder(folder)
     except OSError as e:
         return e.strerror or str(e)
     return None

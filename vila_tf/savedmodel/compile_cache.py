@@ -22,8 +22,9 @@ import hashlib
 import os
 import platform
 import shutil
-import tempfile
 from typing import Optional
+
+from vila_tf.core import atomic
 
 FLAG = "--tf_xla_persistent_cache_directory"
 READ_ONLY_FLAG = "--tf_xla_persistent_cache_read_only"
@@ -79,10 +80,7 @@ def _writable(folder: str) -> bool:
     if limit is not None and limit < MIN_FREE_BYTES:
         return False  # an entry could be cut short, and XLA would fail the call
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        atomic.probe_folder(folder)
         return shutil.disk_usage(folder).free >= MIN_FREE_BYTES
     except OSError:
         return False
