@@ -141,6 +141,8 @@ def test_the_export_serves_the_head_on_held_out_photos(fitted, taste, exported):
     assert set(m.signatures) == set(ALL_SIGNATURES) | {"base_score", "base_score_pixels"}
     assert stats.spearmanr(served, taste["true"][SECOND:])[0] > 0.9  # photos it never saw
     with vila_tf.load(str(fitted["out"] / "1")) as model:
+        from vila_tf.savedmodel.saved_functions import SavedFunctions
+        assert isinstance(model._module, SavedFunctions)  # the runtime's own loader takes it too
         np.testing.assert_allclose(model.score(held), served, atol=1e-5)
     from vila_tf.serving import read_warmup
     warm = {r.predict_log.request.model_spec.signature_name for r in read_warmup(str(version))}

@@ -21,9 +21,11 @@ one summary line on stderr lists them (docs/formats.md).
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import sys
+import threading
 import warnings
 from typing import Optional
 
@@ -51,8 +53,36 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list] = None) -> int:
-    as_command = argv is None  # the console script, not a call from Python
-    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv is not None:
+        return _main(list(argv), as_command=False)
+    argv = sys.argv[1:]
+    code = _main(argv, as_command=True)
+    return code if argv[:1] == ["beam"] else _leave(code)
+
+
+def _leave(code: int) -> int:
+    """The console script's end once everything is written and closed: the exit handlers run,
+    then the process ends without the interpreter's teardown, which for a loaded model is ~1 s of
+    TensorFlow freeing memory the process gives back anyway. A thread still working (none in the
+    commands) gets the normal exit."""
+    main_thread = threading.main_thread()
+    if any(t.is_alive() and not t.daemon and t is not main_thread for t in threading.enumerate()):
+        return code
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return code  # the normal exit reports it
+    atexit._run_exitfuncs()  # tqdm, logging and weakref finalizers close as they would at exit
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(code)
+
+
+def _main(argv: list, as_command: bool) -> int:
     if argv[:1] == ["beam"]:  # `vila-tf beam ...`: own parser, since unknown flags belong to Beam
         terminal.quiet_native_log(False)
         # Beam's import logs a note on the root logger ("apitools not found"): not shown, the

@@ -61,16 +61,22 @@ class HostDecoder:
                     self._decode[max_pixels] = fns
         return fns
 
-    def warm_up(self, max_pixels: int) -> None:
-        """Traces the decode functions once, before the threads call them (not once per thread)."""
-        decode, _ = self._functions(max_pixels)
-        if decode.experimental_get_tracing_count() and self._resize.experimental_get_tracing_count():
-            return
-        with self._trace_lock, on_device(self.device):
-            if not decode.experimental_get_tracing_count():
-                decode(tf.io.encode_png(tf.zeros([2, 2, 3], tf.uint8)))
-            if not self._resize.experimental_get_tracing_count():
-                self._resize(tf.zeros([2, 2, 3], tf.float32))
+    def warm_up(self, max_pixels: int, background: bool = False) -> None:
+        """Traces the decode functions once, before the threads call them (not once per thread).
+        `background`: ahead of time in a thread of its own, where a failure is left for the call
+        that needs the functions to report."""
+        try:
+            decode, _ = self._functions(max_pixels)
+            if decode.experimental_get_tracing_count() and self._resize.experimental_get_tracing_count():
+                return
+            with self._trace_lock, on_device(self.device):
+                if not decode.experimental_get_tracing_count():
+                    decode(tf.io.encode_png(tf.zeros([2, 2, 3], tf.uint8)))
+                if not self._resize.experimental_get_tracing_count():
+                    self._resize(tf.zeros([2, 2, 3], tf.float32))
+        except Exception:  # noqa: BLE001
+            if not background:
+                raise
 
     def pixels(self, item: inputs_lib.Item, max_pixels: int, exif_orientation: bool) -> np.ndarray:
         """A loaded item (bytes or an array) -> float32 [224, 224, 3]; ImageFormatError with the

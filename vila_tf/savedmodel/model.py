@@ -27,14 +27,16 @@ from __future__ import annotations
 
 from typing import Optional
 
+import logging
+import threading
+
 import numpy as np
 import tensorflow as tf
-import tensorflow_text  # noqa: F401  (registers the SentencePiece ops of the graph)
 
 from vila_tf.core import buckets, metadata, personal
 from vila_tf.core.model import Model
 from vila_tf.core.versions import resolve_savedmodel
-from vila_tf.savedmodel import preprocessing, tf_compat
+from vila_tf.savedmodel import preprocessing, saved_functions, tf_compat, tf_import
 from vila_tf.savedmodel.host_decode import HostDecoder, on_device
 from vila_tf.savedmodel.runner import BucketedRunner
 
@@ -56,13 +58,30 @@ def _image_outputs(module, meta) -> dict:
     `vila-tf fit`), from the function the image signatures call (export/savedmodel/writer.py's
     `image_outputs_fn`); {} for an export without it. Three signatures would run the tower three
     times."""
+    size = int(meta.config.get("image_size", preprocessing.IMAGE_SIZE))
+    spec = tf.TensorSpec([None, size, size, 3], tf.float32, name="image")
+    if isinstance(module, saved_functions.SavedFunctions):
+        for fn in module.functions.get("image_outputs_fn", ()):
+            args, _ = fn.structured_input_signature
+            if len(args) == 1 and args[0].dtype == tf.float32 and args[0].shape.is_compatible_with(spec.shape):
+                return {personal.IMAGE_OUTPUTS: fn}
+        return {}
     fn = getattr(module, "image_outputs_fn", None)
     if fn is None:
         return {}
-    size = int(meta.config.get("image_size", preprocessing.IMAGE_SIZE))
-    spec = tf.TensorSpec([None, size, size, 3], tf.float32, name="image")
     return {personal.IMAGE_OUTPUTS: tf.function(lambda image: fn(image), input_signature=[spec],
                                                 autograph=False).get_concrete_function()}
+
+
+def _load(path: str):
+    """The export's functions handed to the runtime as they are (saved_functions: seconds faster),
+    or `tf.saved_model.load` for an export that loader does not take."""
+    try:
+        return saved_functions.SavedFunctions(path)
+    except (saved_functions.NotLoadable, tf.errors.OpError) as e:
+        # (an OpError, a damaged checkpoint say, is reported by tf.saved_model.load's own message)
+        logging.getLogger("vila_tf").debug("%s: loaded with tf.saved_model.load (%s)", path, e)
+        return tf.saved_model.load(path)
 
 
 class VilaModel(Model):
@@ -82,12 +101,19 @@ class VilaModel(Model):
         check_device(device)
         super().__init__(path, meta, max_workers, exif_orientation, decode_budget_pixels, max_file_bytes)
         self.device = device
+        tf_import.register_text_ops()
+        self._decoder = HostDecoder(device)
+        # The decode functions are traced while the weights are read (reading waits on the disk
+        # and memory, tracing on Python): the first photo is decoded that much sooner. Not a
+        # daemon: a process that ends first waits for it (TensorFlow aborts when a thread is
+        # killed inside it at exit).
+        threading.Thread(target=self._decoder.warm_up, args=(self.max_pixels, True),
+                         name="vila-tf-trace").start()
         with on_device(device):
-            module = tf.saved_model.load(self.path)
+            module = _load(self.path)
         self.signatures = dict(module.signatures)
         self._module = module  # owns the variables the signatures read
         self._runner = BucketedRunner({**self.signatures, **_image_outputs(module, meta)}, device)
-        self._decoder = HostDecoder(device)
 
     # -- the backend's parts ----------------------------------------------------------------------
     def _warm_up(self) -> None:
