@@ -182,8 +182,9 @@ def reuse_loaded_savedmodels():
     """In a test process, `tf.saved_model.load` of a folder already loaded, unchanged since, under
     the same device, returns that same loaded object (the 16 most recent are kept). Restoring a tiny
     export's 76 graph functions costs 1-2 s, and its first call per signature and batch size another
-    0.3-1.5 s, while dozens of in-process commands (`vila_tf_command`, Beam's DirectRunner, the
-    runtime) load the same two session exports: each paid both again. The loaded objects are read
+    0.3-1.5 s, while the reference loaders and the TF Serving request checks load the same two
+    session exports: each paid both again. (The runtime loads with its own loader,
+    vila_tf.savedmodel.saved_functions, in a fraction of a second.) The loaded objects are read
     only (the runtime copies what it keeps). A folder that changed (any file's size or time) loads
     afresh; loads with tags or options, `hub.load`, the TF1 loader and every fresh process load for
     real, so the loader itself stays under test."""

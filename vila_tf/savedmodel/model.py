@@ -78,8 +78,11 @@ def _load(path: str):
     or `tf.saved_model.load` for an export that loader does not take."""
     try:
         return saved_functions.SavedFunctions(path)
-    except (saved_functions.NotLoadable, tf.errors.OpError) as e:
-        # (an OpError, a damaged checkpoint say, is reported by tf.saved_model.load's own message)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        # NotLoadable, or a damaged export (which tf.saved_model.load then reports in its own
+        # words), or a TensorFlow whose internals differ: TensorFlow's loader takes over.
         logging.getLogger("vila_tf").debug("%s: loaded with tf.saved_model.load (%s)", path, e)
         return tf.saved_model.load(path)
 
