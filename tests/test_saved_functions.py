@@ -35,6 +35,7 @@ def _inputs(spec: tf.TensorSpec, batch: int = 2):
     return tf.constant(np.random.default_rng(1).random(shape, np.float32))
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("name", FIXTURES)
 def test_every_signature_equals_tf_saved_model_load(exported, name):
     ours = saved_functions.SavedFunctions(exported[name])
