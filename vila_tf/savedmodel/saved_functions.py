@@ -15,6 +15,7 @@ variables this loader does not make).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import itertools
 import os
@@ -33,6 +34,7 @@ from tensorflow.python.saved_model import nested_structure_coder
 from vila_tf.savedmodel import tf_import
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+READ_CALLS = 4  # RestoreV2 calls side by side (no more than the machine's cores)
 _loads = itertools.count()
 
 
@@ -217,8 +219,9 @@ class SavedFunctions:
                 raise NotLoadable(f"node {i} ({kind}) has values in the checkpoint")
         if not ids:
             return {}
-        dtypes = [self._graph.nodes[i].variable.dtype for i in ids]
-        values = gen_io_ops.restore_v2(prefix, keys, [""] * len(keys), dtypes)
+        protos = [self._graph.nodes[i].variable for i in ids]
+        values = _read_values(prefix, keys, [p.dtype for p in protos],
+                              [tf.TensorShape(p.shape).num_elements() or 1 for p in protos])
         variables = {}
         for i, value in zip(ids, values):
             proto = self._graph.nodes[i].variable
@@ -266,6 +269,29 @@ class SavedFunctions:
                 or len(self._graph.nodes[node_id].function.concrete_functions) != 1:
             raise NotLoadable(f"node {node_id} is not a function of one trace")
         return self._function(self._graph.nodes[node_id].function.concrete_functions[0])
+
+
+def _read_values(prefix: str, keys: list, dtypes: list, sizes: list) -> list:
+    """The checkpoint's values of `keys`: RestoreV2 calls side by side, up to READ_CALLS, each on
+    a share of the bytes (one call reads and checksums every shard on one core)."""
+    calls = max(1, min(READ_CALLS, os.cpu_count() or 1, len(keys)))
+    if calls == 1:
+        return list(gen_io_ops.restore_v2(prefix, keys, [""] * len(keys), dtypes))
+    shares, loads = [[] for _ in range(calls)], [0] * calls
+    for k in sorted(range(len(keys)), key=lambda k: -sizes[k]):
+        least = loads.index(min(loads))
+        shares[least].append(k)
+        loads[least] += sizes[k]
+
+    def read(share):
+        return gen_io_ops.restore_v2(prefix, [keys[k] for k in share], [""] * len(share), [dtypes[k] for k in share])
+
+    values = [None] * len(keys)
+    with concurrent.futures.ThreadPoolExecutor(calls, thread_name_prefix="vila-tf-read") as pool:
+        for share, part in zip(shares, pool.map(read, shares)):
+            for k, value in zip(share, part):
+                values[k] = value
+    return values
 
 
 def _release(destroy: list, functions: list) -> None:
