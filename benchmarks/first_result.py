@@ -29,7 +29,7 @@ BREAKDOWN = r"""
 import json, os, sys, time
 t0 = time.perf_counter()
 from vila_tf.savedmodel import tf_import
-tf = tf_import.tensorflow(keras=False)  # as `vila-tf` imports it
+tf = tf_import.tensorflow(lean=True)  # as `vila-tf` imports it
 tf_import.register_text_ops()
 t1 = time.perf_counter()
 import vila_tf

@@ -97,7 +97,7 @@ def load(args, needs: tuple = (), record: Optional[dict] = None):
         # earlier run instead of compiling it again.
         from vila_tf.savedmodel import compile_cache, tf_import
         compile_cache.enable(record["identity"])
-        tf_import.tensorflow(keras=False)  # no command calls Keras: 1-2 s less start-up
+        tf_import.tensorflow(lean=True)  # no command calls Keras or JAX: 1-2 s less start-up
     import vila_tf
     try:
         model = vila_tf.load(args.model, **load_kwargs(args))

@@ -25,7 +25,7 @@ from typing import Optional
 
 import tensorflow as tf
 from google.protobuf.message import DecodeError
-from tensorflow.core.protobuf import saved_model_pb2, trackable_object_graph_pb2
+from tensorflow.core.protobuf import config_pb2, saved_model_pb2, trackable_object_graph_pb2
 from tensorflow.python.eager import context, execute
 from tensorflow.python.framework import op_def_registry, tensor_util
 from tensorflow.python.ops import gen_io_ops
@@ -95,20 +95,68 @@ def _ops_used(library, names: set) -> set:
     return {n.op for f in library.function for n in f.node_def if n.op not in names}
 
 
-def _call(name: str, num_outputs: int, inputs: list) -> list:
+# Ops that only move data or call: Grappler's rewrites cannot change what a function made of
+# these alone computes (its numbers come from the XLA program), so its pass, ~0.2 s of a full-size
+# pixel signature's first call, is skipped for such functions. Any other op keeps it (on the
+# decoding signatures it rounds differently: tests/test_saved_functions.py checks every signature
+# against tf.saved_model.load's, bit for bit).
+PLUMBING_OPS = frozenset(("Const", "Identity", "IdentityN", "NoOp", "PreventGradient", "StopGradient",
+                          "ReadVariableOp", "StatefulPartitionedCall", "PartitionedCall", "StridedSlice",
+                          "Reshape", "Shape", "Pack", "Squeeze", "ExpandDims", "XlaCallModule"))
+_configs: dict = {}
+
+
+def _config(serialized: bytes, plumbing: bool) -> bytes:
+    if not plumbing:
+        return serialized
+    lean = _configs.get(serialized)
+    if lean is None:
+        config = config_pb2.ConfigProto.FromString(serialized)
+        config.graph_options.rewrite_options.disable_meta_optimizer = True
+        lean = _configs[serialized] = config.SerializeToString()
+    return lean
+
+
+def _call(name: str, num_outputs: int, inputs: list, plumbing: bool = False) -> list:
     """Runs a function of the runtime's library eagerly, as a loaded ConcreteFunction does."""
     ctx = context.context()
     attrs = ("executor_type", ctx.function_call_options.executor_type or "",
-             "config_proto", ctx.function_call_options.config_proto_serialized)
+             "config_proto", _config(ctx.function_call_options.config_proto_serialized, plumbing))
     return execute.execute(name, num_outputs, inputs, attrs, ctx)
+
+
+def _ops_by_function(library) -> dict:
+    """{function name: every op it runs, through the functions it calls}."""
+    fdefs = {f.signature.name: f for f in library.function}
+    memo: dict = {}
+
+    def ops(name: str, visiting: frozenset) -> frozenset:
+        if name in memo:
+            return memo[name]
+        found, calls = set(), set()
+        for node in fdefs[name].node_def:
+            (calls if node.op in fdefs else found).add(node.op)
+            for attr in node.attr.values():
+                kind = attr.WhichOneof("value")
+                if kind == "func":
+                    calls.add(attr.func.name)
+                elif kind == "list":
+                    calls.update(f.name for f in attr.list.func)
+        for callee in calls - visiting - {name}:
+            if callee in fdefs:
+                found |= ops(callee, visiting | {name})
+        memo[name] = frozenset(found)
+        return memo[name]
+
+    return {name: ops(name, frozenset()) for name in fdefs}
 
 
 class SavedFunction:
     """One concrete function of the export: `structured_input_signature`, `structured_outputs`,
     and a call with the inputs as keywords (a signature) or positionally, like a ConcreteFunction."""
 
-    def __init__(self, loaded: "SavedFunctions", name: str, saved, fdef):
-        self._loaded, self.name = loaded, name
+    def __init__(self, loaded: "SavedFunctions", name: str, saved, fdef, plumbing: bool = False):
+        self._loaded, self.name, self._plumbing = loaded, name, plumbing
         self.structured_input_signature = nested_structure_coder.decode_proto(saved.canonicalized_input_signature)
         self.structured_outputs = nested_structure_coder.decode_proto(saved.output_signature)
         self._bound = list(saved.bound_inputs)
@@ -143,7 +191,7 @@ class SavedFunction:
 
     def __call__(self, *args, **kwargs):
         flat = self._flat_inputs(args, kwargs) + self._loaded.captures(self._bound)
-        outputs = _call(self.name, self._num_outputs, flat)
+        outputs = _call(self.name, self._num_outputs, flat, self._plumbing)
         return tf.nest.pack_sequence_as(self.structured_outputs, outputs, expand_composites=True)
 
 
@@ -167,6 +215,7 @@ class SavedFunctions:
 
         library = meta_graph.graph_def.library
         original = {f.signature.name for f in library.function}
+        tf_import.register_text_ops()
         tf_import.ensure_ops(_ops_used(library, original))
         suffix = f"_vila_tf{next(_loads)}_{os.getpid()}"
         _rename(library, suffix)
@@ -178,12 +227,14 @@ class SavedFunctions:
             added.append(fdef.signature.name)
         weakref.finalize(self, _release, self._destroy, added)
         fdefs = {f.signature.name: f for f in library.function}
+        ops = _ops_by_function(library)
 
         def function(name: str) -> SavedFunction:
             saved = self._graph.concrete_functions.get(name)
             if saved is None or name + suffix not in fdefs:
                 raise NotLoadable(f"function {name} is not in the library")
-            return SavedFunction(self, name + suffix, saved, fdefs[name + suffix])
+            return SavedFunction(self, name + suffix, saved, fdefs[name + suffix],
+                                 plumbing=ops[name + suffix] <= PLUMBING_OPS)
 
         self._function = function
         self.signatures, self.functions = {}, {}

@@ -1,11 +1,12 @@
 """TensorFlow and the SentencePiece ops, imported with nothing a VILA model does not use.
 
 `import tensorflow` imports Keras eagerly (and Keras imports scikit-learn and matplotlib when they
-are installed): 1-2 s of a command's start-up for a library no VILA signature calls.
-`import tensorflow_text` imports Keras again through its layers. `vila-tf` therefore imports
-TensorFlow with Keras held back (`tensorflow(keras=False)`: `tf.keras` still imports it on first
-use) and registers only the op library of the SentencePiece ops its graphs hold
-(`register_text_ops`). A library user's process imports TensorFlow as it always does.
+are installed) and, where JAX is installed, JAX (for TFLite's converter): 1-2 s of a command's
+start-up for libraries no VILA signature calls. `import tensorflow_text` imports Keras again
+through its layers. `vila-tf` therefore imports TensorFlow with Keras and JAX held back
+(`tensorflow(lean=True)`: `tf.keras` still imports Keras on first use) and registers only the op
+library of the SentencePiece ops its graphs hold (`register_text_ops`). A library user's process
+imports TensorFlow as it always does.
 """
 from __future__ import annotations
 
@@ -20,26 +21,31 @@ _lock = threading.Lock()
 _text_ops_registered = False
 
 
+# Imported by `import tensorflow` when installed, called by no vila-tf command (TensorFlow's import
+# of each is in a try block).
+HELD_BACK = ("keras", "jax")
+
+
 @contextlib.contextmanager
-def _keras_held_back():
-    """`import keras` fails inside (TensorFlow's eager import of it is in a try block) and works
-    again after; a process that already imported Keras keeps it."""
-    held = "keras" not in sys.modules
-    if held:
-        sys.modules["keras"] = None  # a None entry makes `import keras` raise ImportError
+def _held_back(names):
+    """`import NAME` fails inside and works again after; a process that imported one keeps it."""
+    held = [name for name in names if name not in sys.modules]
+    for name in held:
+        sys.modules[name] = None  # a None entry makes `import NAME` raise ImportError
     try:
         yield
     finally:
-        if held and sys.modules.get("keras", 0) is None:
-            del sys.modules["keras"]
+        for name in held:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
 
-def tensorflow(keras: bool = True):
-    """The `tensorflow` module; imported without Keras when `keras=False` and not imported yet."""
-    if keras or "tensorflow" in sys.modules:
+def tensorflow(lean: bool = False):
+    """The `tensorflow` module; imported without Keras and JAX when `lean` and not imported yet."""
+    if not lean or "tensorflow" in sys.modules:
         import tensorflow as tf
         return tf
-    with _lock, _keras_held_back():
+    with _lock, _held_back(HELD_BACK):
         import tensorflow as tf
     return tf
 
