@@ -107,10 +107,14 @@ soak: $(STAMP)
 
 # The time to a first result: `vila-tf score MODEL photo.jpg` in a fresh process against a bare
 # TensorFlow import, compilation cache cold, warm and off, and the LiteRT export when LITERT_MODEL is
-# given (docs/runtime.md); needs `make export` first. Writes benchmarks/first_result.json (~3 min).
+# given (docs/runtime.md); needs `make export` first. PLAIN_VENV=DIR: the same in a plain
+# `pip install vila-tf` environment (made there when missing). Writes benchmarks/first_result.json (~4 min).
 FIRST_MODEL ?= $(OUT)/vila_demo
 LITERT_MODEL ?=
+PLAIN_VENV ?=
 .PHONY: bench-first-result
 bench-first-result: $(STAMP)
+	$(if $(PLAIN_VENV),test -x $(PLAIN_VENV)/bin/vila-tf || ($(PYTHON) -m venv $(PLAIN_VENV) && \
+	  $(PLAIN_VENV)/bin/pip install -q -c constraints.txt .))
 	$(PY) benchmarks/first_result.py --model $(FIRST_MODEL) $(if $(LITERT_MODEL),--litert $(LITERT_MODEL)) \
-	  --out benchmarks/first_result.json
+	  $(if $(PLAIN_VENV),--plain-venv $(PLAIN_VENV)) --out benchmarks/first_result.json

@@ -1,11 +1,12 @@
 """The time to a first result: `vila-tf score MODEL photo.jpg` in a fresh process, against a bare
 `python -c "import tensorflow, tensorflow_text"` measured in the same run (best of N, runs
 interleaved, warm page cache), with the compilation cache cold (an empty folder), warm (filled by
-an earlier run) and off; the LiteRT export's command when one is given; and where the time goes
-inside one process (imports, load, first call, second call).
+an earlier run) and off; the LiteRT export's command when one is given; the same pair in a plain
+`pip install vila-tf` environment when one is given (--plain-venv); and where the time goes inside
+one process (imports, load, first call, second call, and tf.saved_model.load side by side).
 
     python benchmarks/first_result.py --model exported/vila_demo --litert litert/vila_demo/1 \
-        --out benchmarks/first_result.json
+        [--plain-venv /tmp/plain] --out benchmarks/first_result.json
 
 Writes the JSON that docs/runtime.md quotes (its drift markers check the figures).
 """
@@ -81,6 +82,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=os.path.join(ROOT, "exported", "vila_demo"))
     p.add_argument("--litert", help="a LiteRT export of the same model (python -m export litert)")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--plain-venv", help="a virtual environment with only `pip install vila-tf` (no extras: "
+                   "no scikit-learn, matplotlib or JAX for TensorFlow's import to pull in), timed the same way")
     p.add_argument("--out", help="write the figures here as JSON")
     args = p.parse_args(argv)
     from PIL import Image
@@ -96,6 +99,12 @@ def main(argv=None) -> int:
     }
     if args.litert:
         commands["score_litert"] = ([VILA_TF, "score", args.litert, photo], dict(base))
+    if args.plain_venv:
+        plain = os.path.join(os.path.abspath(args.plain_venv), "bin")
+        commands["plain_bare_import"] = ([os.path.join(plain, "python"), "-c", "import tensorflow, tensorflow_text"],
+                                         dict(base))
+        commands["plain_score_cache_warm"] = ([os.path.join(plain, "vila-tf"), "score", args.model, photo],
+                                              dict(base, VILA_TF_CACHE_DIR=warm_cache))
     _timed(*commands["score_cache_warm"])  # fills the warm cache (and the page cache)
     times: dict = {name: [] for name in commands}
     times["score_cache_cold"] = []
@@ -106,7 +115,9 @@ def main(argv=None) -> int:
         times["score_cache_cold"].append(_timed([VILA_TF, "score", args.model, photo], cold))
         print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
     best = {k: min(v) for k, v in times.items()}
-    ratios = {k: best[k] / best["bare_import"] for k in best if k != "bare_import"}
+    ratios = {k: best[k] / best["bare_import"] for k in best if k != "bare_import" and not k.startswith("plain_")}
+    if args.plain_venv:  # each environment against its own bare import
+        ratios["plain_score_cache_warm"] = best["plain_score_cache_warm"] / best["plain_bare_import"]
     breakdown = {}
     for label, cache in (("cache_warm", warm_cache), ("cache_off", "off")):
         env = dict(base, VILA_TF_CACHE_DIR=cache, PYTHONPATH=ROOT)
