@@ -92,6 +92,26 @@ def test_loads_are_independent_and_give_their_functions_back(exported):
                                   want_text)
 
 
+def test_loads_of_one_unchanged_export_share_its_weights(exported, tmp_path):
+    import shutil
+
+    import vila_tf
+    copy = tmp_path / "export"
+    shutil.copytree(exported["vila_r_tiny"], copy)
+    first, second = vila_tf.load(str(copy)), vila_tf.load(str(copy))
+    try:
+        assert first._module is second._module  # one set of weights for both
+        os.utime(copy / "saved_model.pb", ns=(1, 1))  # the folder changed: loaded afresh
+        third = vila_tf.load(str(copy))
+        assert third._module is not first._module
+        x = np.random.default_rng(2).random((1, 224, 224, 3), np.float32)
+        np.testing.assert_array_equal(first.image_embedding(x), third.image_embedding(x))
+        third.close()
+    finally:
+        first.close()
+        second.close()
+
+
 def test_the_runtime_uses_it_and_a_strategy_scope_gets_tensorflows_loader(exported, reference):
     import vila_tf
     photos = [_png(7), _png(8, (64, 48))]

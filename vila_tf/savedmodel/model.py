@@ -74,10 +74,11 @@ def _image_outputs(module, meta) -> dict:
 
 
 def _load(path: str):
-    """The export's functions handed to the runtime as they are (saved_functions: seconds faster),
-    or `tf.saved_model.load` for an export that loader does not take."""
+    """The export's functions handed to the runtime as they are (saved_functions: seconds faster,
+    and shared with the other models of the same export in this process), or `tf.saved_model.load`
+    for an export that loader does not take."""
     try:
-        return saved_functions.SavedFunctions(path)
+        return saved_functions.shared(path)
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001

@@ -117,6 +117,37 @@ def _config(serialized: bytes, plumbing: bool) -> bytes:
     return lean
 
 
+_loaded: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+_loaded_lock = threading.Lock()
+
+
+def _stamp(path: str) -> tuple:
+    """The export's files that loading reads, with their sizes and times: changes when they do."""
+    names = ["saved_model.pb"]
+    variables = os.path.join(path, "variables")
+    if os.path.isdir(variables):
+        names += sorted(os.path.join("variables", n) for n in os.listdir(variables))
+    out = []
+    for name in names:
+        st = os.stat(os.path.join(path, name))
+        out.append((name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def shared(path: str) -> "SavedFunctions":
+    """The export's SavedFunctions, shared by every load of the same unchanged folder on the same
+    device in this process while one is in use: the weights are only read, so two models of one
+    export (a library user's, a Beam worker's threads, a test's) hold them once."""
+    if tf.distribute.has_strategy():
+        raise NotLoadable("inside a tf.distribute strategy scope")
+    key = (os.path.realpath(path), _stamp(path), context.context().device_name)
+    with _loaded_lock:
+        loaded = _loaded.get(key)
+        if loaded is None:
+            loaded = _loaded[key] = SavedFunctions(path)
+    return loaded
+
+
 def _call(name: str, num_outputs: int, inputs: list, plumbing: bool = False) -> list:
     """Runs a function of the runtime's library eagerly, as a loaded ConcreteFunction does."""
     ctx = context.context()
