@@ -25,10 +25,9 @@ StableHLO includes the TPU platform.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import logging
 import threading
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf

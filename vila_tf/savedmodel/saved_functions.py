@@ -4,9 +4,9 @@
 and ~19k ops for a VILA model, including the save and restore functions a runtime never calls)
 and every variable into a Python object with its own restore: ~3-4 s of a full-size model's
 start-up. This loader hands the export's FunctionDefs to the TensorFlow runtime as they are, reads
-every variable in one RestoreV2 call, and calls a function the way a loaded ConcreteFunction does
-(an eager call of the function by name with its captured inputs appended), so the numbers are
-those of the same functions on the same weights.
+the variables in a few RestoreV2 calls side by side into bare variable handles, and calls a
+function the way a loaded ConcreteFunction does (an eager call of the function by name with its
+captured inputs appended), so the numbers are those of the same functions on the same weights.
 
 It takes the exports `vila-tf` writes: functions whose captured inputs are variables, constants,
 assets and resources (the tokenizer). Anything else raises `NotLoadable`, and the caller loads the
@@ -89,10 +89,6 @@ def _rename(library, suffix: str) -> None:
     for entry in library.gradient:
         entry.function_name += suffix if entry.function_name in names else ""
         entry.gradient_func += suffix if entry.gradient_func in names else ""
-
-
-def _ops_used(library, names: set) -> set:
-    return {n.op for f in library.function for n in f.node_def if n.op not in names}
 
 
 # Ops that only move data or call: Grappler's rewrites cannot change what a function made of
@@ -245,9 +241,9 @@ class SavedFunctions:
         self._destroy: list = []  # (function name, captured inputs) to call when collected
 
         library = meta_graph.graph_def.library
-        original = {f.signature.name for f in library.function}
+        ops = _ops_by_function(library)  # by the names as saved
         tf_import.register_text_ops()
-        tf_import.ensure_ops(_ops_used(library, original))
+        tf_import.ensure_ops(frozenset().union(*ops.values()))
         suffix = f"_vila_tf{next(_loads)}_{os.getpid()}"
         _rename(library, suffix)
         ctx = context.context()
@@ -258,14 +254,13 @@ class SavedFunctions:
             added.append(fdef.signature.name)
         weakref.finalize(self, _release, self._destroy, added)
         fdefs = {f.signature.name: f for f in library.function}
-        ops = _ops_by_function(library)
 
         def function(name: str) -> SavedFunction:
             saved = self._graph.concrete_functions.get(name)
             if saved is None or name + suffix not in fdefs:
                 raise NotLoadable(f"function {name} is not in the library")
             return SavedFunction(self, name + suffix, saved, fdefs[name + suffix],
-                                 plumbing=ops[name + suffix] <= PLUMBING_OPS)
+                                 plumbing=ops[name] <= PLUMBING_OPS)
 
         self._function = function
         self.signatures, self.functions = {}, {}
