@@ -32,20 +32,25 @@ DEFINITIONS = {
 }
 
 
-def _clean(value):
-    """JSON has no NaN or infinity: null instead."""
+def json_safe(value):
+    """`value` as JSON can hold it: NaN and infinity as null (JSON has neither), numpy scalars as
+    Python numbers, through dicts, lists and tuples. `vila-tf fit`'s records use it too."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.floating):
+        return json_safe(float(value))
+    if isinstance(value, np.integer):
+        return int(value)
     return value
 
 
 def write_metrics(path: str, record: dict) -> None:
     with atomic_file(path, "w", encoding="utf-8") as f:
-        json.dump(_clean(record), f, indent=2, ensure_ascii=False)
+        json.dump(json_safe(record), f, indent=2, ensure_ascii=False)
         f.write("\n")
 
 

@@ -41,21 +41,6 @@ def _definitions() -> dict:
     }
 
 
-def _finite(value):
-    """JSON has no NaN or infinity: null instead."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, np.floating):
-        return _finite(float(value))
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def next_version(out: str) -> int:
     """TF Serving's next version number under the base folder `out` (1 for a new one)."""
     found = versions.local_versions(out)
@@ -161,7 +146,7 @@ def run(labels: labels_lib.Labels, rows: dict, layout: personal.Layout, folds: i
     version = next_version(out)
     version_dir = os.path.join(out, str(version))
     short = {k: personal_rec[k] for k in ("n", "srcc", "plcc", "krcc", "ci95")}
-    head = _finite({
+    head = evaluation_report.json_safe({
         "format": personal.FORMAT,
         "learner": result.learner,
         "regularization": result.regularization,
@@ -181,7 +166,7 @@ def run(labels: labels_lib.Labels, rows: dict, layout: personal.Layout, folds: i
     })
     log(f"writing {version_dir}")
     writer.write(base_dir, version_dir, layout, result.weights, result.bias, head, log)
-    record = _finite({
+    record = evaluation_report.json_safe({
         "personal": {**personal_rec, "score": DEFINITIONS_PERSONAL},
         "base": {**base_rec, "score": DEFINITIONS_BASE},
         **({"pairs": pairs_rec} if pairs_rec else {}),
